@@ -1,0 +1,1 @@
+"""Derive complete equivariant layers for neural functional networks."""

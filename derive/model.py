@@ -1,0 +1,138 @@
+"""The typed core model: neuron spaces with their symmetry, and tensors as axis labels.
+
+Every tensor is a tuple of :class:`Axis` labels, each naming the :class:`NeuronSpace` it
+indexes and carrying a scaling character (+1 row or bias axis, -1 column axis, 0 an axis
+that no scaling touches). A space that is neither permuted nor scaled is a fixed axis; no
+layer, group or basis code ever special-cases "first layer" or "last layer".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from functools import cached_property
+
+from nfn_runtime.layout import AxisLayout, SpaceLayout, TensorLayout, WeightSpaceLayout
+
+__all__ = ["Scaling", "NeuronSpace", "Axis", "TensorSpec", "WeightSpaceSpec"]
+
+
+class Scaling(str, Enum):
+    """The diagonal scalings a neuron space admits (MATH.md section 2)."""
+
+    NONE = "none"
+    SIGN = "sign"
+    POSITIVE = "positive"
+    NONZERO = "nonzero"
+
+    def allows_sign(self) -> bool:
+        return self in (Scaling.SIGN, Scaling.NONZERO)
+
+    def allows_positive(self) -> bool:
+        return self in (Scaling.POSITIVE, Scaling.NONZERO)
+
+    def meet(self, other: Scaling) -> Scaling:
+        """The largest scaling allowed by both (what every user of a shared space allows)."""
+        sign = self.allows_sign() and other.allows_sign()
+        positive = self.allows_positive() and other.allows_positive()
+        return _FROM_FLAGS[(sign, positive)]
+
+    def balances(self, exponent: int) -> bool:
+        """Whether ``d ** exponent == 1`` for every scale ``d`` of this kind."""
+        if self is Scaling.NONE:
+            return True
+        if self is Scaling.SIGN:
+            return exponent % 2 == 0
+        return exponent == 0
+
+
+_FROM_FLAGS = {
+    (False, False): Scaling.NONE,
+    (True, False): Scaling.SIGN,
+    (False, True): Scaling.POSITIVE,
+    (True, True): Scaling.NONZERO,
+}
+
+
+@dataclass(frozen=True)
+class NeuronSpace:
+    """A space of ``size`` neurons with the symmetry the architecture gives it."""
+
+    name: str
+    size: int
+    permuted: bool
+    scaling: Scaling
+    decided_by: str = ""
+
+    @property
+    def is_fixed(self) -> bool:
+        """True when no group element moves this axis (it is never partitioned)."""
+        return not self.permuted and self.scaling is Scaling.NONE
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One tensor axis: the space it indexes and its scaling character."""
+
+    space: str
+    character: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the weight space, described only by its axis labels."""
+
+    name: str
+    kind: str  # "weight" or "bias"
+    layer: int
+    axes: tuple[Axis, ...]
+    source_key: str = ""
+    source_shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeightSpaceSpec:
+    """A weight space with its symmetry group: the input of every derivation step."""
+
+    name: str
+    spaces: tuple[NeuronSpace, ...]
+    tensors: tuple[TensorSpec, ...]
+
+    @cached_property
+    def _spaces(self) -> dict[str, NeuronSpace]:
+        return {space.name: space for space in self.spaces}
+
+    @cached_property
+    def _tensors(self) -> dict[str, TensorSpec]:
+        return {tensor.name: tensor for tensor in self.tensors}
+
+    def space(self, name: str) -> NeuronSpace:
+        return self._spaces[name]
+
+    def tensor(self, name: str) -> TensorSpec:
+        return self._tensors[name]
+
+    def shape(self, tensor: TensorSpec) -> tuple[int, ...]:
+        return tuple(self.space(axis.space).size for axis in tensor.axes)
+
+    def is_fixed_axis(self, axis: Axis) -> bool:
+        return self.space(axis.space).is_fixed
+
+    def to_layout(self) -> WeightSpaceLayout:
+        """The torch-free runtime description of this weight space."""
+        return WeightSpaceLayout(
+            spaces=tuple(
+                SpaceLayout(s.name, s.size, s.permuted, s.scaling.value) for s in self.spaces
+            ),
+            tensors=tuple(
+                TensorLayout(
+                    name=t.name,
+                    kind="weight" if t.kind == "weight" else "bias",
+                    layer=t.layer,
+                    axes=tuple(AxisLayout(a.space, a.character) for a in t.axes),
+                    source_key=t.source_key,
+                    source_shape=t.source_shape,
+                )
+                for t in self.tensors
+            ),
+        )

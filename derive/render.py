@@ -1,0 +1,320 @@
+"""From a layer plan to the strings the templates print (statements, literals, docstrings).
+
+Nothing here decides what the layer computes; it only spells the plan as Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from derive import codefmt
+from derive.model import WeightSpaceSpec
+from derive.naming import comment_text
+from derive.plan import LinearPlan, MixOp, Placement, Term
+
+__all__ = [
+    "Statement",
+    "ParamDecl",
+    "InitRows",
+    "LinearView",
+    "linear_view",
+    "layout_literal",
+    "placed_code",
+    "safe_string",
+]
+
+_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-:[]")
+
+
+def safe_string(text: str) -> str:
+    """A double-quoted literal for a name from a spec, after removing unsafe characters."""
+    return '"' + "".join(ch if ch in _SAFE else "_" for ch in text) + '"'
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One line (possibly wrapped) of ``forward``, with an optional comment above it."""
+
+    code: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    name: str
+    shape: str  # Python expression of the shape tuple
+
+
+@dataclass(frozen=True)
+class InitRows:
+    """``param[rows]`` is drawn uniformly with the fan-in of output ``output``."""
+
+    param: str
+    rows: str
+    bound: str
+    output: str
+
+
+@dataclass(frozen=True)
+class LinearView:
+    unpack: tuple[str, ...]
+    unpack_line: str
+    features: tuple[Statement, ...]
+    mixes: tuple[Statement, ...]
+    outputs: tuple[Statement, ...]
+    result: str
+    params: tuple[ParamDecl, ...]
+    inits: tuple[InitRows, ...]
+    bounds: tuple[tuple[str, str], ...]  # (variable, expression)
+    formula: tuple[str, ...]
+
+
+def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
+    """The ``WeightSpaceLayout(...)`` literal for generated code."""
+    pad = " " * indent
+    lines = [f"{pad}WeightSpaceLayout(", f"{pad}    spaces=("]
+    for s in space.spaces:
+        lines.append(
+            f"{pad}        SpaceLayout({safe_string(s.name)}, {s.size}, "
+            f"permuted={s.permuted}, scaling={safe_string(s.scaling.value)}),"
+        )
+    lines.append(f"{pad}    ),")
+    lines.append(f"{pad}    tensors=(")
+    for t in space.tensors:
+        axes = ", ".join(f"AxisLayout({safe_string(a.space)}, {a.character})" for a in t.axes)
+        axes_tuple = f"({axes},)" if len(t.axes) == 1 else f"({axes})"
+        shape = ", ".join(str(n) for n in t.source_shape)
+        shape_tuple = f"({shape},)" if len(t.source_shape) == 1 else f"({shape})"
+        args = [
+            safe_string(t.name),
+            safe_string(t.kind),
+            str(t.layer),
+            axes_tuple,
+            safe_string(t.source_key),
+            shape_tuple,
+        ]
+        lines.append(codefmt.call("TensorLayout", args, indent + 8, prefix=f"{pad}        ") + ",")
+    lines.append(f"{pad}    ),")
+    lines.append(f"{pad})")
+    return "\n".join(lines)
+
+
+def placed_code(var: str, placement: Placement) -> str:
+    """Spell a term result ``(B, out_channels * factor, *kept)`` in the output's layout."""
+    if placement.is_diagonal:
+        raise NotImplementedError("writing to diagonals of tied spaces is not generated yet")
+    expr = var
+    if placement.fixed_sizes:
+        dims = [*(str(n) for n in placement.fixed_sizes), *(str(n) for n in placement.kept_sizes)]
+        expr = f"{expr}.view(batch, c_out, {', '.join(dims)})"
+    current = [("fixed", k) for k in range(len(placement.fixed_sizes))] + [
+        ("kept", k) for k in range(len(placement.kept_sizes))
+    ]
+    target = [role for role in placement.roles if role[0] != "broadcast"]
+    permutation = [current.index(role) for role in target]
+    if permutation != sorted(permutation):
+        expr = f"{expr}.permute(0, 1, {', '.join(str(2 + p) for p in permutation)})"
+    if any(role[0] == "broadcast" for role in placement.roles):
+        index = [":", ":"] + ["None" if role[0] == "broadcast" else ":" for role in placement.roles]
+        while index[-1] == ":":
+            index.pop()
+        expr = f"{expr}[{', '.join(index)}]"
+    return expr
+
+
+def _rows(start: int, stop: int) -> str:
+    """A row slice in units of ``c_out``: ``: 2 * c_out``, ``2 * c_out : 3 * c_out``."""
+
+    def spell(value: int) -> str:
+        return "c_out" if value == 1 else f"{value} * c_out"
+
+    if start == 0:
+        return ":c_out" if stop == 1 else f": {spell(stop)}"
+    return f"{spell(start)} : {spell(stop)}"
+
+
+def _mix_statements(op: MixOp) -> list[Statement]:
+    statements = []
+    comment = f"{op.name}: {', '.join(op.features)}"
+    inputs = list(op.features)
+    suffix = op.name.removeprefix("mix_")
+    if len(inputs) == 1:
+        x = inputs[0]
+    else:
+        x = f"x_{suffix}"
+        parts = f"parts_{suffix}"
+        statements.append(Statement(codefmt.wrap_list(inputs, 8, prefix=f"{parts} = "), comment))
+        statements.append(Statement(f"{x} = torch.cat({parts}, dim=1)"))
+        comment = ""
+    y = f"y_{suffix}" if len(op.terms) > 1 else op.terms[0].name
+    weight = f"self.{op.weight}"
+    bias = f"self.{op.bias}" if op.has_bias else None
+    if not op.kept:
+        args = [x, weight] + ([bias] if bias else [])
+        code = codefmt.call("F.linear", args, 8, prefix=f"{y} = ")
+    else:
+        operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x
+        code = f"{y} = torch.matmul({weight}, {operand})"
+        if bias:
+            code += f" + {bias}[:, None]"
+        if len(op.kept) > 1:
+            code = f"{y} = torch.matmul({weight}, {operand})"
+            code += f".view(batch, -1, {', '.join(str(n) for n in op.kept_sizes)})"
+            if bias:
+                code += f" + {bias}[:, None, None]"
+    statements.append(Statement(code, comment))
+    if len(op.terms) > 1:
+        row = 0
+        for term in op.terms:
+            stop = row + term.placement.factor
+            statements.append(Statement(f"{term.name} = {y}[:, {_rows(row, stop)}]"))
+            row = stop
+    return statements
+
+
+def _output_statements(out_var: str, terms: tuple[Term, ...]) -> list[Statement]:
+    """Add the terms of one output, nesting small broadcasts into larger ones first."""
+    ordered = sorted(terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name))
+    base = ordered[-1]
+    if len(base.placement.varying_axes) != len(base.placement.roles):
+        raise NotImplementedError(f"output {out_var} has no full-size term")
+    children: dict[str, list[Term]] = {t.name: [] for t in ordered}
+    for k, small in enumerate(ordered[:-1]):
+        host = next(
+            (
+                t
+                for t in ordered[k + 1 : -1]
+                if small.placement.varying_axes < t.placement.varying_axes
+            ),
+            base,
+        )
+        children[host.name].append(small)
+    statements: list[Statement] = []
+
+    def materialize(term: Term) -> str:
+        """The term plus its nested children, as a variable or an expression."""
+        kids = children[term.name]
+        if not kids:
+            return placed_code(term.name, term.placement)
+        acc = f"sum_{term.name}"
+        first = materialize(kids[0])
+        statements.append(Statement(f"{acc} = {placed_code(term.name, term.placement)} + {first}"))
+        for kid in kids[1:]:
+            statements.append(Statement(f"{acc} = {acc} + {materialize(kid)}"))
+        return acc
+
+    top = children[base.name]
+    base_code = placed_code(base.name, base.placement)
+    if not top:
+        statements.append(Statement(f"{out_var} = {base_code}"))
+        return statements
+    first = materialize(top[0])
+    line = f"{out_var} = {base_code} + {first}"
+    if 8 + len(line) <= codefmt.LINE_LENGTH:
+        statements.append(Statement(line))
+    else:
+        statements.append(Statement(f"{out_var} = {base_code}"))
+        statements.append(Statement(f"{out_var} = {out_var} + {first}"))
+    for kid in top[1:]:
+        statements.append(Statement(f"{out_var} += {materialize(kid)}"))
+    return statements
+
+
+def _scaled(factor: int, name: str) -> str:
+    return name if factor == 1 else f"{factor} * {name}"
+
+
+def linear_view(plan: LinearPlan) -> LinearView:
+    """All strings of the linear-layer template."""
+    space = plan.space
+    features = [
+        Statement(f"{f.name} = {f.code}", comment=f.description) for f in plan.features if f.code != f.name
+    ]
+    mixes: list[Statement] = []
+    for op in plan.ops:
+        mixes += _mix_statements(op)
+    outputs: list[Statement] = []
+    for tensor, out_var, terms in plan.outputs:
+        outputs += _output_statements(out_var, terms)
+    weights = [out for (name, out, _) in plan.outputs if space.tensor(name).kind == "weight"]
+    biases = {space.tensor(name).layer: out for (name, out, _) in plan.outputs if space.tensor(name).kind == "bias"}
+    layers = sorted({t.layer for t in space.tensors})
+    bias_list = [biases.get(layer, "None") for layer in layers]
+    weights_tuple = f"({', '.join(weights)},)" if len(weights) == 1 else f"({', '.join(weights)})"
+    biases_tuple = f"({', '.join(bias_list)},)" if len(bias_list) == 1 else f"({', '.join(bias_list)})"
+    result = codefmt.call("WeightSpace", [weights_tuple, biases_tuple], 8, prefix="return ")
+    params = []
+    inits = []
+    bound_vars = {}
+    for tensor in space.tensors:
+        bound_vars[tensor.name] = f"bound_{tensor.name.lower()}"
+    for op in plan.ops:
+        rows_out = _scaled(op.out_factor, "out_channels")
+        params.append(ParamDecl(op.weight, f"{rows_out}, {_scaled(op.in_factor, 'in_channels')}"))
+        if op.has_bias:
+            params.append(ParamDecl(op.bias, rows_out))
+        row = 0
+        for term in op.terms:
+            stop = row + term.placement.factor
+            bound = bound_vars[term.placement.output]
+            inits.append(InitRows(op.weight, _rows(row, stop), bound, term.placement.output))
+            if term.has_constant:
+                inits.append(InitRows(op.bias, _rows(row, stop), bound, term.placement.output))
+            row = stop
+    used = {i.output for i in inits}
+    bounds = tuple(
+        (bound_vars[t.name], f"1.0 / math.sqrt({plan.fan_in[t.name]} * c_in)") for t in space.tensors if t.name in used
+    )
+    formula = _formula_lines(plan)
+    return LinearView(
+        unpack=tuple(var for _, var in plan.inputs),
+        unpack_line=codefmt.assign_tuple(
+            [var for _, var in plan.inputs], "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8
+        ),
+        features=tuple(features),
+        mixes=tuple(mixes),
+        outputs=tuple(outputs),
+        result=result,
+        params=tuple(params),
+        inits=tuple(inits),
+        bounds=bounds,
+        formula=formula,
+    )
+
+
+def _formula_lines(plan: LinearPlan) -> tuple[str, ...]:
+    """Docstring lines: what each matmul reads, then what each output adds up."""
+    lines = []
+    op_of_term = {term.name: op.name for op in plan.ops for term in op.terms}
+    for op in plan.ops:
+        described = ", ".join(plan.feature(f).description for f in op.features)
+        lines += _wrap_words(comment_text(f"{op.name} = theta_{op.name} . [{described}]"))
+    lines.append("")
+    for tensor, _, terms in plan.outputs:
+        t = plan.space.tensor(tensor)
+        letters = iter("ijklm")
+        fixed_letters = iter("xyz")
+        index = [next(fixed_letters) if plan.space.is_fixed_axis(a) else next(letters) for a in t.axes]
+        parts = []
+        for term in terms:
+            op = op_of_term[term.name]
+            sub = [index[p] for p, (role, _) in enumerate(term.placement.roles) if role != "broadcast"]
+            parts.append(f"{op}[{','.join(sub)}]" if sub else op)
+        lines += _wrap_words(comment_text(f"{tensor}'[{','.join(index)}] = " + " + ".join(parts)))
+    return tuple(lines)
+
+
+def _wrap_words(text: str, width: int = 92) -> list[str]:
+    """Split a long docstring line at spaces; continuation lines are indented."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if len(candidate) > width and current:
+            lines.append(current)
+            current = f"    {word}"
+        else:
+            current = candidate
+    lines.append(current)
+    return lines
+

@@ -1,0 +1,130 @@
+"""Plain description of a weight space: neuron spaces, tensors and their axis labels.
+
+The layout is the runtime's view of what ``derive`` computed: it holds no sympy and no
+torch objects, so generated modules can embed it as a literal. Every tensor is a list of
+axis labels; each axis names the neuron space it indexes and carries a scaling character
+(+1 for a row or bias axis, -1 for a column axis, 0 for an axis no scaling touches).
+A space that is neither permuted nor scaled is a fixed axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+__all__ = [
+    "SCALING_KINDS",
+    "AxisLayout",
+    "ScalingKind",
+    "SpaceLayout",
+    "TensorLayout",
+    "WeightSpaceLayout",
+]
+
+ScalingKind = Literal["none", "sign", "positive", "nonzero"]
+SCALING_KINDS: tuple[ScalingKind, ...] = ("none", "sign", "positive", "nonzero")
+
+
+@dataclass(frozen=True)
+class SpaceLayout:
+    """A neuron space: ``size`` neurons, permuted or not, with the scaling its activation allows."""
+
+    name: str
+    size: int
+    permuted: bool
+    scaling: ScalingKind = "none"
+
+    def __post_init__(self) -> None:
+        if self.scaling not in SCALING_KINDS:
+            raise ValueError(f"space {self.name!r}: unknown scaling {self.scaling!r}")
+        if self.size < 1:
+            raise ValueError(f"space {self.name!r}: size must be positive, got {self.size}")
+
+    @property
+    def is_fixed(self) -> bool:
+        """True when no group element moves this axis."""
+        return not self.permuted and self.scaling == "none"
+
+
+@dataclass(frozen=True)
+class AxisLayout:
+    """One tensor axis: the space it indexes and its scaling character."""
+
+    space: str
+    character: int
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """One tensor of the weight space.
+
+    ``kind`` and ``layer`` place it in :class:`nfn_runtime.WeightSpace`
+    (``weights[layer - 1]`` or ``biases[layer - 1]``). ``source_key`` and ``source_shape``
+    name the matching entry of the network's ``state_dict`` (whose shape may be a reshape of
+    the axis shape, e.g. a linear layer after ``flatten``).
+    """
+
+    name: str
+    kind: Literal["weight", "bias"]
+    layer: int
+    axes: tuple[AxisLayout, ...]
+    source_key: str = ""
+    source_shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeightSpaceLayout:
+    """All spaces and tensors of one weight space, in a fixed order."""
+
+    spaces: tuple[SpaceLayout, ...]
+    tensors: tuple[TensorLayout, ...]
+
+    def __post_init__(self) -> None:
+        names = {space.name for space in self.spaces}
+        for tensor in self.tensors:
+            for axis in tensor.axes:
+                if axis.space not in names:
+                    raise ValueError(f"tensor {tensor.name!r} names unknown space {axis.space!r}")
+
+    @cached_property
+    def _spaces_by_name(self) -> dict[str, SpaceLayout]:
+        return {space.name: space for space in self.spaces}
+
+    @cached_property
+    def _tensors_by_name(self) -> dict[str, TensorLayout]:
+        return {tensor.name: tensor for tensor in self.tensors}
+
+    def space(self, name: str) -> SpaceLayout:
+        """The space called ``name``."""
+        return self._spaces_by_name[name]
+
+    def tensor(self, name: str) -> TensorLayout:
+        """The tensor called ``name``."""
+        return self._tensors_by_name[name]
+
+    def shape(self, tensor: TensorLayout | str) -> tuple[int, ...]:
+        """Axis sizes of one tensor, without the batch and channel axes."""
+        spec = self.tensor(tensor) if isinstance(tensor, str) else tensor
+        return tuple(self.space(axis.space).size for axis in spec.axes)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of weight tensors (the length of ``WeightSpace.weights``)."""
+        return max((t.layer for t in self.tensors if t.kind == "weight"), default=0)
+
+    @property
+    def has_bias(self) -> tuple[bool, ...]:
+        """Per layer, whether the layer has a bias tensor."""
+        layers = {t.layer for t in self.tensors if t.kind == "bias"}
+        return tuple(layer in layers for layer in range(1, self.num_layers + 1))
+
+    def num_params(self) -> int:
+        """Number of scalar entries in one network of this weight space."""
+        total = 0
+        for tensor in self.tensors:
+            count = 1
+            for size in self.shape(tensor):
+                count *= size
+            total += count
+        return total

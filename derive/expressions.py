@@ -20,7 +20,16 @@ import sympy
 from derive.basis import BasisMap
 from derive.model import Scaling, WeightSpaceSpec
 
-__all__ = ["MapFormula", "map_formula", "verify_map", "SymbolicCheck", "tensor_symbol"]
+__all__ = [
+    "MapFormula",
+    "MapIndices",
+    "map_indices",
+    "formula_text",
+    "map_formula",
+    "verify_map",
+    "SymbolicCheck",
+    "tensor_symbol",
+]
 
 _OUT_LETTERS = "ijklm"
 _SUM_LETTERS = "pqrst"
@@ -56,14 +65,26 @@ def _text_index(symbols: list[str]) -> str:
     return f"[{','.join(symbols)}]" if symbols else ""
 
 
-def map_formula(space: WeightSpaceSpec, basis_map: BasisMap) -> MapFormula:
-    """Build the formula of ``basis_map`` (slow: call only when printing or proving)."""
+@dataclass(frozen=True)
+class MapIndices:
+    """The index letters of one map: per output/input axis, the summed and fixed symbols."""
+
+    out_idx: dict[int, str]
+    in_idx: dict[int, str]
+    index_space: dict[str, str]
+    sums: tuple[tuple[str, str], ...]  # (symbol, space) of averaged neuron indices
+    fixed_out: tuple[str, ...]
+    fixed_in: tuple[str, ...]
+
+
+def map_indices(space: WeightSpaceSpec, basis_map: BasisMap) -> MapIndices:
+    """Name the indices of ``basis_map``: one letter per block, one per fixed axis."""
     out_tensor = space.tensor(basis_map.output) if basis_map.output else None
     in_tensor = space.tensor(basis_map.input) if basis_map.input else None
     out_idx: dict[int, str] = {}
     in_idx: dict[int, str] = {}
     index_space: dict[str, str] = {}
-    sums: list[tuple[str, str]] = []  # (symbol, space) of averaged neuron indices
+    sums: list[tuple[str, str]] = []
     num_out = num_sum = 0
     for block in basis_map.blocks:
         if block.outputs:
@@ -78,8 +99,8 @@ def map_formula(space: WeightSpaceSpec, basis_map: BasisMap) -> MapFormula:
             out_idx[position] = symbol
         for position in block.inputs:
             in_idx[position] = symbol
-    fixed_out = [_letter(_FIXED_OUT_LETTERS, k) for k in range(len(basis_map.out_fixed))]
-    fixed_in = [_letter(_FIXED_IN_LETTERS, k) for k in range(len(basis_map.in_fixed))]
+    fixed_out = tuple(_letter(_FIXED_OUT_LETTERS, k) for k in range(len(basis_map.out_fixed)))
+    fixed_in = tuple(_letter(_FIXED_IN_LETTERS, k) for k in range(len(basis_map.in_fixed)))
     for position, symbol in zip(basis_map.out_fixed, fixed_out):
         out_idx[position] = symbol
         assert out_tensor is not None
@@ -88,7 +109,37 @@ def map_formula(space: WeightSpaceSpec, basis_map: BasisMap) -> MapFormula:
         in_idx[position] = symbol
         assert in_tensor is not None
         index_space[symbol] = in_tensor.axes[position].space
+    return MapIndices(out_idx, in_idx, index_space, tuple(sums), fixed_out, fixed_in)
 
+
+def formula_text(space: WeightSpaceSpec, basis_map: BasisMap) -> str:
+    """The map as plain text, e.g. ``W2'[i,j] += mean_p theta * W2[i,p]`` (no sympy; fast)."""
+    idx = map_indices(space, basis_map)
+    theta = f"theta{_text_index([*idx.fixed_out, *idx.fixed_in])}"
+    body = theta
+    if basis_map.input is not None:
+        tensor = space.tensor(basis_map.input)
+        entry = f"{tensor.name}{_text_index([idx.in_idx[p] for p in range(len(tensor.axes))])}"
+        body = f"{theta} * {entry}"
+    for symbol in idx.fixed_in:
+        body = f"sum_{symbol} {body}"
+    if idx.sums:
+        body = f"mean_{''.join(s for s, _ in idx.sums)} {body}"
+    if basis_map.output is not None:
+        tensor = space.tensor(basis_map.output)
+        lhs = f"{tensor.name}'{_text_index([idx.out_idx[p] for p in range(len(tensor.axes))])}"
+    else:
+        lhs = "y"
+    return f"{lhs} += {body}"
+
+
+def map_formula(space: WeightSpaceSpec, basis_map: BasisMap) -> MapFormula:
+    """Build the formula of ``basis_map`` as sympy (slow: call only for LaTeX or proofs)."""
+    out_tensor = space.tensor(basis_map.output) if basis_map.output else None
+    in_tensor = space.tensor(basis_map.input) if basis_map.input else None
+    idx = map_indices(space, basis_map)
+    out_idx, in_idx, index_space = idx.out_idx, idx.in_idx, idx.index_space
+    sums, fixed_out, fixed_in = list(idx.sums), list(idx.fixed_out), list(idx.fixed_in)
     sym = {name: sympy.Symbol(name, integer=True) for name in index_space}
     theta_indices = [*fixed_out, *fixed_in]
     theta: sympy.Expr = (
@@ -97,34 +148,24 @@ def map_formula(space: WeightSpaceSpec, basis_map: BasisMap) -> MapFormula:
         else sympy.Symbol("theta")
     )
     summand: sympy.Expr = theta
-    in_text = ""
     if in_tensor is not None:
         in_symbols = [in_idx[p] for p in range(len(in_tensor.axes))]
         entry = tensor_symbol(in_tensor.name)[tuple(sym[s] for s in in_symbols)] if in_symbols else sympy.Symbol(in_tensor.name)
         summand = theta * entry
-        in_text = f"{in_tensor.name}{_text_index(in_symbols)}"
     rhs: sympy.Expr = summand
     for symbol in fixed_in:
         size = space.space(index_space[symbol]).size
         rhs = sympy.Sum(rhs, (sym[symbol], 0, size - 1))
     for symbol, space_name in sums:
         size = space.space(space_name).size
-        rhs = sympy.Sum(rhs, (sym[symbol], 0, size - 1)) / sympy.Symbol(f"n_{space_name}", positive=True)
+        rhs = sympy.Sum(rhs, (sym[symbol], 0, size - 1)) / size
     if out_tensor is not None:
         out_symbols = [out_idx[p] for p in range(len(out_tensor.axes))]
         base = tensor_symbol(out_tensor.name, primed=True)
         lhs: sympy.Expr = base[tuple(sym[s] for s in out_symbols)] if out_symbols else sympy.Symbol(f"{out_tensor.name}'")
-        lhs_text = f"{out_tensor.name}'{_text_index(out_symbols)}"
     else:
         lhs = sympy.Symbol("y")
-        lhs_text = "y"
-    theta_text = f"theta{_text_index(theta_indices)}"
-    body = f"{theta_text} * {in_text}" if in_text else theta_text
-    for symbol in fixed_in:
-        body = f"sum_{symbol} {body}"
-    if sums:
-        body = f"mean_{''.join(s for s, _ in sums)} {body}"
-    text = f"{lhs_text} += {body}"
+    text = formula_text(space, basis_map)
     latex = f"{sympy.latex(lhs)} \\mathrel{{+}}= {sympy.latex(rhs)}"
     return MapFormula(lhs=lhs, rhs=rhs, summand=summand, text=text, latex=latex, index_space=index_space)
 

@@ -176,11 +176,13 @@ def _placement_key(basis_map: BasisMap, kept_blocks: Sequence[int]) -> Placement
     return (basis_map.output, kept, broadcast)
 
 
-def feature_code(space: WeightSpaceSpec, key: FeatureKey) -> tuple[str, tuple[str, ...], tuple[int, ...], int]:
-    """Torch code for a feature, its kept spaces, kept sizes and channel factor."""
+def feature_code(
+    space: WeightSpaceSpec, key: FeatureKey, var: str | None = None
+) -> tuple[str, tuple[str, ...], tuple[int, ...], int]:
+    """Torch code for a feature (read from ``var``), its kept spaces, kept sizes and channel factor."""
     source, kept, reduced = key
     tensor = space.tensor(source)
-    var = tensor_var(source)
+    var = var or tensor_var(source)
     sizes = space.shape(tensor)
     fixed = [p for p, axis in enumerate(tensor.axes) if space.is_fixed_axis(axis)]
     kept_spaces = tuple(tensor.axes[g[0]].space for g in kept)
@@ -216,9 +218,9 @@ def feature_code(space: WeightSpaceSpec, key: FeatureKey) -> tuple[str, tuple[st
     return expr, kept_spaces, kept_sizes, factor
 
 
-def feature_for(space: WeightSpaceSpec, key: FeatureKey, taken: set[str]) -> Feature:
+def feature_for(space: WeightSpaceSpec, key: FeatureKey, taken: set[str], var: str | None = None) -> Feature:
     """The feature for ``key``, named uniquely against ``taken`` (which it extends)."""
-    code, kept_spaces, kept_sizes, factor = feature_code(space, key)
+    code, kept_spaces, kept_sizes, factor = feature_code(space, key, var)
     name = _feature_name(key, code, space, taken)
     source, kept, reduced = key
     tensor = space.tensor(source)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
-from math import prod
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +18,7 @@ from derive.model import WeightSpaceSpec
 from derive.plan import LinearPlan
 from nfn_runtime.weight_space import WeightSpace
 
-__all__ = ["einsum_for_map", "apply_map", "ReferenceLinear", "load_into_generated"]
+__all__ = ["einsum_for_map", "apply_map", "ReferenceLinear", "ReferenceInvariant", "load_into_generated"]
 
 _BATCH, _C_IN, _C_OUT = "Z", "Y", "X"
 
@@ -155,5 +154,52 @@ def load_into_generated(reference: ReferenceLinear, plan: LinearPlan, module: nn
             bias[rows] = constant.reshape(-1).to(bias)
 
 
-def num_coefficients(reference: ReferenceLinear) -> int:
-    return sum(prod(c.shape) for c in reference.parameters())
+class ReferenceInvariant(nn.Module):
+    """The invariant layer written plainly: canonicalize each tensor, one einsum per pooling map.
+
+    Pooled features come in the order of :func:`derive.invariant.invariant_plan` (tensor order,
+    then enumeration order), so a generated invariant layer can share its ``mix`` weights.
+    """
+
+    def __init__(self, space: WeightSpaceSpec, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        from derive.invariant import canonicalization, permutation_only
+        from derive.basis import enumerate_block
+
+        self.space = space
+        self.layout = space.to_layout()
+        perm_space = permutation_only(space)
+        self.canonical = {t.name: canonicalization(space, t) for t in space.tensors}
+        self.pools = [(t.name, m) for t in space.tensors for m in enumerate_block(perm_space, None, t)]
+        width = sum(m.num_params for _, m in self.pools) * in_channels
+        self.mix = nn.Linear(width, out_channels)
+
+    def _canonical(self, name: str, x: Tensor) -> Tensor:
+        rule = self.canonical[name]
+        if rule.normalize:
+            norms = torch.sqrt((x * x).sum(dim=1, keepdim=True))
+            x = torch.where(norms > 0, x / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(x))
+        if rule.absolute:
+            x = torch.abs(x)
+        return x
+
+    def forward(self, ws: WeightSpace) -> Tensor:
+        named = ws.named(self.layout)
+        canonical = {name: self._canonical(name, x) for name, x in named.items()}
+        pooled = []
+        for name, basis_map in self.pools:
+            x = canonical[name]
+            letters = _letters()
+            sub = [""] * (x.dim() - 2)
+            scale = 1.0
+            for block in basis_map.blocks:
+                letter = next(letters)
+                for p in block.inputs:
+                    sub[p] = letter
+                scale /= self.space.space(block.space).size
+            kept = [next(letters) for _ in basis_map.in_fixed]
+            for p, letter in zip(basis_map.in_fixed, kept):
+                sub[p] = letter
+            value = torch.einsum(f"{_BATCH}{_C_IN}{''.join(sub)}->{_BATCH}{_C_IN}{''.join(kept)}", x) * scale
+            pooled.append(value.reshape(value.shape[0], -1))
+        return self.mix(torch.cat(pooled, dim=1))

@@ -14,7 +14,7 @@ from nfn_runtime.layout import TensorLayout, WeightSpaceLayout
 __all__ = ["WeightSpace"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class WeightSpace:
     """Features over a weight space, in the layout of the ``nfn`` package.
 

@@ -1,0 +1,127 @@
+"""The exactly invariant layer: canonicalize the scaling, pool with the complete basis, mix.
+
+Under scaling groups almost no invariant linear functionals exist (MATH.md section 4), so the
+layer first removes the scaling of every entry exactly: an entry whose factor can be negative
+(sign or nonzero scalings) is replaced by its absolute value, an entry whose factor can be any
+positive number has its channel vector divided by its norm (0 stays 0). What remains is acted
+on by permutations only, and the layer applies the complete basis of permutation-invariant
+linear functionals of every tensor, then one ``nn.Linear`` to ``out_channels``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from derive import codefmt
+from derive.basis import enumerate_block
+from derive.model import Scaling, TensorSpec, WeightSpaceSpec
+from derive.plan import Feature, feature_for, tensor_var
+
+__all__ = [
+    "Canonicalization",
+    "InvariantPlan",
+    "InvariantView",
+    "canonicalization",
+    "permutation_only",
+    "invariant_plan",
+    "invariant_view",
+]
+
+
+@dataclass(frozen=True)
+class Canonicalization:
+    """How one tensor's entries are freed from scaling: ``normalize`` and/or ``absolute``."""
+
+    tensor: str
+    normalize: bool
+    absolute: bool
+
+    @property
+    def needed(self) -> bool:
+        return self.normalize or self.absolute
+
+
+def canonicalization(space: WeightSpaceSpec, tensor: TensorSpec) -> Canonicalization:
+    """What the scalings acting on ``tensor`` require to be removed."""
+    normalize = absolute = False
+    for axis in tensor.axes:
+        scaling = space.space(axis.space).scaling
+        if axis.character == 0 or scaling is Scaling.NONE:
+            continue
+        normalize |= scaling.allows_positive()
+        absolute |= scaling.allows_sign() and axis.character % 2 != 0
+    return Canonicalization(tensor.name, normalize, absolute)
+
+
+@dataclass(frozen=True)
+class InvariantPlan:
+    space: WeightSpaceSpec
+    canonical: tuple[Canonicalization, ...]
+    features: tuple[Feature, ...]
+    in_factor: int
+
+
+def permutation_only(space: WeightSpaceSpec) -> WeightSpaceSpec:
+    """The same weight space with every scaling removed (permutations only)."""
+    spaces = tuple(replace(s, scaling=Scaling.NONE) for s in space.spaces)
+    return replace(space, spaces=spaces)
+
+
+def canonical_var(tensor: str) -> str:
+    return f"{tensor_var(tensor)}_canon"
+
+
+def invariant_plan(space: WeightSpaceSpec) -> InvariantPlan:
+    """Canonicalization per tensor, then every permutation-invariant functional as a feature."""
+    perm_space = permutation_only(space)
+    canonical = tuple(canonicalization(space, t) for t in space.tensors)
+    taken = {tensor_var(t.name) for t in space.tensors} | {canonical_var(t.name) for t in space.tensors}
+    taken |= {"batch", "ws", "self", "pooled"}
+    features = []
+    for tensor, canon in zip(space.tensors, canonical):
+        var = canonical_var(tensor.name) if canon.needed else tensor_var(tensor.name)
+        for basis_map in enumerate_block(perm_space, None, tensor):
+            reduced = tuple(sorted(b.inputs for b in basis_map.blocks))
+            features.append(feature_for(perm_space, (tensor.name, (), reduced), taken, var=var))
+    return InvariantPlan(space, canonical, tuple(features), sum(f.factor for f in features))
+
+
+@dataclass(frozen=True)
+class InvariantView:
+    unpack_line: str
+    unpack: tuple[str, ...]
+    canonical: tuple[tuple[str, str, str], ...]  # (variable, expression, comment)
+    features: tuple[tuple[str, str, str], ...]
+    pooled: str
+    in_factor: int
+    formula: tuple[str, ...]
+
+
+def invariant_view(plan: InvariantPlan) -> InvariantView:
+    """All strings of the invariant-layer template."""
+    variables = [tensor_var(t.name) for t in plan.space.tensors]
+    canonical = []
+    for canon in plan.canonical:
+        if not canon.needed:
+            continue
+        var = tensor_var(canon.tensor)
+        expr = f"unit_channels({var})" if canon.normalize else var
+        if canon.absolute:
+            expr = f"{expr}.abs()"
+        what = " and ".join(
+            w for w, on in (("unit channel norm", canon.normalize), ("absolute value", canon.absolute)) if on
+        )
+        canonical.append((canonical_var(canon.tensor), expr, what))
+    features = tuple((f.name, f.code, f.description) for f in plan.features if f.code != f.name)
+    names = [f.name for f in plan.features]
+    pooled = codefmt.wrap_list(names, 8, prefix="parts = ")
+    formula = tuple(f"{f.name} = {f.description}" for f in plan.features)
+    return InvariantView(
+        unpack_line=codefmt.assign_tuple(variables, "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8),
+        unpack=tuple(variables),
+        canonical=tuple(canonical),
+        features=features,
+        pooled=pooled,
+        in_factor=plan.in_factor,
+        formula=formula,
+    )

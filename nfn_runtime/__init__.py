@@ -1,0 +1,100 @@
+"""Runtime support for neural functional networks: weight-space layouts and features, the
+symmetry group acting on them, converters to and from ``state_dict``s and the ``nfn`` package,
+equivariant pointwise nonlinearities, and numerical equivariance checks.
+
+Imports torch only; generated layers depend on this package and nothing else of the project.
+"""
+
+from nfn_runtime.canonical import unit_channels
+from nfn_runtime.checks import unpack_weight_space
+from nfn_runtime.convert import (
+    from_nfn,
+    state_dicts_from_weight_space,
+    to_nfn,
+    weight_space_from_state_dicts,
+)
+from nfn_runtime.group import (
+    OUTSIDE_GROUP_KINDS,
+    AxisTransform,
+    GroupElement,
+    OutsideGroupTransform,
+    apply_axis_transform,
+    apply_group_element,
+    identity_element,
+    inverse_permutation,
+    outside_group_kinds,
+    sample_group_element,
+    sample_outside_group,
+)
+from nfn_runtime.layout import (
+    SCALING_KINDS,
+    AxisLayout,
+    ScalingKind,
+    SpaceLayout,
+    TensorLayout,
+    WeightSpaceLayout,
+)
+from nfn_runtime.nonlinearity import (
+    NONLINEARITY_KINDS,
+    EquivariantNonlinearity,
+    NonlinearityKind,
+    allowed_nonlinearities,
+    gated_nonlinearity,
+)
+from nfn_runtime.testing import (
+    EquivariantLayer,
+    InvariantLayer,
+    assert_equivariant,
+    assert_invariant,
+    assert_sensitive,
+    default_tolerances,
+    equivariance_error,
+    invariance_error,
+    network_symmetry_error,
+    random_weight_space,
+    sensitivity_error,
+)
+from nfn_runtime.weight_space import WeightSpace
+
+__all__ = [
+    "unit_channels",
+    "unpack_weight_space",
+    "NONLINEARITY_KINDS",
+    "OUTSIDE_GROUP_KINDS",
+    "SCALING_KINDS",
+    "AxisLayout",
+    "AxisTransform",
+    "EquivariantLayer",
+    "EquivariantNonlinearity",
+    "GroupElement",
+    "InvariantLayer",
+    "NonlinearityKind",
+    "OutsideGroupTransform",
+    "ScalingKind",
+    "SpaceLayout",
+    "TensorLayout",
+    "WeightSpace",
+    "WeightSpaceLayout",
+    "allowed_nonlinearities",
+    "apply_axis_transform",
+    "apply_group_element",
+    "assert_equivariant",
+    "assert_invariant",
+    "assert_sensitive",
+    "default_tolerances",
+    "equivariance_error",
+    "from_nfn",
+    "gated_nonlinearity",
+    "identity_element",
+    "invariance_error",
+    "inverse_permutation",
+    "network_symmetry_error",
+    "outside_group_kinds",
+    "random_weight_space",
+    "sample_group_element",
+    "sample_outside_group",
+    "sensitivity_error",
+    "state_dicts_from_weight_space",
+    "to_nfn",
+    "weight_space_from_state_dicts",
+]

@@ -15,7 +15,7 @@ can load the slow reference's parameters into the generated module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import prod
 
@@ -28,6 +28,7 @@ __all__ = [
     "Placement",
     "Term",
     "MixOp",
+    "CHANNELS_LAST_MIN_FACTOR",
     "MapSlot",
     "LinearPlan",
     "linear_plan",
@@ -54,6 +55,7 @@ class Feature:
     factor: int  # product of the source's fixed axis sizes, folded into channels
     code: str  # expression computing it from the source variable
     description: str  # e.g. "mean_p W2[p,i]"
+    layout: str = "channels_first"
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,19 @@ class Term:
     has_constant: bool
 
 
+#: a matmul whose input has more than this many channels per input channel runs channels-last
+#: (one large GEMM, compute-bound); narrower ones run channels-first as a batched GEMM over the
+#: expanded weight (memory-bound; no transposes). Measured in benchmarks/layer_speed.py.
+CHANNELS_LAST_MIN_FACTOR = 4
+
+
 @dataclass(frozen=True)
 class MixOp:
-    """One channel-mixing matmul: ``weight`` maps the concatenated features to stacked terms."""
+    """One channel-mixing matmul: ``weight`` maps the concatenated features to stacked terms.
+
+    ``layout`` is ``channels_first`` (features ``(B, K, *kept)``) or ``channels_last``
+    (``(B, *kept, K)``); ops without kept axes read ``(B, K)``.
+    """
 
     name: str
     features: tuple[str, ...]
@@ -113,6 +125,7 @@ class MixOp:
     in_factor: int  # sum of feature factors: columns = in_channels * in_factor
     out_factor: int  # sum of term factors: rows = out_channels * out_factor
     has_bias: bool
+    layout: str
 
     @property
     def weight(self) -> str:
@@ -176,21 +189,47 @@ def _placement_key(basis_map: BasisMap, kept_blocks: Sequence[int]) -> Placement
     return (basis_map.output, kept, broadcast)
 
 
+def _key_factor(space: WeightSpaceSpec, key: FeatureKey) -> int:
+    """Channels per input channel of a feature: the product of its source's fixed axis sizes."""
+    tensor = space.tensor(key[0])
+    return prod(space.space(a.space).size for a in tensor.axes if space.is_fixed_axis(a))
+
+
+def _has_diagonal(key: FeatureKey) -> bool:
+    return any(len(g) > 1 for g in (*key[1], *key[2]))
+
+
 def feature_code(
-    space: WeightSpaceSpec, key: FeatureKey, var: str | None = None
+    space: WeightSpaceSpec,
+    key: FeatureKey,
+    var: str | None = None,
+    layout: str = "channels_first",
+    parent: tuple[str, FeatureKey] | None = None,
 ) -> tuple[str, tuple[str, ...], tuple[int, ...], int]:
-    """Torch code for a feature (read from ``var``), its kept spaces, kept sizes and channel factor."""
+    """Torch code for a feature, its kept spaces, kept sizes and channel factor.
+
+    The result is ``(B, C * factor, *kept)`` (channels-first) or ``(B, *kept, C * factor)``
+    (channels-last). It reads the source variable ``var``, or ``parent = (name, key)``: a
+    channels-first feature of the same source without fixed axes whose averages are a subset.
+    """
     source, kept, reduced = key
     tensor = space.tensor(source)
-    var = var or tensor_var(source)
     sizes = space.shape(tensor)
     fixed = [p for p, axis in enumerate(tensor.axes) if space.is_fixed_axis(axis)]
     kept_spaces = tuple(tensor.axes[g[0]].space for g in kept)
     kept_sizes = tuple(sizes[g[0]] for g in kept)
     factor = prod(sizes[p] for p in fixed)
-    diagonal = any(len(g) > 1 for g in (*kept, *reduced))
-    order = [*fixed, *(g[0] for g in kept)]  # axis order of the result (after b, c)
-    if diagonal:
+    channels_last = layout == "channels_last" and bool(kept)
+    # dims after (b, c): the source's axes, or the parent's kept axes in their order
+    present = list(range(len(tensor.axes)))
+    already: tuple[tuple[int, ...], ...] = ()
+    var = var or tensor_var(source)
+    if parent is not None:
+        var, parent_key = parent
+        present = [g[0] for g in parent_key[1]]
+        already = parent_key[2]
+    if _has_diagonal(key):
+        assert parent is None
         letters = "ijklmnopqrstuvwxyz"
         sub = [""] * len(tensor.axes)
         for k, group in enumerate((*kept, *reduced)):
@@ -198,30 +237,44 @@ def feature_code(
                 sub[p] = letters[k]
         for k, p in enumerate(fixed):
             sub[p] = letters[len(kept) + len(reduced) + k]
-        out = "".join(sub[p] for p in order)
-        expr = f'torch.einsum("bc{"".join(sub)}->bc{out}", {var})'
-        divisor = prod(sizes[g[0]] for g in reduced)
-        if divisor != 1:
-            expr = f"{expr} / {divisor}"
+        kept_sub = "".join(sub[g[0]] for g in kept)
+        fixed_sub = "".join(sub[p] for p in fixed)
+        out = f"b{kept_sub}c{fixed_sub}" if channels_last else f"bc{fixed_sub}{kept_sub}"
+        expr = f'torch.einsum("bc{"".join(sub)}->{out}", {var})'
     else:
-        reduced_dims = sorted(2 + g[0] for g in reduced)
+        to_reduce = [g[0] for g in reduced if g not in already]
+        reduced_dims = sorted(2 + present.index(p) for p in to_reduce)
         expr = var
         if reduced_dims:
             dims = reduced_dims[0] if len(reduced_dims) == 1 else tuple(reduced_dims)
-            expr = f"{var}.mean(dim={dims})"
-        remaining = [p for p in range(len(tensor.axes)) if (p,) not in reduced]
-        permutation = [remaining.index(p) for p in order]
+            expr = f"{var}.sum(dim={dims})"
+        remaining = ["c"] + [p for p in present if p not in to_reduce]
+        kept_order: list[int | str] = [g[0] for g in kept]
+        target = [*kept_order, "c", *fixed] if channels_last else ["c", *fixed, *kept_order]
+        permutation = [remaining.index(p) for p in target]
         if permutation != sorted(permutation):
-            expr = f"{expr}.permute(0, 1, {', '.join(str(2 + i) for i in permutation)})"
+            expr = f"{expr}.permute(0, {', '.join(str(1 + i) for i in permutation)})"
     if fixed:
-        expr = f"{expr}.reshape({', '.join(['batch', '-1', *(str(s) for s in kept_sizes)])})"
+        shape = [*(str(n) for n in kept_sizes), "-1"] if channels_last else ["-1", *(str(n) for n in kept_sizes)]
+        expr = f"{expr}.reshape(batch, {', '.join(shape)})"
+    # Averages divide the small reduced result (a mean's backward would divide a full tensor).
+    divisor = prod(sizes[g[0]] for g in reduced if g not in already)
+    if divisor != 1:
+        expr = f"{expr} / {divisor}"
     return expr, kept_spaces, kept_sizes, factor
 
 
-def feature_for(space: WeightSpaceSpec, key: FeatureKey, taken: set[str], var: str | None = None) -> Feature:
+def feature_for(
+    space: WeightSpaceSpec,
+    key: FeatureKey,
+    taken: set[str],
+    var: str | None = None,
+    layout: str = "channels_first",
+    parent: tuple[str, FeatureKey] | None = None,
+) -> Feature:
     """The feature for ``key``, named uniquely against ``taken`` (which it extends)."""
-    code, kept_spaces, kept_sizes, factor = feature_code(space, key, var)
-    name = _feature_name(key, code, space, taken)
+    code, kept_spaces, kept_sizes, factor = feature_code(space, key, var, layout, parent)
+    name = _feature_name(key, code, space, taken, layout if key[1] else "channels_first")
     source, kept, reduced = key
     tensor = space.tensor(source)
     letters_out, letters_sum = "ijklm", "pqrst"
@@ -238,10 +291,11 @@ def feature_for(space: WeightSpaceSpec, key: FeatureKey, taken: set[str], var: s
     entry = f"{source}[{','.join(labels)}]"
     summed = "".join(letters_sum[k] for k in range(len(reduced)))
     description = f"mean_{summed} {entry}" if summed else entry
-    return Feature(key, name, source, kept_spaces, kept_sizes, factor, code, description)
+    layout = layout if kept else "channels_first"
+    return Feature(key, name, source, kept_spaces, kept_sizes, factor, code, description, layout)
 
 
-def _feature_name(key: FeatureKey, code: str, space: WeightSpaceSpec, taken: set[str]) -> str:
+def _feature_name(key: FeatureKey, code: str, space: WeightSpaceSpec, taken: set[str], layout: str) -> str:
     source, kept, reduced = key
     tensor = space.tensor(source)
     var = tensor_var(source)
@@ -257,6 +311,8 @@ def _feature_name(key: FeatureKey, code: str, space: WeightSpaceSpec, taken: set
         stem = f"{var}_pooled"
     if any(len(g) > 1 for g in (*kept, *reduced)):
         stem += "_diag"
+    if layout == "channels_last":
+        stem += "_cl"
     name, k = stem, 2
     while name in taken:
         name, k = f"{stem}{k}", k + 1
@@ -289,6 +345,54 @@ def _placement(space: WeightSpaceSpec, tensor: TensorSpec, key: PlacementKey) ->
     )
 
 
+def _parent_key(space: WeightSpaceSpec, key: FeatureKey, candidates: list[FeatureKey]) -> FeatureKey | None:
+    """A channels-first feature of the same source from which ``key`` follows by more averaging.
+
+    Reading a small parent instead of the source saves a pass over the source and, in the
+    backward pass, one accumulation of a full-size gradient.
+    """
+    source, kept, reduced = key
+    if not reduced or _has_diagonal(key) or _key_factor(space, key) != 1:
+        return None
+    best = None
+    for cand in candidates:
+        c_source, c_kept, c_reduced = cand
+        if c_source != source or cand == key or _has_diagonal(cand) or not c_kept:
+            continue
+        if list(c_kept) != sorted(c_kept):
+            continue  # parent axes must be in source order
+        if not set(c_reduced) < set(reduced) or not set(kept) <= set(c_kept):
+            continue
+        if set(c_kept) != set(kept) | (set(reduced) - set(c_reduced)):
+            continue
+        if best is None or len(c_kept) < len(best[1]):
+            best = cand
+    return best
+
+
+def _build_features(
+    space: WeightSpaceSpec,
+    needed: list[tuple[FeatureKey, str]],
+    order: Callable[[FeatureKey], tuple[int, int, FeatureKey]],
+) -> dict[tuple[FeatureKey, str], Feature]:
+    """Every (feature, layout) the ops read, parents first, with unique variable names."""
+    wanted = sorted({(k, lay if k[1] else "channels_first") for k, lay in needed}, key=lambda kl: (order(kl[0]), kl[1]))
+    first_keys = [k for k, lay in wanted if lay == "channels_first"]
+    taken: set[str] = {tensor_var(t.name) for t in space.tensors}
+    taken |= {f"out_{tensor_var(t.name)}" for t in space.tensors} | {"batch", "ws", "self", "c_out"}
+    features: dict[tuple[FeatureKey, str], Feature] = {}
+    for key, layout in wanted:
+        parent = _parent_key(space, key, first_keys) if layout == "channels_first" else None
+        parent_ref = None
+        if parent is not None:
+            if (parent, "channels_first") not in features:
+                parent = None  # parents are built first; keep the ordering simple
+            else:
+                parent_ref = (features[(parent, "channels_first")].name, parent)
+        features[(key, layout)] = feature_for(space, key, taken, layout=layout, parent=parent_ref)
+    return features
+
+
 def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
     """Merge the basis into features, terms and matmuls (see the module docstring)."""
     space = basis.space
@@ -300,14 +404,6 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
             placement = _placement_key(basis_map, kept_blocks)
             feature = _feature_key(basis_map, kept_blocks)
             by_placement.setdefault(placement, {})[feature] = basis_map
-
-    def feature_sort(key: FeatureKey) -> tuple[int, int, FeatureKey]:
-        return (tensor_order[key[0]], -len(key[1]), key)
-
-    feature_keys = sorted({f for group in by_placement.values() for f in group}, key=feature_sort)
-    taken: set[str] = {tensor_var(t.name) for t in space.tensors}
-    taken |= {f"out_{tensor_var(t.name)}" for t in space.tensors} | {"batch", "ws", "self"}
-    features = {key: feature_for(space, key, taken) for key in feature_keys}
 
     # Constants without diagonals join the output's term with the fewest kept axes.
     constant_targets: dict[str, BasisMap] = {}
@@ -332,17 +428,31 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
         ):
             constant_term[output] = key
 
-    # Terms grouped by identical feature lists become one matmul.
+    def feature_sort(key: FeatureKey) -> tuple[int, int, FeatureKey]:
+        return (tensor_order[key[0]], -len(key[1]), key)
+
+    # Terms grouped by identical feature lists become one matmul; wide ones run channels-last.
     groups: dict[tuple[FeatureKey, ...], list[PlacementKey]] = {}
     for key in placements:
         groups.setdefault(tuple(sorted(by_placement[key], key=feature_sort)), []).append(key)
+    group_order = sorted(groups, key=lambda fs: placements.index(groups[fs][0]))
+    layouts = {
+        fs: "channels_last"
+        if fs[0][1] and sum(_key_factor(space, f) for f in fs) > CHANNELS_LAST_MIN_FACTOR
+        else "channels_first"
+        for fs in group_order
+    }
+    features = _build_features(space, [(f, layouts[fs]) for fs in group_order for f in fs], feature_sort)
+
     ops: list[MixOp] = []
     terms_by_output: dict[str, list[Term]] = {t.name: [] for t in space.tensors}
     map_slots: dict[BasisMap, MapSlot] = {}
     constant_slots: dict[BasisMap, MapSlot] = {}
     op_names: set[str] = set()
-    for feature_tuple in sorted(groups, key=lambda fs: placements.index(groups[fs][0])):
-        first = features[feature_tuple[0]]
+    for feature_tuple in group_order:
+        layout = layouts[feature_tuple]
+        used = [features[(f, layout if f[1] else "channels_first")] for f in feature_tuple]
+        first = used[0]
         stem = "mix_" + ("_".join(identifier(s, part=True) for s in first.kept) if first.kept else "pooled")
         name, k = stem, 2
         while name in op_names:
@@ -356,40 +466,41 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
             term = Term(
                 name=f"{name}_{tensor_var(key[0])}",
                 placement=placement,
-                features=tuple(features[f].name for f in feature_tuple),
+                features=tuple(f.name for f in used),
                 has_constant=has_constant,
             )
             terms.append(term)
             terms_by_output[key[0]].append(term)
             col = 0
-            for fkey in feature_tuple:
-                map_slots[by_placement[key][fkey]] = MapSlot(name, row, placement.factor, col, features[fkey].factor)
-                col += features[fkey].factor
+            for fkey, feature in zip(feature_tuple, used):
+                map_slots[by_placement[key][fkey]] = MapSlot(name, row, placement.factor, col, feature.factor)
+                col += feature.factor
             if has_constant:
                 constant_slots[constant_targets[key[0]]] = MapSlot(name, row, placement.factor, 0, 1)
             row += placement.factor
         ops.append(
             MixOp(
                 name=name,
-                features=tuple(features[f].name for f in feature_tuple),
+                features=tuple(f.name for f in used),
                 kept=first.kept,
                 kept_sizes=first.kept_sizes,
                 terms=tuple(terms),
-                in_factor=sum(features[f].factor for f in feature_tuple),
+                in_factor=col,
                 out_factor=row,
                 has_bias=any(t.has_constant for t in terms),
+                layout=layout,
             )
         )
     fan_in = {
         t.name: sum(
-            sum(features[f].factor for f in by_placement[term.placement.key]) for term in terms_by_output[t.name]
+            sum(_key_factor(space, f) for f in by_placement[term.placement.key]) for term in terms_by_output[t.name]
         )
         for t in space.tensors
     }
     return LinearPlan(
         space=space,
         inputs=tuple((t.name, tensor_var(t.name)) for t in space.tensors),
-        features=tuple(features[k] for k in feature_keys),
+        features=tuple(features.values()),
         ops=tuple(ops),
         outputs=tuple((t.name, f"out_{tensor_var(t.name)}", tuple(terms_by_output[t.name])) for t in space.tensors),
         map_slots=map_slots,

@@ -99,21 +99,33 @@ def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def placed_code(var: str, placement: Placement) -> str:
-    """Spell a term result ``(B, out_channels * factor, *kept)`` in the output's layout."""
+def placed_code(var: str, placement: Placement, layout: str = "channels_first") -> str:
+    """Spell a term result in the output's layout ``(B, c_out, *axes)``, broadcast axes as 1.
+
+    Channels-first results are ``(B, c_out * factor, *kept)``; channels-last results are
+    ``(B, *kept, c_out * factor)``. Rows are ordered (c_out, fixed axes...).
+    """
     if placement.is_diagonal:
         raise NotImplementedError("writing to diagonals of tied spaces is not generated yet")
+    fixed = [str(n) for n in placement.fixed_sizes]
+    kept = [str(n) for n in placement.kept_sizes]
     expr = var
-    if placement.fixed_sizes:
-        dims = [*(str(n) for n in placement.fixed_sizes), *(str(n) for n in placement.kept_sizes)]
-        expr = f"{expr}.view(batch, c_out, {', '.join(dims)})"
-    current = [("fixed", k) for k in range(len(placement.fixed_sizes))] + [
-        ("kept", k) for k in range(len(placement.kept_sizes))
-    ]
-    target = [role for role in placement.roles if role[0] != "broadcast"]
+    if layout == "channels_last" and placement.kept_sizes:
+        if fixed:
+            expr = f"{expr}.unflatten(-1, (c_out, {', '.join(fixed)}))"
+        current = [("kept", k) for k in range(len(kept))] + [("channel", 0)] + [
+            ("fixed", k) for k in range(len(fixed))
+        ]
+    else:
+        if fixed:
+            expr = f"{expr}.view(batch, c_out, {', '.join([*fixed, *kept])})"
+        current = [("channel", 0)] + [("fixed", k) for k in range(len(fixed))] + [
+            ("kept", k) for k in range(len(kept))
+        ]
+    target = [("channel", 0)] + [role for role in placement.roles if role[0] != "broadcast"]
     permutation = [current.index(role) for role in target]
     if permutation != sorted(permutation):
-        expr = f"{expr}.permute(0, 1, {', '.join(str(2 + p) for p in permutation)})"
+        expr = f"{expr}.permute(0, {', '.join(str(1 + p) for p in permutation)})"
     if any(role[0] == "broadcast" for role in placement.roles):
         index = [":", ":"] + ["None" if role[0] == "broadcast" else ":" for role in placement.roles]
         while index[-1] == ":":
@@ -123,7 +135,11 @@ def placed_code(var: str, placement: Placement) -> str:
 
 
 def _rows(start: int, stop: int) -> str:
-    """A row slice in units of ``c_out``: ``: 2 * c_out``, ``2 * c_out : 3 * c_out``."""
+    """A row slice in units of ``c_out``: ``:c_out``, ``: 2 * c_out``, ``2 * c_out : 3 * c_out``.
+
+    Used for parameter initialization only: in ``forward`` slicing would make each slice's
+    backward allocate a zero tensor the size of the whole matmul result; ``torch.split`` does not.
+    """
 
     def spell(value: int) -> str:
         return "c_out" if value == 1 else f"{value} * c_out"
@@ -133,46 +149,71 @@ def _rows(start: int, stop: int) -> str:
     return f"{spell(start)} : {spell(stop)}"
 
 
-def _mix_statements(op: MixOp) -> list[Statement]:
-    statements = []
-    comment = f"{op.name}: {', '.join(op.features)}"
-    inputs = list(op.features)
+def _expanded_weight(op: MixOp) -> str:
+    return f"self.{op.weight}.expand(batch, -1, -1)"
+
+
+def _mix_input(op: MixOp, statements: list[Statement]) -> str:
+    """The concatenated features of ``op`` in its layout; emits the concatenation if needed."""
     suffix = op.name.removeprefix("mix_")
+    channels_last = op.layout == "channels_last"
+    inputs = list(op.features)  # already in the op's layout
+    comment = f"{op.name}: {', '.join(op.features)}"
     if len(inputs) == 1:
-        x = inputs[0]
-    else:
-        x = f"x_{suffix}"
-        parts = f"parts_{suffix}"
-        statements.append(Statement(codefmt.wrap_list(inputs, 8, prefix=f"{parts} = "), comment))
-        statements.append(Statement(f"{x} = torch.cat({parts}, dim=1)"))
-        comment = ""
-    y = f"y_{suffix}" if len(op.terms) > 1 else op.terms[0].name
+        statements.append(Statement("", comment))
+        return inputs[0]
+    parts = f"parts_{suffix}"
+    statements.append(Statement(codefmt.wrap_list(inputs, 8, prefix=f"{parts} = "), comment))
+    x = f"x_{suffix}"
+    statements.append(Statement(f"{x} = torch.cat({parts}, dim={-1 if channels_last else 1})"))
+    return x
+
+
+def _mix_statements(op: MixOp) -> list[Statement]:
+    statements: list[Statement] = []
+    x = _mix_input(op, statements)
+    y = f"y_{op.name.removeprefix('mix_')}" if len(op.terms) > 1 else op.terms[0].name
     weight = f"self.{op.weight}"
     bias = f"self.{op.bias}" if op.has_bias else None
-    if not op.kept:
+    if not op.kept or op.layout == "channels_last":
         args = [x, weight] + ([bias] if bias else [])
         code = codefmt.call("F.linear", args, 8, prefix=f"{y} = ")
     else:
         operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x
-        code = f"{y} = torch.matmul({weight}, {operand})"
+        code = f"{y} = torch.bmm({_expanded_weight(op)}, {operand})"
         if bias:
             code += f" + {bias}[:, None]"
         if len(op.kept) > 1:
-            code = f"{y} = torch.matmul({weight}, {operand})"
-            code += f".view(batch, -1, {', '.join(str(n) for n in op.kept_sizes)})"
-            if bias:
-                code += f" + {bias}[:, None, None]"
-    statements.append(Statement(code, comment))
+            statements.append(Statement(code))
+            code = f"{y} = {y}.view(batch, -1, {', '.join(str(n) for n in op.kept_sizes)})"
+    statements.append(Statement(code))
     if len(op.terms) > 1:
-        row = 0
-        for term in op.terms:
-            stop = row + term.placement.factor
-            statements.append(Statement(f"{term.name} = {y}[:, {_rows(row, stop)}]"))
-            row = stop
+        sizes = [f"{t.placement.factor} * c_out" if t.placement.factor != 1 else "c_out" for t in op.terms]
+        dim = -1 if op.layout == "channels_last" and op.kept else 1
+        split = f"split_{op.name.removeprefix('mix_')}"
+        statements.append(Statement(codefmt.call("torch.split", [y, f"[{', '.join(sizes)}]", f"dim={dim}"], 8, prefix=f"{split} = ")))
+        for k, term in enumerate(op.terms):
+            statements.append(Statement(f"{term.name} = {split}[{k}]"))
     return statements
 
 
-def _output_statements(out_var: str, terms: tuple[Term, ...]) -> list[Statement]:
+def _fusable(op: MixOp, base: Term) -> bool:
+    """Whether ``base`` can take its broadcast terms as the input of a ``baddbmm``."""
+    placement = base.placement
+    in_order = [role for role in placement.roles] == [("kept", k) for k in range(len(placement.roles))]
+    return (
+        op.layout == "channels_first"
+        and len(op.terms) == 1
+        and not op.has_bias
+        and bool(op.kept)
+        and not placement.fixed_sizes
+        and in_order
+    )
+
+
+def _output_statements(
+    out_var: str, terms: tuple[Term, ...], op_of: dict[str, MixOp], fused: set[str]
+) -> list[Statement]:
     """Add the terms of one output, nesting small broadcasts into larger ones first."""
     ordered = sorted(terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name))
     base = ordered[-1]
@@ -181,30 +222,41 @@ def _output_statements(out_var: str, terms: tuple[Term, ...]) -> list[Statement]
     children: dict[str, list[Term]] = {t.name: [] for t in ordered}
     for k, small in enumerate(ordered[:-1]):
         host = next(
-            (
-                t
-                for t in ordered[k + 1 : -1]
-                if small.placement.varying_axes < t.placement.varying_axes
-            ),
+            (t for t in ordered[k + 1 : -1] if small.placement.varying_axes < t.placement.varying_axes),
             base,
         )
         children[host.name].append(small)
     statements: list[Statement] = []
 
+    def placed(term: Term) -> str:
+        return placed_code(term.name, term.placement, op_of[term.name].layout)
+
     def materialize(term: Term) -> str:
         """The term plus its nested children, as a variable or an expression."""
         kids = children[term.name]
         if not kids:
-            return placed_code(term.name, term.placement)
+            return placed(term)
         acc = f"sum_{term.name}"
         first = materialize(kids[0])
-        statements.append(Statement(f"{acc} = {placed_code(term.name, term.placement)} + {first}"))
+        statements.append(Statement(f"{acc} = {placed(term)} + {first}"))
         for kid in kids[1:]:
             statements.append(Statement(f"{acc} = {acc} + {materialize(kid)}"))
         return acc
 
     top = children[base.name]
-    base_code = placed_code(base.name, base.placement)
+    if base.name in fused:
+        op = op_of[base.name]
+        sizes = ", ".join(str(n) for n in base.placement.axis_sizes)
+        rest = f"rest_{out_var.removeprefix('out_')}"
+        terms_sum = " + ".join(materialize(kid) for kid in top)
+        statements.append(Statement(f"{rest} = {terms_sum}"))
+        statements.append(Statement(f"{rest} = {rest}.expand(batch, c_out, {sizes}).reshape(batch, c_out, -1)"))
+        x = _mix_input(op, statements)
+        operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x
+        statements.append(Statement(f"{out_var} = torch.baddbmm({rest}, {_expanded_weight(op)}, {operand})"))
+        statements.append(Statement(f"{out_var} = {out_var}.view(batch, c_out, {sizes})"))
+        return statements
+    base_code = placed(base)
     if not top:
         statements.append(Statement(f"{out_var} = {base_code}"))
         return statements
@@ -220,6 +272,18 @@ def _output_statements(out_var: str, terms: tuple[Term, ...]) -> list[Statement]
     return statements
 
 
+def _fused_terms(plan: LinearPlan) -> set[str]:
+    """Names of base terms computed by ``baddbmm`` together with their output's broadcasts."""
+    op_of = {term.name: op for op in plan.ops for term in op.terms}
+    fused = set()
+    for _, _, terms in plan.outputs:
+        ordered = sorted(terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name))
+        base = ordered[-1]
+        if len(ordered) > 1 and _fusable(op_of[base.name], base):
+            fused.add(base.name)
+    return fused
+
+
 def _scaled(factor: int, name: str) -> str:
     return name if factor == 1 else f"{factor} * {name}"
 
@@ -230,12 +294,15 @@ def linear_view(plan: LinearPlan) -> LinearView:
     features = [
         Statement(f"{f.name} = {f.code}", comment=f.description) for f in plan.features if f.code != f.name
     ]
+    op_of = {term.name: op for op in plan.ops for term in op.terms}
+    fused = _fused_terms(plan)
     mixes: list[Statement] = []
     for op in plan.ops:
-        mixes += _mix_statements(op)
+        if not (len(op.terms) == 1 and op.terms[0].name in fused):
+            mixes += _mix_statements(op)
     outputs: list[Statement] = []
     for tensor, out_var, terms in plan.outputs:
-        outputs += _output_statements(out_var, terms)
+        outputs += _output_statements(out_var, terms, op_of, fused)
     weights = [out for (name, out, _) in plan.outputs if space.tensor(name).kind == "weight"]
     biases = {space.tensor(name).layer: out for (name, out, _) in plan.outputs if space.tensor(name).kind == "bias"}
     layers = sorted({t.layer for t in space.tensors})

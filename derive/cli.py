@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from derive.errors import GenerationError, SpecError
-from derive.spec import PERMUTE_CHOICES, SCALING_CHOICES, MLPSpec, load_spec, mlp_spec, parse_activations, parse_widths
+from derive.spec import (
+    PERMUTE_CHOICES,
+    SCALING_CHOICES,
+    MLPSpec,
+    check_name,
+    load_spec,
+    mlp_spec,
+    parse_activations,
+    parse_widths,
+)
 
 __all__ = ["main", "DEFAULT_EXAMPLE"]
 
@@ -70,6 +79,8 @@ def _spec_from_args(args: argparse.Namespace) -> MLPSpec:
             raise SpecError("--activation applies to --mlp; set 'activation' in the spec file", "arguments")
         spec = load_spec(args.spec)
         overrides = {k: getattr(args, k) for k in ("permute", "scaling", "name") if getattr(args, k) is not None}
+        if "name" in overrides:
+            check_name(overrides["name"], "--name")
         if overrides:
             from dataclasses import replace
 
@@ -109,6 +120,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise SpecError(f"output file must end in .py, got {output.name!r}", "-o")
     if not output.parent.is_dir():
         raise SpecError(f"output folder {str(output.parent)!r} does not exist", "-o")
+    if output.is_dir():
+        raise SpecError(f"output path {str(output)!r} is a folder, not a file", "-o")
     source = generate(derive(spec), args.layer)
     write_atomic(output, source)
     print(f"wrote {output} ({args.layer} layer for {spec.name}, {len(source.splitlines())} lines)")

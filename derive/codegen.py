@@ -29,6 +29,7 @@ class ModuleMeta:
     group_lines: tuple[str, ...]
     dim: int
     constant_dim: int
+    num_maps: int
 
 
 def template_dir() -> Path:

@@ -16,7 +16,7 @@ from derive.codegen import ModuleMeta, render
 from derive.graph import mlp_graph
 from derive.group import weight_space_from_graph
 from derive.model import WeightSpaceSpec
-from derive.naming import class_name, comment_text
+from derive.naming import class_name, comment_text, identifier
 from derive.plan import LinearPlan, linear_plan
 from derive.render import layout_literal, linear_view
 from derive.spec import MLPSpec
@@ -58,7 +58,7 @@ def spec_command(spec: MLPSpec) -> str:
         parts.append(f"--activation {acts}")
     parts.append(f"--permute {spec.permute}")
     parts.append(f"--scaling {spec.scaling}")
-    parts.append(f"--name {class_name(spec.name, '')}")
+    parts.append(f"--name {identifier(spec.name)}")
     return " ".join(parts)
 
 
@@ -78,16 +78,17 @@ def _meta(derivation: Derivation, layer: str) -> ModuleMeta:
     widths = "-".join(str(w) for w in spec.widths)
     acts = ",".join(spec.activations) or "none"
     summary = comment_text(
-        f"{class_name(spec.name, '')}: mlp {widths}, activations {acts}; "
+        f"{identifier(spec.name)}: mlp {widths}, activations {acts}; "
         f"permute {spec.permute}; scaling {spec.scaling}"
     )
     return ModuleMeta(
-        name=class_name(spec.name, ""),
+        name=identifier(spec.name),
         spec_summary=summary,
         regenerate=f"nfn-derive generate {spec_command(spec)} --layer {layer} -o FILE",
         group_lines=_group_lines(derivation.space),
         dim=derivation.basis.dim,
         constant_dim=derivation.basis.constant_dim,
+        num_maps=derivation.basis.num_maps,
     )
 
 

@@ -454,7 +454,10 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
         used = [features[(f, layout if f[1] else "channels_first")] for f in feature_tuple]
         first = used[0]
         stem = "mix_" + ("_".join(identifier(s, part=True) for s in first.kept) if first.kept else "pooled")
-        name, k = stem, 2
+        name = stem
+        if name in op_names:  # same kept spaces, other features: name it after its first output
+            name = f"{stem}_{tensor_var(groups[feature_tuple][0][0])}"
+        k = 2
         while name in op_names:
             name, k = f"{stem}_{k}", k + 1
         op_names.add(name)

@@ -180,9 +180,10 @@ def _mix_statements(op: MixOp) -> list[Statement]:
         code = codefmt.call("F.linear", args, 8, prefix=f"{y} = ")
     else:
         operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x
-        code = f"{y} = torch.bmm({_expanded_weight(op)}, {operand})"
+        code = codefmt.call("torch.bmm", [_expanded_weight(op), operand], 8, prefix=f"{y} = ")
         if bias:
-            code += f" + {bias}[:, None]"
+            statements.append(Statement(code))
+            code = f"{y} = {y} + {bias}[:, None]"
         if len(op.kept) > 1:
             statements.append(Statement(code))
             code = f"{y} = {y}.view(batch, -1, {', '.join(str(n) for n in op.kept_sizes)})"
@@ -191,7 +192,8 @@ def _mix_statements(op: MixOp) -> list[Statement]:
         sizes = [f"{t.placement.factor} * c_out" if t.placement.factor != 1 else "c_out" for t in op.terms]
         dim = -1 if op.layout == "channels_last" and op.kept else 1
         split = f"split_{op.name.removeprefix('mix_')}"
-        statements.append(Statement(codefmt.call("torch.split", [y, f"[{', '.join(sizes)}]", f"dim={dim}"], 8, prefix=f"{split} = ")))
+        split_call = codefmt.Call("torch.split", (y, codefmt.Seq(tuple(sizes)), f"dim={dim}"))
+        statements.append(Statement(codefmt.statement(split_call, 8, prefix=f"{split} = ")))
         for k, term in enumerate(op.terms):
             statements.append(Statement(f"{term.name} = {split}[{k}]"))
     return statements
@@ -253,7 +255,8 @@ def _output_statements(
         statements.append(Statement(f"{rest} = {rest}.expand(batch, c_out, {sizes}).reshape(batch, c_out, -1)"))
         x = _mix_input(op, statements)
         operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x
-        statements.append(Statement(f"{out_var} = torch.baddbmm({rest}, {_expanded_weight(op)}, {operand})"))
+        baddbmm = codefmt.call("torch.baddbmm", [rest, _expanded_weight(op), operand], 8, prefix=f"{out_var} = ")
+        statements.append(Statement(baddbmm))
         statements.append(Statement(f"{out_var} = {out_var}.view(batch, c_out, {sizes})"))
         return statements
     base_code = placed(base)
@@ -307,9 +310,9 @@ def linear_view(plan: LinearPlan) -> LinearView:
     biases = {space.tensor(name).layer: out for (name, out, _) in plan.outputs if space.tensor(name).kind == "bias"}
     layers = sorted({t.layer for t in space.tensors})
     bias_list = [biases.get(layer, "None") for layer in layers]
-    weights_tuple = f"({', '.join(weights)},)" if len(weights) == 1 else f"({', '.join(weights)})"
-    biases_tuple = f"({', '.join(bias_list)},)" if len(bias_list) == 1 else f"({', '.join(bias_list)})"
-    result = codefmt.call("WeightSpace", [weights_tuple, biases_tuple], 8, prefix="return ")
+    result = codefmt.call(
+        "WeightSpace", [codefmt.Seq(tuple(weights), "("), codefmt.Seq(tuple(bias_list), "(")], 8, prefix="return "
+    )
     params = []
     inits = []
     bound_vars = {}
@@ -330,7 +333,9 @@ def linear_view(plan: LinearPlan) -> LinearView:
             row = stop
     used = {i.output for i in inits}
     bounds = tuple(
-        (bound_vars[t.name], f"1.0 / math.sqrt({plan.fan_in[t.name]} * c_in)") for t in space.tensors if t.name in used
+        (bound_vars[t.name], f"1.0 / math.sqrt({_scaled(plan.fan_in[t.name], 'c_in')})")
+        for t in space.tensors
+        if t.name in used
     )
     formula = _formula_lines(plan)
     return LinearView(

@@ -34,6 +34,7 @@ __all__ = [
     "spec_from_mapping",
     "parse_widths",
     "parse_activations",
+    "check_name",
 ]
 
 PERMUTE_CHOICES = ("hidden", "all")
@@ -63,6 +64,12 @@ def _check_choice(value: object, choices: Sequence[str], field: str, where: str)
             f"field '{field}': {value!r} is not one of {', '.join(choices)}", where
         )
     return value
+
+
+def check_name(name: object, where: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError(f"field 'name': expected a non-empty string, got {name!r}", where)
+    return name
 
 
 def _check_widths(values: object, where: str) -> tuple[int, ...]:
@@ -116,6 +123,13 @@ def _check_activations(value: object, num_hidden: int, where: str) -> tuple[str,
     return tuple(out)
 
 
+def _as_list(value: object) -> object:
+    """Any non-string sequence becomes a list (validated afterwards); other values pass as they are."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return list(value)
+    return value
+
+
 def mlp_spec(
     widths: Sequence[int],
     activation: str | Sequence[str] = "relu",
@@ -125,12 +139,10 @@ def mlp_spec(
     source: str = "python",
 ) -> MLPSpec:
     """Validate and build an MLP spec (the Python API)."""
-    checked = _check_widths(list(widths), source)
-    acts = _check_activations(
-        activation if isinstance(activation, str) else list(activation), len(checked) - 2, source
-    )
+    checked = _check_widths(_as_list(widths), source)
+    acts = _check_activations(_as_list(activation), len(checked) - 2, source)
     return MLPSpec(
-        name=name if name is not None else "mlp_" + "_".join(str(w) for w in checked),
+        name=check_name(name, source) if name is not None else "mlp_" + "_".join(str(w) for w in checked),
         widths=checked,
         activations=acts,
         permute=_check_choice(permute, PERMUTE_CHOICES, "permute", source),
@@ -141,18 +153,14 @@ def mlp_spec(
 
 def spec_from_mapping(data: Mapping[str, Any], where: str, default_name: str) -> MLPSpec:
     """Build a spec from a parsed YAML/JSON mapping."""
-    unknown = sorted(set(data) - set(_FIELDS))
+    unknown = sorted((key for key in data if key not in _FIELDS), key=str)
     if unknown:
-        raise SpecError(
-            f"unknown field '{unknown[0]}' (valid fields: {', '.join(_FIELDS)})", where
-        )
+        raise SpecError(f"unknown field {str(unknown[0])!r} (valid fields: {', '.join(_FIELDS)})", where)
     architecture = data.get("architecture", "mlp")
     _check_choice(architecture, ("mlp",), "architecture", where)
     if "widths" not in data:
         raise SpecError("field 'widths' is missing (an MLP spec needs its layer widths)", where)
-    name = data.get("name", default_name)
-    if not isinstance(name, str) or not name.strip():
-        raise SpecError(f"field 'name': expected a non-empty string, got {name!r}", where)
+    name = check_name(data.get("name", default_name), where)
     widths = _check_widths(data["widths"], where)
     activation = data.get("activation", "relu")
     return MLPSpec(

@@ -1,0 +1,36 @@
+# Set-up and the two main jobs. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench regenerate clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU PyTorch first: a bare `pip install torch` may pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0 || $(BIN)/pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## derive, generate and verify layers for the built-in example (a ReLU MLP 784-64-64-10)
+demo: $(STAMP)
+	$(BIN)/nfn-derive demo -o nfn_demo
+
+## the test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## the benchmarks reported in README.md (minutes, not part of the tests)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/derive_time.py
+	$(BIN)/python benchmarks/layer_speed.py
+	$(BIN)/python benchmarks/codegen_size.py
+
+## rewrite generated/ from generated/specs
+regenerate: $(STAMP)
+	$(BIN)/python -m derive.regenerate
+
+clean:
+	rm -rf $(VENV) nfn_demo .pytest_cache

@@ -13,18 +13,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from derive import basis as basis_module  # noqa: E402
-from derive import partitions  # noqa: E402
-from derive.numeric import completeness_report  # noqa: E402
-from derive.pipeline import derive  # noqa: E402
-from derive.report import report_table  # noqa: E402
-from derive.spec import mlp_spec  # noqa: E402
+from derive import basis as basis_module
+from derive import partitions
+from derive.numeric import completeness_report
+from derive.pipeline import derive
+from derive.report import report_table
+from derive.spec import mlp_spec
 
 GROUPS = {
-    "perm (HNP)": dict(activation="relu", scaling="none"),
-    "positive": dict(activation="relu"),
-    "sign": dict(activation="tanh"),
-    "NP": dict(activation="relu", permute="all", scaling="none"),
+    "perm (HNP)": {"activation": "relu", "scaling": "none"},
+    "positive": {"activation": "relu"},
+    "sign": {"activation": "tanh"},
+    "NP": {"activation": "relu", "permute": "all", "scaling": "none"},
 }
 
 
@@ -42,29 +42,39 @@ def _cold(fn, reps=3):
 
 
 def main() -> None:
-    print("Derivation of the complete linear basis, widths (64, 128 x (L-1), 10), median of 3 cold runs")
+    print(
+        "Derivation of the complete linear basis, widths (64, 128 x (L-1), 10), median of 3 cold runs"
+    )
     print(f"{'L':>3s} " + " ".join(f"{g:>14s}" for g in GROUPS) + f" {'inspect table':>14s}")
     for depth in (2, 4, 8, 16, 32, 64):
         widths = (64,) + (128,) * (depth - 1) + (10,)
         cells = []
         for options in GROUPS.values():
             spec = mlp_spec(widths, **options)
-            cells.append(_cold(lambda: derive(spec).basis))
+            cells.append(_cold(lambda spec=spec: derive(spec).basis))
         spec = mlp_spec(widths, "relu", scaling="none")
-        table = _cold(lambda: report_table(derive(spec)), reps=1)
-        print(f"{depth:3d} " + " ".join(f"{t * 1e3:11.1f} ms" for t in cells) + f" {table * 1e3:11.1f} ms")
+        table = _cold(lambda spec=spec: report_table(derive(spec)), reps=1)
+        print(
+            f"{depth:3d} "
+            + " ".join(f"{t * 1e3:11.1f} ms" for t in cells)
+            + f" {table * 1e3:11.1f} ms"
+        )
 
     print()
-    print("Symbolic enumeration vs numeric null-space solve (all blocks, medians of 3), widths (2, 3 x (L-1), 2)")
+    print(
+        "Symbolic enumeration vs numeric null-space solve (all blocks, medians of 3), widths (2, 3 x (L-1), 2)"
+    )
     print(f"{'L':>3s} {'group':>12s} {'dim':>6s} {'symbolic':>12s} {'numeric':>12s} {'ratio':>8s}")
     warm = derive(mlp_spec((2, 3, 2)))
-    completeness_report(warm.space, {b.key: b.dim for b in warm.basis.blocks})  # warm up torch.linalg
+    completeness_report(
+        warm.space, {b.key: b.dim for b in warm.basis.blocks}
+    )  # warm up torch.linalg
     for depth in (2, 3, 4):
         widths = (2,) + (3,) * (depth - 1) + (2,)
         for name, options in GROUPS.items():
             spec = mlp_spec(widths, **options)
             derivation = derive(spec)
-            symbolic = _cold(lambda: derive(spec).basis)
+            symbolic = _cold(lambda spec=spec: derive(spec).basis)
             counts = {b.key: b.dim for b in derivation.basis.blocks}
             numeric_times = []
             for _ in range(3):

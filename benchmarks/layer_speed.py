@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from derive.pipeline import derive, generate  # noqa: E402
-from derive.spec import mlp_spec  # noqa: E402
-from derive.verify import load_generated  # noqa: E402
-from nfn_runtime import WeightSpace, random_weight_space, to_nfn  # noqa: E402
+from derive.pipeline import derive, generate
+from derive.spec import mlp_spec
+from derive.verify import load_generated
+from nfn_runtime import WeightSpace, random_weight_space, to_nfn
 
 LAYERS = ("floor", "gen_hnp", "gen_np", "gen_positive", "gen_sign", "nfn_hnp", "nfn_np")
 
@@ -40,7 +40,8 @@ class PointwiseFloor(nn.Module):
     def __init__(self, num_tensors: int, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(out_channels, in_channels) / in_channels**0.5) for _ in range(num_tensors)
+            nn.Parameter(torch.randn(out_channels, in_channels) / in_channels**0.5)
+            for _ in range(num_tensors)
         )
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
@@ -62,11 +63,15 @@ def _generated(widths: tuple[int, ...], permute: str, scaling: str, channels: in
     return layer
 
 
-def build(name: str, widths: tuple[int, ...], channels: int, batch: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def build(
+    name: str, widths: tuple[int, ...], channels: int, batch: int
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """(make input, one forward+backward step) for layer ``name``."""
     layout = derive(mlp_spec(widths, "relu", name="bench")).space.to_layout()
     torch.manual_seed(0)
-    x = random_weight_space(layout, batch, channels, torch.float32).map(lambda t: t.requires_grad_())
+    x = random_weight_space(layout, batch, channels, torch.float32).map(
+        lambda t: t.requires_grad_()
+    )
     layer: nn.Module
     if name == "floor":
         layer = PointwiseFloor(2 * (len(widths) - 1), channels, channels)
@@ -101,7 +106,9 @@ def build(name: str, widths: tuple[int, ...], channels: int, batch: int) -> tupl
     return (lambda: None), step
 
 
-def time_layers(names: list[str], widths: tuple[int, ...], channels: int, batch: int, reps: int) -> dict[str, list[float]]:
+def time_layers(
+    names: list[str], widths: tuple[int, ...], channels: int, batch: int, reps: int
+) -> dict[str, list[float]]:
     steps = {name: build(name, widths, channels, batch)[1] for name in names}
     for step in steps.values():
         for _ in range(2):
@@ -140,7 +147,9 @@ def peak_memory(name: str, widths: tuple[int, ...], channels: int, batch: int) -
         f"print(measure_peak({name!r}, {widths!r}, {channels}, {batch}))"
     )
     root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -160,10 +169,18 @@ def main() -> None:
     names = args.layers.split(",")
     times = time_layers(names, widths, args.channels, args.batch, args.reps)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
-    memory = {} if args.no_memory else {name: peak_memory(name, widths, args.channels, args.batch) for name in names}
-    print(f"widths {widths}, channels {args.channels}, batch {args.batch}, threads {args.threads}, "
-          f"median of {args.reps} forward+backward steps (round-robin)")
-    print(f"{'layer':14s} {'time ms':>9s} {'IQR ms':>8s} {'/floor':>7s} {'/nfn_hnp':>9s} {'peak MiB':>9s}")
+    memory = (
+        {}
+        if args.no_memory
+        else {name: peak_memory(name, widths, args.channels, args.batch) for name in names}
+    )
+    print(
+        f"widths {widths}, channels {args.channels}, batch {args.batch}, threads {args.threads}, "
+        f"median of {args.reps} forward+backward steps (round-robin)"
+    )
+    print(
+        f"{'layer':14s} {'time ms':>9s} {'IQR ms':>8s} {'/floor':>7s} {'/nfn_hnp':>9s} {'peak MiB':>9s}"
+    )
     for name in names:
         ts = sorted(times[name])
         iqr = (ts[3 * len(ts) // 4] - ts[len(ts) // 4]) * 1e3

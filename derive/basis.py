@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 from math import prod
 
 from derive.model import Scaling, TensorSpec, WeightSpaceSpec
@@ -124,7 +124,7 @@ class LinearBasis:
 _LocalPattern = tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _space_patterns(
     scaling: Scaling, size: int, out_chars: tuple[int, ...], in_chars: tuple[int, ...]
 ) -> tuple[_LocalPattern, ...]:
@@ -148,7 +148,9 @@ def _space_patterns(
     return tuple(patterns)
 
 
-def _positions(space: WeightSpaceSpec, tensor: TensorSpec | None) -> tuple[dict[str, list[int]], list[int]]:
+def _positions(
+    space: WeightSpaceSpec, tensor: TensorSpec | None
+) -> tuple[dict[str, list[int]], list[int]]:
     """Per permuted space, the axis positions carrying it; and the fixed axis positions."""
     by_space: dict[str, list[int]] = {}
     fixed: list[int] = []
@@ -178,7 +180,9 @@ def enumerate_block(
         out_chars = tuple(output.axes[p].character for p in outs) if output else ()
         in_chars = tuple(input.axes[p].character for p in ins) if input else ()
         options = []
-        for pattern in _space_patterns(neuron_space.scaling, neuron_space.size, out_chars, in_chars):
+        for pattern in _space_patterns(
+            neuron_space.scaling, neuron_space.size, out_chars, in_chars
+        ):
             options.append(
                 tuple(
                     Block(name, tuple(outs[s] for s in o), tuple(ins[s] for s in i))
@@ -214,7 +218,9 @@ def _block_order(block: Block) -> tuple[int, int, int]:
     return (0 if block.outputs else 1, first_out, first_in)
 
 
-def linear_basis(space: WeightSpaceSpec, tensors: Sequence[TensorSpec] | None = None) -> LinearBasis:
+def linear_basis(
+    space: WeightSpaceSpec, tensors: Sequence[TensorSpec] | None = None
+) -> LinearBasis:
     """The complete basis for every block, the constants and the invariant functionals."""
     chosen = tuple(tensors) if tensors is not None else space.tensors
     blocks = tuple(

@@ -28,7 +28,7 @@ from derive.spec import (
 __all__ = ["main", "DEFAULT_EXAMPLE"]
 
 #: the built-in example of ``nfn-derive demo``: a ReLU MLP on 28x28 images
-DEFAULT_EXAMPLE = {"widths": (784, 64, 64, 10), "activation": "relu", "name": "relu_mlp"}
+DEFAULT_EXAMPLE = mlp_spec((784, 64, 64, 10), "relu", name="relu_mlp", source="built-in example")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,21 +40,29 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", help="architecture spec file (.yaml, .yml or .json)")
-    parser.add_argument("--mlp", metavar="WIDTHS", help="MLP widths, e.g. 784,64,64,10 (instead of a spec file)")
+    parser.add_argument(
+        "--mlp", metavar="WIDTHS", help="MLP widths, e.g. 784,64,64,10 (instead of a spec file)"
+    )
     parser.add_argument(
         "--activation",
         metavar="NAME[,NAME...]",
         help="activation of every hidden layer, or a comma list with one per hidden layer (default relu)",
     )
-    parser.add_argument("--permute", choices=PERMUTE_CHOICES, help="hidden: HNP setting; all: NP setting")
-    parser.add_argument("--scaling", choices=SCALING_CHOICES, help="override the scaling of every hidden space")
+    parser.add_argument(
+        "--permute", choices=PERMUTE_CHOICES, help="hidden: HNP setting; all: NP setting"
+    )
+    parser.add_argument(
+        "--scaling", choices=SCALING_CHOICES, help="override the scaling of every hidden space"
+    )
     parser.add_argument("--name", help="name of the weight space (used for class names)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nfn-derive", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    inspect = commands.add_parser("inspect", help="print the group, the weight space and the sharing patterns")
+    inspect = commands.add_parser(
+        "inspect", help="print the group, the weight space and the sharing patterns"
+    )
     _add_spec_arguments(inspect)
     inspect.add_argument("--latex", action="store_true", help="print formulas as LaTeX")
     inspect.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
@@ -62,12 +70,18 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_spec_arguments(generate)
     generate.add_argument("--layer", choices=("linear", "invariant"), default="linear")
     generate.add_argument("-o", "--output", required=True, help="output .py file")
-    verify = commands.add_parser("verify", help="run symbolic, numeric, sensitivity and completeness checks")
+    verify = commands.add_parser(
+        "verify", help="run symbolic, numeric, sensitivity and completeness checks"
+    )
     _add_spec_arguments(verify)
     verify.add_argument("--samples", type=int, default=3, help="group elements per numeric check")
     verify.add_argument("--seed", type=int, default=0)
-    demo = commands.add_parser("demo", help="derive, generate and verify the built-in example (a ReLU MLP)")
-    demo.add_argument("-o", "--output-dir", default="nfn_demo", help="folder for the generated modules")
+    demo = commands.add_parser(
+        "demo", help="derive, generate and verify the built-in example (a ReLU MLP)"
+    )
+    demo.add_argument(
+        "-o", "--output-dir", default="nfn_demo", help="folder for the generated modules"
+    )
     return parser
 
 
@@ -76,9 +90,15 @@ def _spec_from_args(args: argparse.Namespace) -> MLPSpec:
         raise SpecError("give either a spec file or --mlp, not both", "arguments")
     if args.spec:
         if args.activation is not None:
-            raise SpecError("--activation applies to --mlp; set 'activation' in the spec file", "arguments")
+            raise SpecError(
+                "--activation applies to --mlp; set 'activation' in the spec file", "arguments"
+            )
         spec = load_spec(args.spec)
-        overrides = {k: getattr(args, k) for k in ("permute", "scaling", "name") if getattr(args, k) is not None}
+        overrides = {
+            k: getattr(args, k)
+            for k in ("permute", "scaling", "name")
+            if getattr(args, k) is not None
+        }
         if "name" in overrides:
             check_name(overrides["name"], "--name")
         if overrides:
@@ -105,7 +125,11 @@ def _inspect(args: argparse.Namespace) -> int:
     from derive.report import report_json, report_table
 
     derivation = derive(_spec_from_args(args))
-    text = report_json(derivation, latex=args.latex) + "\n" if args.json else report_table(derivation, latex=args.latex)
+    text = (
+        report_json(derivation, latex=args.latex) + "\n"
+        if args.json
+        else report_table(derivation, latex=args.latex)
+    )
     sys.stdout.write(text)
     return 0
 
@@ -145,7 +169,7 @@ def _demo(args: argparse.Namespace) -> int:
     from derive.pipeline import derive, generate
     from derive.verify import verify
 
-    spec = mlp_spec(DEFAULT_EXAMPLE["widths"], DEFAULT_EXAMPLE["activation"], name=DEFAULT_EXAMPLE["name"])  # type: ignore[arg-type]
+    spec = DEFAULT_EXAMPLE
     start = time.perf_counter()
     derivation = derive(spec)
     basis = derivation.basis

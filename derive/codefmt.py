@@ -16,7 +16,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["LINE_LENGTH", "Call", "Seq", "Node", "flat", "statement", "call", "wrap_list", "assign_tuple"]
+__all__ = [
+    "LINE_LENGTH",
+    "Call",
+    "Seq",
+    "Node",
+    "flat",
+    "statement",
+    "call",
+    "wrap_list",
+    "assign_tuple",
+]
 
 LINE_LENGTH = 100
 

@@ -13,7 +13,7 @@ it picks up equals the factor of the output entry (exponents reduced mod 2 on si
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import sympy
 
@@ -53,7 +53,7 @@ class MapFormula:
     index_space: dict[str, str]  # index symbol name -> space name
 
 
-@lru_cache(maxsize=None)
+@cache
 def tensor_symbol(name: str, primed: bool = False) -> sympy.IndexedBase:
     """The sympy base for a tensor, ``W2`` (input) or ``W2'`` (output)."""
     letter, layer = name[0], name[1:]
@@ -150,7 +150,11 @@ def map_formula(space: WeightSpaceSpec, basis_map: BasisMap) -> MapFormula:
     summand: sympy.Expr = theta
     if in_tensor is not None:
         in_symbols = [in_idx[p] for p in range(len(in_tensor.axes))]
-        entry = tensor_symbol(in_tensor.name)[tuple(sym[s] for s in in_symbols)] if in_symbols else sympy.Symbol(in_tensor.name)
+        entry = (
+            tensor_symbol(in_tensor.name)[tuple(sym[s] for s in in_symbols)]
+            if in_symbols
+            else sympy.Symbol(in_tensor.name)
+        )
         summand = theta * entry
     rhs: sympy.Expr = summand
     for symbol in fixed_in:
@@ -162,12 +166,18 @@ def map_formula(space: WeightSpaceSpec, basis_map: BasisMap) -> MapFormula:
     if out_tensor is not None:
         out_symbols = [out_idx[p] for p in range(len(out_tensor.axes))]
         base = tensor_symbol(out_tensor.name, primed=True)
-        lhs: sympy.Expr = base[tuple(sym[s] for s in out_symbols)] if out_symbols else sympy.Symbol(f"{out_tensor.name}'")
+        lhs: sympy.Expr = (
+            base[tuple(sym[s] for s in out_symbols)]
+            if out_symbols
+            else sympy.Symbol(f"{out_tensor.name}'")
+        )
     else:
         lhs = sympy.Symbol("y")
     text = formula_text(space, basis_map)
     latex = f"{sympy.latex(lhs)} \\mathrel{{+}}= {sympy.latex(rhs)}"
-    return MapFormula(lhs=lhs, rhs=rhs, summand=summand, text=text, latex=latex, index_space=index_space)
+    return MapFormula(
+        lhs=lhs, rhs=rhs, summand=summand, text=text, latex=latex, index_space=index_space
+    )
 
 
 @dataclass(frozen=True)
@@ -204,33 +214,54 @@ def _reduce_signs(space: WeightSpaceSpec, expr: sympy.Expr) -> sympy.Expr:
     return expr.xreplace(replacements)
 
 
-def verify_map(space: WeightSpaceSpec, basis_map: BasisMap, formula: MapFormula | None = None) -> SymbolicCheck:
+def verify_map(
+    space: WeightSpaceSpec, basis_map: BasisMap, formula: MapFormula | None = None
+) -> SymbolicCheck:
     """Prove ``basis_map`` equivariant with symbolic scales (see the module docstring)."""
     formula = formula or map_formula(space, basis_map)
     # Permutations: each index symbol sits only on axes of its own space.
     for tensor_name, expr in ((basis_map.output, formula.lhs), (basis_map.input, formula.summand)):
         if tensor_name is None:
             continue
-        entries = [e for e in sympy.preorder_traversal(expr) if isinstance(e, sympy.Indexed) and str(e.base) != "theta"]
+        entries = [
+            e
+            for e in sympy.preorder_traversal(expr)
+            if isinstance(e, sympy.Indexed) and str(e.base) != "theta"
+        ]
         tensor = space.tensor(tensor_name)
         for entry in entries:
             for axis, index in zip(tensor.axes, entry.indices):
                 if formula.index_space[str(index)] != axis.space:
                     return SymbolicCheck(False, f"index {index} of {tensor_name} mixes spaces")
     lhs_symbols = {str(s) for s in formula.lhs.free_symbols if s.is_integer}
-    summed = {str(limit[0]) for s in sympy.preorder_traversal(formula.rhs) if isinstance(s, sympy.Sum) for limit in s.limits}
+    summed = {
+        str(limit[0])
+        for s in sympy.preorder_traversal(formula.rhs)
+        if isinstance(s, sympy.Sum)
+        for limit in s.limits
+    }
     for name in summed:
         size = space.space(formula.index_space[name]).size
         if name in lhs_symbols:
             return SymbolicCheck(False, f"summed index {name} is also an output index")
-        limits = [lim for s in sympy.preorder_traversal(formula.rhs) if isinstance(s, sympy.Sum) for lim in s.limits if str(lim[0]) == name]
+        limits = [
+            lim
+            for s in sympy.preorder_traversal(formula.rhs)
+            if isinstance(s, sympy.Sum)
+            for lim in s.limits
+            if str(lim[0]) == name
+        ]
         if any(lim[1] != 0 or lim[2] != size - 1 for lim in limits):
             return SymbolicCheck(False, f"sum over {name} does not run over the whole space")
     # Scalings: the summand's factor must equal the output entry's factor.
     in_factor: sympy.Expr = sympy.Integer(1)
     if basis_map.input is not None:
         entry = formula.summand.as_coeff_Mul()[1]
-        entries = [e for e in sympy.preorder_traversal(formula.summand) if isinstance(e, sympy.Indexed) and str(e.base) != "theta"]
+        entries = [
+            e
+            for e in sympy.preorder_traversal(formula.summand)
+            if isinstance(e, sympy.Indexed) and str(e.base) != "theta"
+        ]
         entry = entries[0] if entries else entry
         in_factor = _scale_factor(space, entry, basis_map.input)
     out_factor: sympy.Expr = sympy.Integer(1)
@@ -238,5 +269,7 @@ def verify_map(space: WeightSpaceSpec, basis_map: BasisMap, formula: MapFormula 
         out_factor = _scale_factor(space, formula.lhs, basis_map.output)
     ratio = _reduce_signs(space, sympy.powsimp(in_factor / out_factor, force=True))
     if sympy.simplify(ratio) != 1:
-        return SymbolicCheck(False, f"scale factors differ: input gains {in_factor}, output needs {out_factor}")
+        return SymbolicCheck(
+            False, f"scale factors differ: input gains {in_factor}, output needs {out_factor}"
+        )
     return SymbolicCheck(True, f"factor {out_factor}" if out_factor != 1 else "invariant factor 1")

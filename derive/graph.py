@@ -68,17 +68,23 @@ def mlp_graph(spec: MLPSpec) -> nx.MultiDiGraph:
             )
             order += 1
             for position, (space, character) in enumerate(axes):
-                graph.add_edge(tensor_node(name), space_node(space), key=position, character=character)
+                graph.add_edge(
+                    tensor_node(name), space_node(space), key=position, character=character
+                )
     return graph
 
 
 def graph_spaces(graph: nx.MultiDiGraph) -> list[str]:
     """Space names in their declared order."""
-    nodes = [(data["order"], node[1]) for node, data in graph.nodes(data=True) if node[0] == "space"]
+    nodes = [
+        (data["order"], node[1]) for node, data in graph.nodes(data=True) if node[0] == "space"
+    ]
     return [name for _, name in sorted(nodes)]
 
 
 def graph_tensors(graph: nx.MultiDiGraph) -> list[str]:
     """Tensor names in their declared order."""
-    nodes = [(data["order"], node[1]) for node, data in graph.nodes(data=True) if node[0] == "tensor"]
+    nodes = [
+        (data["order"], node[1]) for node, data in graph.nodes(data=True) if node[0] == "tensor"
+    ]
     return [name for _, name in sorted(nodes)]

@@ -73,4 +73,6 @@ def weight_space_from_graph(
                 source_shape=tuple(data.get("source_shape", ())),
             )
         )
-    return WeightSpaceSpec(name=graph.graph.get("name", "weights"), spaces=spaces, tensors=tuple(tensors))
+    return WeightSpaceSpec(
+        name=graph.graph.get("name", "weights"), spaces=spaces, tensors=tuple(tensors)
+    )

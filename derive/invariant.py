@@ -75,7 +75,9 @@ def invariant_plan(space: WeightSpaceSpec) -> InvariantPlan:
     """Canonicalization per tensor, then every permutation-invariant functional as a feature."""
     perm_space = permutation_only(space)
     canonical = tuple(canonicalization(space, t) for t in space.tensors)
-    taken = {tensor_var(t.name) for t in space.tensors} | {canonical_var(t.name) for t in space.tensors}
+    taken = {tensor_var(t.name) for t in space.tensors} | {
+        canonical_var(t.name) for t in space.tensors
+    }
     taken |= {"batch", "ws", "self", "pooled"}
     features = []
     for tensor, canon in zip(space.tensors, canonical):
@@ -109,7 +111,12 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
         if canon.absolute:
             expr = f"{expr}.abs()"
         what = " and ".join(
-            w for w, on in (("unit channel norm", canon.normalize), ("absolute value", canon.absolute)) if on
+            w
+            for w, on in (
+                ("unit channel norm", canon.normalize),
+                ("absolute value", canon.absolute),
+            )
+            if on
         )
         canonical.append((canonical_var(canon.tensor), expr, what))
     features = tuple((f.name, f.code, f.description) for f in plan.features if f.code != f.name)
@@ -117,7 +124,9 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
     pooled = codefmt.wrap_list(names, 8, prefix="parts = ")
     formula = tuple(f"{f.name} = {f.description}" for f in plan.features)
     return InvariantView(
-        unpack_line=codefmt.assign_tuple(variables, "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8),
+        unpack_line=codefmt.assign_tuple(
+            variables, "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8
+        ),
         unpack=tuple(variables),
         canonical=tuple(canonical),
         features=features,

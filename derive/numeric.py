@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from derive.model import Scaling, TensorSpec, WeightSpaceSpec
+from derive.model import TensorSpec, WeightSpaceSpec
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = [
@@ -53,7 +53,9 @@ def generators(space: WeightSpaceSpec) -> list[Generator]:
                 gens.append(Generator(s.name, permutation=(*range(1, n), 0)))
         for j in range(n):
             if s.scaling.allows_sign():
-                gens.append(Generator(s.name, scale=tuple(-1.0 if k == j else 1.0 for k in range(n))))
+                gens.append(
+                    Generator(s.name, scale=tuple(-1.0 if k == j else 1.0 for k in range(n)))
+                )
             if s.scaling.allows_positive():
                 gens.append(Generator(s.name, lie=tuple(1.0 if k == j else 0.0 for k in range(n))))
     return gens
@@ -77,7 +79,11 @@ def tensor_action(space: WeightSpaceSpec, tensor: TensorSpec, gen: Generator) ->
         matrix = torch.zeros(size, size, dtype=torch.float64)
         matrix[torch.arange(size), moved.reshape(-1)] = 1.0
         return matrix
-    diag = torch.ones(shape, dtype=torch.float64) if gen.scale is not None else torch.zeros(shape, dtype=torch.float64)
+    diag = (
+        torch.ones(shape, dtype=torch.float64)
+        if gen.scale is not None
+        else torch.zeros(shape, dtype=torch.float64)
+    )
     for axis, ax in enumerate(tensor.axes):
         if ax.space != gen.space or ax.character == 0:
             continue
@@ -93,7 +99,10 @@ def tensor_action(space: WeightSpaceSpec, tensor: TensorSpec, gen: Generator) ->
 
 
 def block_constraint(
-    space: WeightSpaceSpec, output: TensorSpec | None, input: TensorSpec | None, gens: list[Generator]
+    space: WeightSpaceSpec,
+    output: TensorSpec | None,
+    input: TensorSpec | None,
+    gens: list[Generator],
 ) -> Tensor:
     """Stacked ``(rho_S^T kron I - I kron rho_T) vec(L) = 0`` rows for the block ``output <- input``.
 
@@ -120,7 +129,9 @@ def _rank(matrix: Tensor) -> int:
     return int(torch.linalg.matrix_rank(matrix, hermitian=False, rtol=1e-9).item())
 
 
-def equivariant_dimension(space: WeightSpaceSpec, output: TensorSpec | None, input: TensorSpec | None) -> int:
+def equivariant_dimension(
+    space: WeightSpaceSpec, output: TensorSpec | None, input: TensorSpec | None
+) -> int:
     """Dimension of the null space of the block's constraints."""
     gens = generators(space)
     n_t = _numel(space, output)
@@ -162,7 +173,9 @@ def layer_jacobians(
         named = {}
         offset = 0
         for t, n in zip(tensors, sizes):
-            named[t.name] = batch[:, offset : offset + n].reshape(batch.shape[0], 1, *space.shape(t))
+            named[t.name] = batch[:, offset : offset + n].reshape(
+                batch.shape[0], 1, *space.shape(t)
+            )
             offset += n
         with torch.no_grad():
             result = layer(WeightSpace.from_named(layout, named)).named(layout)
@@ -172,7 +185,9 @@ def layer_jacobians(
             offset = 0
             for t_in, n in zip(tensors, sizes):
                 block = matrix[:, offset : offset + n]
-                out.setdefault((t_out.name, t_in.name), []).append(block.T.reshape(-1))  # column-major vec
+                out.setdefault((t_out.name, t_in.name), []).append(
+                    block.T.reshape(-1)
+                )  # column-major vec
                 offset += n
     return {key: torch.stack(vectors) for key, vectors in out.items()}
 

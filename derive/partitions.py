@@ -9,7 +9,7 @@ unitriangular change of basis, so they are exactly a basis at width ``n_s``.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from sympy.functions.combinatorial.numbers import bell, stirling
 from sympy.utilities.iterables import multiset_partitions
@@ -17,7 +17,7 @@ from sympy.utilities.iterables import multiset_partitions
 __all__ = ["set_partitions", "partition_count"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def set_partitions(count: int) -> tuple[tuple[tuple[int, ...], ...], ...]:
     """All set partitions of ``range(count)``, each a tuple of sorted blocks, in a fixed order."""
     if count == 0:
@@ -29,7 +29,7 @@ def set_partitions(count: int) -> tuple[tuple[tuple[int, ...], ...], ...]:
     return tuple(sorted(partitions, key=lambda p: (len(p), p)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def partition_count(count: int, width: int | None = None) -> int:
     """Bell(count), or the number of partitions with at most ``width`` blocks (sum of S2)."""
     if width is None or width >= count:

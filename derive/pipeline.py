@@ -52,7 +52,11 @@ def derive(spec: MLPSpec) -> Derivation:
 
 def spec_command(spec: MLPSpec) -> str:
     """The ``--mlp`` options that reproduce ``spec`` (used in generated headers)."""
-    acts = ",".join(dict.fromkeys(spec.activations)) if len(set(spec.activations)) == 1 else ",".join(spec.activations)
+    acts = (
+        ",".join(dict.fromkeys(spec.activations))
+        if len(set(spec.activations)) == 1
+        else ",".join(spec.activations)
+    )
     parts = [f"--mlp {','.join(str(w) for w in spec.widths)}"]
     if spec.activations:
         parts.append(f"--activation {acts}")
@@ -68,7 +72,9 @@ def _group_lines(space: WeightSpaceSpec) -> tuple[str, ...]:
         if s.is_fixed:
             kind = "fixed"
         else:
-            kind = "permuted" + ("" if s.scaling.value == "none" else f", {s.scaling.value} scaling")
+            kind = "permuted" + (
+                "" if s.scaling.value == "none" else f", {s.scaling.value} scaling"
+            )
         lines.append(comment_text(f"    {s.name} ({s.size}): {kind}"))
     return tuple(lines)
 

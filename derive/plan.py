@@ -255,7 +255,11 @@ def feature_code(
         if permutation != sorted(permutation):
             expr = f"{expr}.permute(0, {', '.join(str(1 + i) for i in permutation)})"
     if fixed:
-        shape = [*(str(n) for n in kept_sizes), "-1"] if channels_last else ["-1", *(str(n) for n in kept_sizes)]
+        shape = (
+            [*(str(n) for n in kept_sizes), "-1"]
+            if channels_last
+            else ["-1", *(str(n) for n in kept_sizes)]
+        )
         expr = f"{expr}.reshape(batch, {', '.join(shape)})"
     # Averages divide the small reduced result (a mean's backward would divide a full tensor).
     divisor = prod(sizes[g[0]] for g in reduced if g not in already)
@@ -285,7 +289,7 @@ def feature_for(
     for k, group in enumerate(reduced):
         for p in group:
             labels[p] = letters_sum[k]
-    for p, axis in enumerate(tensor.axes):
+    for p, _axis in enumerate(tensor.axes):
         if not labels[p]:
             labels[p] = ":"
     entry = f"{source}[{','.join(labels)}]"
@@ -295,7 +299,9 @@ def feature_for(
     return Feature(key, name, source, kept_spaces, kept_sizes, factor, code, description, layout)
 
 
-def _feature_name(key: FeatureKey, code: str, space: WeightSpaceSpec, taken: set[str], layout: str) -> str:
+def _feature_name(
+    key: FeatureKey, code: str, space: WeightSpaceSpec, taken: set[str], layout: str
+) -> str:
     source, kept, reduced = key
     tensor = space.tensor(source)
     var = tensor_var(source)
@@ -324,7 +330,7 @@ def _placement(space: WeightSpaceSpec, tensor: TensorSpec, key: PlacementKey) ->
     _, kept, broadcast = key
     sizes = space.shape(tensor)
     roles: list[tuple[str, int]] = []
-    fixed_sizes = []
+    fixed_sizes: list[int] = []
     for p, axis in enumerate(tensor.axes):
         if space.is_fixed_axis(axis):
             roles.append(("fixed", len(fixed_sizes)))
@@ -345,7 +351,9 @@ def _placement(space: WeightSpaceSpec, tensor: TensorSpec, key: PlacementKey) ->
     )
 
 
-def _parent_key(space: WeightSpaceSpec, key: FeatureKey, candidates: list[FeatureKey]) -> FeatureKey | None:
+def _parent_key(
+    space: WeightSpaceSpec, key: FeatureKey, candidates: list[FeatureKey]
+) -> FeatureKey | None:
     """A channels-first feature of the same source from which ``key`` follows by more averaging.
 
     Reading a small parent instead of the source saves a pass over the source and, in the
@@ -376,7 +384,10 @@ def _build_features(
     order: Callable[[FeatureKey], tuple[int, int, FeatureKey]],
 ) -> dict[tuple[FeatureKey, str], Feature]:
     """Every (feature, layout) the ops read, parents first, with unique variable names."""
-    wanted = sorted({(k, lay if k[1] else "channels_first") for k, lay in needed}, key=lambda kl: (order(kl[0]), kl[1]))
+    wanted = sorted(
+        {(k, lay if k[1] else "channels_first") for k, lay in needed},
+        key=lambda kl: (order(kl[0]), kl[1]),
+    )
     first_keys = [k for k, lay in wanted if lay == "channels_first"]
     taken: set[str] = {tensor_var(t.name) for t in space.tensors}
     taken |= {f"out_{tensor_var(t.name)}" for t in space.tensors} | {"batch", "ws", "self", "c_out"}
@@ -442,7 +453,9 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
         else "channels_first"
         for fs in group_order
     }
-    features = _build_features(space, [(f, layouts[fs]) for fs in group_order for f in fs], feature_sort)
+    features = _build_features(
+        space, [(f, layouts[fs]) for fs in group_order for f in fs], feature_sort
+    )
 
     ops: list[MixOp] = []
     terms_by_output: dict[str, list[Term]] = {t.name: [] for t in space.tensors}
@@ -453,7 +466,9 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
         layout = layouts[feature_tuple]
         used = [features[(f, layout if f[1] else "channels_first")] for f in feature_tuple]
         first = used[0]
-        stem = "mix_" + ("_".join(identifier(s, part=True) for s in first.kept) if first.kept else "pooled")
+        stem = "mix_" + (
+            "_".join(identifier(s, part=True) for s in first.kept) if first.kept else "pooled"
+        )
         name = stem
         if name in op_names:  # same kept spaces, other features: name it after its first output
             name = f"{stem}_{tensor_var(groups[feature_tuple][0][0])}"
@@ -464,23 +479,25 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
         terms = []
         row = 0
         for key in groups[feature_tuple]:
-            placement = _placement(space, space.tensor(key[0]), key)
+            where = _placement(space, space.tensor(key[0]), key)
             has_constant = constant_term.get(key[0]) == key
             term = Term(
                 name=f"{name}_{tensor_var(key[0])}",
-                placement=placement,
+                placement=where,
                 features=tuple(f.name for f in used),
                 has_constant=has_constant,
             )
             terms.append(term)
             terms_by_output[key[0]].append(term)
             col = 0
-            for fkey, feature in zip(feature_tuple, used):
-                map_slots[by_placement[key][fkey]] = MapSlot(name, row, placement.factor, col, feature.factor)
-                col += feature.factor
+            for fkey, used_feature in zip(feature_tuple, used):
+                map_slots[by_placement[key][fkey]] = MapSlot(
+                    name, row, where.factor, col, used_feature.factor
+                )
+                col += used_feature.factor
             if has_constant:
-                constant_slots[constant_targets[key[0]]] = MapSlot(name, row, placement.factor, 0, 1)
-            row += placement.factor
+                constant_slots[constant_targets[key[0]]] = MapSlot(name, row, where.factor, 0, 1)
+            row += where.factor
         ops.append(
             MixOp(
                 name=name,
@@ -496,7 +513,8 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
         )
     fan_in = {
         t.name: sum(
-            sum(_key_factor(space, f) for f in by_placement[term.placement.key]) for term in terms_by_output[t.name]
+            sum(_key_factor(space, f) for f in by_placement[term.placement.key])
+            for term in terms_by_output[t.name]
         )
         for t in space.tensors
     }
@@ -505,7 +523,10 @@ def linear_plan(basis: LinearBasis, with_constants: bool = True) -> LinearPlan:
         inputs=tuple((t.name, tensor_var(t.name)) for t in space.tensors),
         features=tuple(features.values()),
         ops=tuple(ops),
-        outputs=tuple((t.name, f"out_{tensor_var(t.name)}", tuple(terms_by_output[t.name])) for t in space.tensors),
+        outputs=tuple(
+            (t.name, f"out_{tensor_var(t.name)}", tuple(terms_by_output[t.name]))
+            for t in space.tensors
+        ),
         map_slots=map_slots,
         constant_slots=constant_slots,
         fan_in=fan_in,

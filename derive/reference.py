@@ -18,17 +18,24 @@ from derive.model import WeightSpaceSpec
 from derive.plan import LinearPlan
 from nfn_runtime.weight_space import WeightSpace
 
-__all__ = ["einsum_for_map", "apply_map", "ReferenceLinear", "ReferenceInvariant", "load_into_generated"]
+__all__ = [
+    "einsum_for_map",
+    "apply_map",
+    "ReferenceLinear",
+    "ReferenceInvariant",
+    "load_into_generated",
+]
 
 _BATCH, _C_IN, _C_OUT = "Z", "Y", "X"
 
 
 def _letters() -> Iterator[str]:
-    for letter in string.ascii_lowercase + "ABCDEFGHIJKLMNOPQRSTUVW":
-        yield letter
+    yield from string.ascii_lowercase + "ABCDEFGHIJKLMNOPQRSTUVW"
 
 
-def einsum_for_map(space: WeightSpaceSpec, basis_map: BasisMap) -> tuple[str, list[tuple[str, int]], float]:
+def einsum_for_map(
+    space: WeightSpaceSpec, basis_map: BasisMap
+) -> tuple[str, list[tuple[str, int]], float]:
     """The einsum equation of one map, its helper operands and its normalization.
 
     Operands, in order: the coefficient ``(C_out, *F_out, C_in, *F_in)`` (or ``(C_out, *F_out)``
@@ -84,7 +91,9 @@ def _helper(kind: str, size: int, like: Tensor) -> Tensor:
     return torch.eye(size, dtype=like.dtype, device=like.device)
 
 
-def apply_map(space: WeightSpaceSpec, basis_map: BasisMap, coefficient: Tensor, source: Tensor | None) -> Tensor:
+def apply_map(
+    space: WeightSpaceSpec, basis_map: BasisMap, coefficient: Tensor, source: Tensor | None
+) -> Tensor:
     """The contribution of one map (with ``source`` of shape ``(B, C_in, *axes)``)."""
     equation, helpers, scale = einsum_for_map(space, basis_map)
     operands = [coefficient] + ([source] if source is not None else [])
@@ -95,12 +104,16 @@ def apply_map(space: WeightSpaceSpec, basis_map: BasisMap, coefficient: Tensor, 
 class ReferenceLinear(nn.Module):
     """The equivariant linear layer as a plain sum over basis maps (slow; for tests)."""
 
-    def __init__(self, basis: LinearBasis, in_channels: int, out_channels: int, with_constants: bool = True) -> None:
+    def __init__(
+        self, basis: LinearBasis, in_channels: int, out_channels: int, with_constants: bool = True
+    ) -> None:
         super().__init__()
         self.space = basis.space
         self.layout = basis.space.to_layout()
         self.maps = [m for block in basis.blocks for m in block.maps]
-        self.constant_maps = [m for block in basis.constants for m in block.maps] if with_constants else []
+        self.constant_maps = (
+            [m for block in basis.constants for m in block.maps] if with_constants else []
+        )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.coefficients = nn.ParameterList(
             nn.Parameter(torch.randn(*self.coefficient_shape(m))) for m in self.maps
@@ -122,7 +135,8 @@ class ReferenceLinear(nn.Module):
         named = ws.named(self.layout)
         batch = ws.batch_size
         outputs = {
-            t.name: named[t.name].new_zeros(batch, self.out_channels, *self.space.shape(t)) for t in self.space.tensors
+            t.name: named[t.name].new_zeros(batch, self.out_channels, *self.space.shape(t))
+            for t in self.space.tensors
         }
         for basis_map, coefficient in zip(self.maps, self.coefficients):
             assert basis_map.output is not None and basis_map.input is not None
@@ -131,7 +145,9 @@ class ReferenceLinear(nn.Module):
             )
         for basis_map, constant in zip(self.constant_maps, self.constants):
             assert basis_map.output is not None
-            outputs[basis_map.output] = outputs[basis_map.output] + apply_map(self.space, basis_map, constant, None)
+            outputs[basis_map.output] = outputs[basis_map.output] + apply_map(
+                self.space, basis_map, constant, None
+            )
         return WeightSpace.from_named(self.layout, outputs)
 
 
@@ -139,14 +155,16 @@ def load_into_generated(reference: ReferenceLinear, plan: LinearPlan, module: nn
     """Copy the reference's coefficients into a generated module built from ``plan``."""
     c_in, c_out = reference.in_channels, reference.out_channels
     with torch.no_grad():
-        for name, param in module.named_parameters():
+        for _name, param in module.named_parameters():
             param.zero_()
         for basis_map, coefficient in zip(reference.maps, reference.coefficients):
             slot = plan.map_slots[basis_map]
             weight = getattr(module, f"{slot.op}_weight")
             rows = slice(slot.row_start * c_out, (slot.row_start + slot.row_factor) * c_out)
             cols = slice(slot.col_start * c_in, (slot.col_start + slot.col_factor) * c_in)
-            weight[rows, cols] = coefficient.reshape(c_out * slot.row_factor, c_in * slot.col_factor).to(weight)
+            weight[rows, cols] = coefficient.reshape(
+                c_out * slot.row_factor, c_in * slot.col_factor
+            ).to(weight)
         for basis_map, constant in zip(reference.constant_maps, reference.constants):
             slot = plan.constant_slots[basis_map]
             bias = getattr(module, f"{slot.op}_bias")
@@ -163,14 +181,16 @@ class ReferenceInvariant(nn.Module):
 
     def __init__(self, space: WeightSpaceSpec, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        from derive.invariant import canonicalization, permutation_only
         from derive.basis import enumerate_block
+        from derive.invariant import canonicalization, permutation_only
 
         self.space = space
         self.layout = space.to_layout()
         perm_space = permutation_only(space)
         self.canonical = {t.name: canonicalization(space, t) for t in space.tensors}
-        self.pools = [(t.name, m) for t in space.tensors for m in enumerate_block(perm_space, None, t)]
+        self.pools = [
+            (t.name, m) for t in space.tensors for m in enumerate_block(perm_space, None, t)
+        ]
         width = sum(m.num_params for _, m in self.pools) * in_channels
         self.mix = nn.Linear(width, out_channels)
 
@@ -178,7 +198,11 @@ class ReferenceInvariant(nn.Module):
         rule = self.canonical[name]
         if rule.normalize:
             norms = torch.sqrt((x * x).sum(dim=1, keepdim=True))
-            x = torch.where(norms > 0, x / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(x))
+            x = torch.where(
+                norms > 0,
+                x / torch.where(norms > 0, norms, torch.ones_like(norms)),
+                torch.zeros_like(x),
+            )
         if rule.absolute:
             x = torch.abs(x)
         return x
@@ -200,6 +224,10 @@ class ReferenceInvariant(nn.Module):
             kept = [next(letters) for _ in basis_map.in_fixed]
             for p, letter in zip(basis_map.in_fixed, kept):
                 sub[p] = letter
-            value = torch.einsum(f"{_BATCH}{_C_IN}{''.join(sub)}->{_BATCH}{_C_IN}{''.join(kept)}", x) * scale
+            value = (
+                torch.einsum(f"{_BATCH}{_C_IN}{''.join(sub)}->{_BATCH}{_C_IN}{''.join(kept)}", x)
+                * scale
+            )
             pooled.append(value.reshape(value.shape[0], -1))
-        return self.mix(torch.cat(pooled, dim=1))
+        result: Tensor = self.mix(torch.cat(pooled, dim=1))
+        return result

@@ -1,7 +1,7 @@
 """Regenerate the checked-in modules of ``generated/`` from ``generated/specs/*.yaml``.
 
-    python -m derive.regenerate           # rewrite generated/*.py
-    python -m derive.regenerate --check   # exit 1 with a unified diff if anything is stale
+python -m derive.regenerate           # rewrite generated/*.py
+python -m derive.regenerate --check   # exit 1 with a unified diff if anything is stale
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def expected_files(folder: Path = GENERATED_DIR) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 on any difference")
+    parser.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 on any difference"
+    )
     args = parser.parse_args(argv)
     stale = 0
     for name, source in expected_files().items():
@@ -43,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         stale += 1
         if args.check:
             diff = difflib.unified_diff(
-                current.splitlines(keepends=True), source.splitlines(keepends=True), f"generated/{name}", "regenerated"
+                current.splitlines(keepends=True),
+                source.splitlines(keepends=True),
+                f"generated/{name}",
+                "regenerated",
             )
             sys.stdout.writelines(diff)
         else:

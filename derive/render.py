@@ -113,15 +113,19 @@ def placed_code(var: str, placement: Placement, layout: str = "channels_first") 
     if layout == "channels_last" and placement.kept_sizes:
         if fixed:
             expr = f"{expr}.unflatten(-1, (c_out, {', '.join(fixed)}))"
-        current = [("kept", k) for k in range(len(kept))] + [("channel", 0)] + [
-            ("fixed", k) for k in range(len(fixed))
-        ]
+        current = (
+            [("kept", k) for k in range(len(kept))]
+            + [("channel", 0)]
+            + [("fixed", k) for k in range(len(fixed))]
+        )
     else:
         if fixed:
             expr = f"{expr}.view(batch, c_out, {', '.join([*fixed, *kept])})"
-        current = [("channel", 0)] + [("fixed", k) for k in range(len(fixed))] + [
-            ("kept", k) for k in range(len(kept))
-        ]
+        current = (
+            [("channel", 0)]
+            + [("fixed", k) for k in range(len(fixed))]
+            + [("kept", k) for k in range(len(kept))]
+        )
     target = [("channel", 0)] + [role for role in placement.roles if role[0] != "broadcast"]
     permutation = [current.index(role) for role in target]
     if permutation != sorted(permutation):
@@ -189,7 +193,10 @@ def _mix_statements(op: MixOp) -> list[Statement]:
             code = f"{y} = {y}.view(batch, -1, {', '.join(str(n) for n in op.kept_sizes)})"
     statements.append(Statement(code))
     if len(op.terms) > 1:
-        sizes = [f"{t.placement.factor} * c_out" if t.placement.factor != 1 else "c_out" for t in op.terms]
+        sizes = [
+            f"{t.placement.factor} * c_out" if t.placement.factor != 1 else "c_out"
+            for t in op.terms
+        ]
         dim = -1 if op.layout == "channels_last" and op.kept else 1
         split = f"split_{op.name.removeprefix('mix_')}"
         split_call = codefmt.Call("torch.split", (y, codefmt.Seq(tuple(sizes)), f"dim={dim}"))
@@ -202,7 +209,7 @@ def _mix_statements(op: MixOp) -> list[Statement]:
 def _fusable(op: MixOp, base: Term) -> bool:
     """Whether ``base`` can take its broadcast terms as the input of a ``baddbmm``."""
     placement = base.placement
-    in_order = [role for role in placement.roles] == [("kept", k) for k in range(len(placement.roles))]
+    in_order = list(placement.roles) == [("kept", k) for k in range(len(placement.roles))]
     return (
         op.layout == "channels_first"
         and len(op.terms) == 1
@@ -217,14 +224,20 @@ def _output_statements(
     out_var: str, terms: tuple[Term, ...], op_of: dict[str, MixOp], fused: set[str]
 ) -> list[Statement]:
     """Add the terms of one output, nesting small broadcasts into larger ones first."""
-    ordered = sorted(terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name))
+    ordered = sorted(
+        terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name)
+    )
     base = ordered[-1]
     if len(base.placement.varying_axes) != len(base.placement.roles):
         raise NotImplementedError(f"output {out_var} has no full-size term")
     children: dict[str, list[Term]] = {t.name: [] for t in ordered}
     for k, small in enumerate(ordered[:-1]):
         host = next(
-            (t for t in ordered[k + 1 : -1] if small.placement.varying_axes < t.placement.varying_axes),
+            (
+                t
+                for t in ordered[k + 1 : -1]
+                if small.placement.varying_axes < t.placement.varying_axes
+            ),
             base,
         )
         children[host.name].append(small)
@@ -252,10 +265,14 @@ def _output_statements(
         rest = f"rest_{out_var.removeprefix('out_')}"
         terms_sum = " + ".join(materialize(kid) for kid in top)
         statements.append(Statement(f"{rest} = {terms_sum}"))
-        statements.append(Statement(f"{rest} = {rest}.expand(batch, c_out, {sizes}).reshape(batch, c_out, -1)"))
+        statements.append(
+            Statement(f"{rest} = {rest}.expand(batch, c_out, {sizes}).reshape(batch, c_out, -1)")
+        )
         x = _mix_input(op, statements)
         operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x
-        baddbmm = codefmt.call("torch.baddbmm", [rest, _expanded_weight(op), operand], 8, prefix=f"{out_var} = ")
+        baddbmm = codefmt.call(
+            "torch.baddbmm", [rest, _expanded_weight(op), operand], 8, prefix=f"{out_var} = "
+        )
         statements.append(Statement(baddbmm))
         statements.append(Statement(f"{out_var} = {out_var}.view(batch, c_out, {sizes})"))
         return statements
@@ -280,7 +297,9 @@ def _fused_terms(plan: LinearPlan) -> set[str]:
     op_of = {term.name: op for op in plan.ops for term in op.terms}
     fused = set()
     for _, _, terms in plan.outputs:
-        ordered = sorted(terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name))
+        ordered = sorted(
+            terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name)
+        )
         base = ordered[-1]
         if len(ordered) > 1 and _fusable(op_of[base.name], base):
             fused.add(base.name)
@@ -295,7 +314,9 @@ def linear_view(plan: LinearPlan) -> LinearView:
     """All strings of the linear-layer template."""
     space = plan.space
     features = [
-        Statement(f"{f.name} = {f.code}", comment=f.description) for f in plan.features if f.code != f.name
+        Statement(f"{f.name} = {f.code}", comment=f.description)
+        for f in plan.features
+        if f.code != f.name
     ]
     op_of = {term.name: op for op in plan.ops for term in op.terms}
     fused = _fused_terms(plan)
@@ -304,14 +325,21 @@ def linear_view(plan: LinearPlan) -> LinearView:
         if not (len(op.terms) == 1 and op.terms[0].name in fused):
             mixes += _mix_statements(op)
     outputs: list[Statement] = []
-    for tensor, out_var, terms in plan.outputs:
+    for _, out_var, terms in plan.outputs:
         outputs += _output_statements(out_var, terms, op_of, fused)
     weights = [out for (name, out, _) in plan.outputs if space.tensor(name).kind == "weight"]
-    biases = {space.tensor(name).layer: out for (name, out, _) in plan.outputs if space.tensor(name).kind == "bias"}
+    biases = {
+        space.tensor(name).layer: out
+        for (name, out, _) in plan.outputs
+        if space.tensor(name).kind == "bias"
+    }
     layers = sorted({t.layer for t in space.tensors})
     bias_list = [biases.get(layer, "None") for layer in layers]
     result = codefmt.call(
-        "WeightSpace", [codefmt.Seq(tuple(weights), "("), codefmt.Seq(tuple(bias_list), "(")], 8, prefix="return "
+        "WeightSpace",
+        [codefmt.Seq(tuple(weights), "("), codefmt.Seq(tuple(bias_list), "(")],
+        8,
+        prefix="return ",
     )
     params = []
     inits = []
@@ -366,12 +394,16 @@ def _formula_lines(plan: LinearPlan) -> tuple[str, ...]:
         t = plan.space.tensor(tensor)
         letters = iter("ijklm")
         fixed_letters = iter("xyz")
-        index = [next(fixed_letters) if plan.space.is_fixed_axis(a) else next(letters) for a in t.axes]
+        index = [
+            next(fixed_letters) if plan.space.is_fixed_axis(a) else next(letters) for a in t.axes
+        ]
         parts = []
         for term in terms:
-            op = op_of_term[term.name]
-            sub = [index[p] for p, (role, _) in enumerate(term.placement.roles) if role != "broadcast"]
-            parts.append(f"{op}[{','.join(sub)}]" if sub else op)
+            op_name = op_of_term[term.name]
+            sub = [
+                index[p] for p, (role, _) in enumerate(term.placement.roles) if role != "broadcast"
+            ]
+            parts.append(f"{op_name}[{','.join(sub)}]" if sub else op_name)
         lines += _wrap_words(comment_text(f"{tensor}'[{','.join(index)}] = " + " + ".join(parts)))
     return tuple(lines)
 
@@ -389,4 +421,3 @@ def _wrap_words(text: str, width: int = 92) -> list[str]:
             current = candidate
     lines.append(current)
     return lines
-

@@ -38,7 +38,9 @@ def _blocks_dict(blocks: tuple[BlockBasis, ...]) -> dict[str, int]:
     return {b.key: b.dim for b in blocks}
 
 
-def _maps(space: WeightSpaceSpec, blocks: tuple[BlockBasis, ...], latex: bool) -> list[dict[str, Any]]:
+def _maps(
+    space: WeightSpaceSpec, blocks: tuple[BlockBasis, ...], latex: bool
+) -> list[dict[str, Any]]:
     out = []
     for block in blocks:
         for basis_map in block.maps:
@@ -47,7 +49,12 @@ def _maps(space: WeightSpaceSpec, blocks: tuple[BlockBasis, ...], latex: bool) -
                 "formula": formula_text(space, basis_map),
                 "params": basis_map.num_params,
                 "pattern": [
-                    {"space": b.space, "outputs": list(b.outputs), "inputs": list(b.inputs), "role": b.role}
+                    {
+                        "space": b.space,
+                        "outputs": list(b.outputs),
+                        "inputs": list(b.inputs),
+                        "role": b.role,
+                    }
                     for b in basis_map.blocks
                 ],
             }
@@ -128,7 +135,9 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
     ]
     rows = [["space", "size", "permuted", "scaling", "decided by"]]
     for s in space.spaces:
-        rows.append([s.name, str(s.size), "yes" if s.permuted else "no", s.scaling.value, s.decided_by])
+        rows.append(
+            [s.name, str(s.size), "yes" if s.permuted else "no", s.scaling.value, s.decided_by]
+        )
     lines += _table(rows)
     lines += ["", "Tensors"]
     rows = [["tensor", "shape", "axes (space and scaling character)"]]
@@ -142,15 +151,25 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
     )
     for title, blocks, dim in sections:
         nonzero = [b for b in blocks if b.maps]
-        lines += ["", f"{title}: dimension {dim} per channel pair, {sum(len(b.maps) for b in blocks)} maps"]
+        lines += [
+            "",
+            f"{title}: dimension {dim} per channel pair, {sum(len(b.maps) for b in blocks)} maps",
+        ]
         if not nonzero:
             continue
         rows = [["block", "dim", "params", "formula"]]
         for block in nonzero:
             for k, basis_map in enumerate(block.maps):
-                text = map_formula(space, basis_map).latex if latex else formula_text(space, basis_map)
+                text = (
+                    map_formula(space, basis_map).latex if latex else formula_text(space, basis_map)
+                )
                 rows.append(
-                    [block.key if k == 0 else "", str(block.dim) if k == 0 else "", str(basis_map.num_params), text]
+                    [
+                        block.key if k == 0 else "",
+                        str(block.dim) if k == 0 else "",
+                        str(basis_map.num_params),
+                        text,
+                    ]
                 )
         lines += _table(rows)
     lines += [
@@ -159,4 +178,3 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
         "x,y output and u,v input fixed axes; theta is each map's own parameter.",
     ]
     return "\n".join(lines) + "\n"
-

@@ -60,9 +60,7 @@ class MLPSpec:
 
 def _check_choice(value: object, choices: Sequence[str], field: str, where: str) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise SpecError(
-            f"field '{field}': {value!r} is not one of {', '.join(choices)}", where
-        )
+        raise SpecError(f"field '{field}': {value!r} is not one of {', '.join(choices)}", where)
     return value
 
 
@@ -142,7 +140,9 @@ def mlp_spec(
     checked = _check_widths(_as_list(widths), source)
     acts = _check_activations(_as_list(activation), len(checked) - 2, source)
     return MLPSpec(
-        name=check_name(name, source) if name is not None else "mlp_" + "_".join(str(w) for w in checked),
+        name=check_name(name, source)
+        if name is not None
+        else "mlp_" + "_".join(str(w) for w in checked),
         widths=checked,
         activations=acts,
         permute=_check_choice(permute, PERMUTE_CHOICES, "permute", source),
@@ -155,7 +155,9 @@ def spec_from_mapping(data: Mapping[str, Any], where: str, default_name: str) ->
     """Build a spec from a parsed YAML/JSON mapping."""
     unknown = sorted((key for key in data if key not in _FIELDS), key=str)
     if unknown:
-        raise SpecError(f"unknown field {str(unknown[0])!r} (valid fields: {', '.join(_FIELDS)})", where)
+        raise SpecError(
+            f"unknown field {str(unknown[0])!r} (valid fields: {', '.join(_FIELDS)})", where
+        )
     architecture = data.get("architecture", "mlp")
     _check_choice(architecture, ("mlp",), "architecture", where)
     if "widths" not in data:
@@ -189,7 +191,9 @@ def load_spec(path: str | Path) -> MLPSpec:
         else:
             data = yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise SpecError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", where) from None
+        raise SpecError(
+            f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", where
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or "cannot parse"

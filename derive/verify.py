@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from derive.basis import LinearBasis
 from derive.expressions import verify_map
@@ -39,6 +39,7 @@ from nfn_runtime import (
     sensitivity_error,
 )
 from nfn_runtime.layout import WeightSpaceLayout
+from nfn_runtime.weight_space import WeightSpace
 
 __all__ = ["Check", "VerifyReport", "verify", "load_generated", "proxy_spec", "PROXY_LIMIT"]
 
@@ -66,8 +67,15 @@ class VerifyReport:
 
     def text(self) -> str:
         width = max(len(c.name) for c in self.checks)
-        lines = [f"  {'PASS' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}" for c in self.checks]
-        verdict = "all checks passed" if self.ok else f"{sum(not c.ok for c in self.checks)} check(s) FAILED"
+        lines = [
+            f"  {'PASS' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}"
+            for c in self.checks
+        ]
+        verdict = (
+            "all checks passed"
+            if self.ok
+            else f"{sum(not c.ok for c in self.checks)} check(s) FAILED"
+        )
         return "\n".join([*lines, "", verdict]) + "\n"
 
 
@@ -105,7 +113,9 @@ def _symbolic(derivation: Derivation, report: VerifyReport) -> None:
     report.add(
         "symbolic equivariance",
         failed == 0,
-        f"{total} maps proved with symbolic scales" if not failed else f"{failed}/{total} failed, first {first_failure}",
+        f"{total} maps proved with symbolic scales"
+        if not failed
+        else f"{failed}/{total} failed, first {first_failure}",
     )
     mismatches = []
     checked = 0
@@ -154,16 +164,24 @@ def proxy_spec(spec: MLPSpec) -> MLPSpec:
 
 def _generated_layers(derivation: Derivation) -> tuple[type[nn.Module], type[nn.Module]]:
     linear = _layer_class(load_generated(generate(derivation, "linear"), "nfn_generated_linear"))
-    invariant = _layer_class(load_generated(generate(derivation, "invariant"), "nfn_generated_invariant"))
+    invariant = _layer_class(
+        load_generated(generate(derivation, "invariant"), "nfn_generated_invariant")
+    )
     return linear, invariant
 
 
-def _reference_agreement(derivation: Derivation, linear_cls: type[nn.Module], report: VerifyReport) -> None:
+def _reference_agreement(
+    derivation: Derivation, linear_cls: type[nn.Module], report: VerifyReport
+) -> None:
     c_in, c_out = 2, 3
     module = linear_cls(c_in, c_out).double()
     expected = c_in * c_out * derivation.basis.dim + c_out * derivation.basis.constant_dim
     count = sum(p.numel() for p in module.parameters())
-    report.add("parameter count", count == expected, f"{count} parameters, expected C_in*C_out*dim + C_out*constants = {expected}")
+    report.add(
+        "parameter count",
+        count == expected,
+        f"{count} parameters, expected C_in*C_out*dim + C_out*constants = {expected}",
+    )
     reference = ReferenceLinear(derivation.basis, c_in, c_out).double()
     load_into_generated(reference, derivation.linear_plan, module)
     layout = derivation.space.to_layout()
@@ -173,21 +191,36 @@ def _reference_agreement(derivation: Derivation, linear_cls: type[nn.Module], re
     x = random_weight_space(layout, 2, c_in, torch.float64, generator)
     with torch.no_grad():
         got, want = module(x), reference(x)
-    error = max(float((a - b).norm() / b.norm().clamp_min(1e-300)) for a, b in zip(got.tensors(), want.tensors()))
-    report.add("linear matches reference", error <= 1e-12, f"relative difference {error:.2e} (one einsum per basis map)")
+    error = max(
+        float((a - b).norm() / b.norm().clamp_min(1e-300))
+        for a, b in zip(got.tensors(), want.tensors())
+    )
+    report.add(
+        "linear matches reference",
+        error <= 1e-12,
+        f"relative difference {error:.2e} (one einsum per basis map)",
+    )
 
 
-def _invariant_agreement(derivation: Derivation, invariant_cls: type[nn.Module], report: VerifyReport) -> None:
+def _invariant_agreement(
+    derivation: Derivation, invariant_cls: type[nn.Module], report: VerifyReport
+) -> None:
     module = invariant_cls(2, 3).double()
     reference = ReferenceInvariant(derivation.space, 2, 3).double()
     module.load_state_dict(reference.state_dict(), strict=False)
     from nfn_runtime import random_weight_space
 
-    x = random_weight_space(derivation.space.to_layout(), 2, 2, torch.float64, torch.Generator().manual_seed(1))
+    x = random_weight_space(
+        derivation.space.to_layout(), 2, 2, torch.float64, torch.Generator().manual_seed(1)
+    )
     with torch.no_grad():
         got, want = module(x), reference(x)
     error = float((got - want).norm() / want.norm().clamp_min(1e-300))
-    report.add("invariant matches reference", error <= 1e-12, f"relative difference {error:.2e} (one einsum per pooling map)")
+    report.add(
+        "invariant matches reference",
+        error <= 1e-12,
+        f"relative difference {error:.2e} (one einsum per pooling map)",
+    )
 
 
 def _numeric(
@@ -205,18 +238,39 @@ def _numeric(
     invariant = invariant_cls(2, 3)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
         name = str(dtype).removeprefix("torch.")
-        err = equivariance_error(linear, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator)
-        report.add(f"linear equivariance ({name})", err <= tol, f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})")
-        err = invariance_error(invariant, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator)
-        report.add(f"invariant layer ({name})", err <= tol, f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})")
-    _sensitivity(layout, linear, ReferenceLinear(derivation.basis, 2, 3), "linear", report, generator)
-    _sensitivity(layout, invariant, ReferenceInvariant(derivation.space, 2, 3), "invariant", report, generator)
+        err = equivariance_error(
+            linear, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator
+        )
+        report.add(
+            f"linear equivariance ({name})",
+            err <= tol,
+            f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})",
+        )
+        err = invariance_error(
+            invariant, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator
+        )
+        report.add(
+            f"invariant layer ({name})",
+            err <= tol,
+            f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})",
+        )
+    _sensitivity(
+        layout, linear, ReferenceLinear(derivation.basis, 2, 3), "linear", report, generator
+    )
+    _sensitivity(
+        layout,
+        invariant,
+        ReferenceInvariant(derivation.space, 2, 3),
+        "invariant",
+        report,
+        generator,
+    )
 
 
 def _sensitivity(
     layout: WeightSpaceLayout,
-    layer: Callable[..., object],
-    reference: Callable[..., object],
+    layer: Callable[[WeightSpace], WeightSpace | Tensor],
+    reference: Callable[[WeightSpace], WeightSpace | Tensor],
     label: str,
     report: VerifyReport,
     generator: torch.Generator,
@@ -234,10 +288,12 @@ def _sensitivity(
                 transform = sample_outside_group(layout, kind, generator, space=space.name)
             except ValueError:
                 continue
-            expected = sensitivity_error(reference, layout, transform, channels=2, generator=generator)  # type: ignore[arg-type]
+            expected = sensitivity_error(
+                reference, layout, transform, channels=2, generator=generator
+            )
             if expected <= 1e-6:
                 continue  # the complete layer commutes with this transform: not detectable
-            error = sensitivity_error(layer, layout, transform, channels=2, generator=generator)  # type: ignore[arg-type]
+            error = sensitivity_error(layer, layout, transform, channels=2, generator=generator)
             if error > 1e-6:
                 broken += 1
             else:
@@ -251,7 +307,9 @@ def _sensitivity(
     report.add(f"{label} sensitivity", ok, detail)
 
 
-def _completeness(derivation: Derivation, linear_cls: type[nn.Module], report: VerifyReport, proxy_note: str) -> None:
+def _completeness(
+    derivation: Derivation, linear_cls: type[nn.Module], report: VerifyReport, proxy_note: str
+) -> None:
     from derive.numeric import completeness_report, layer_jacobians
 
     counts = {b.key: b.dim for b in derivation.basis.blocks}
@@ -270,7 +328,10 @@ def _completeness(derivation: Derivation, linear_cls: type[nn.Module], report: V
     detail = (
         f"{len(checks)} blocks: null space {total} = symbolic {derivation.basis.dim}; Jacobians span it{proxy_note}"
         if not bad
-        else "; ".join(f"{c.key}: symbolic {c.symbolic}, null {c.null_space}, span {c.jacobian_span}" for c in bad[:3])
+        else "; ".join(
+            f"{c.key}: symbolic {c.symbolic}, null {c.null_space}, span {c.jacobian_span}"
+            for c in bad[:3]
+        )
     )
     report.add("completeness", not bad, detail)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import pytest
@@ -15,8 +15,10 @@ from derive.spec import mlp_spec
 from derive.verify import load_generated
 
 
-@lru_cache(maxsize=None)
-def _build(widths: tuple[int, ...], activation: Any, permute: str, scaling: str) -> tuple[Derivation, type[nn.Module], type[nn.Module]]:
+@cache
+def _build(
+    widths: tuple[int, ...], activation: Any, permute: str, scaling: str
+) -> tuple[Derivation, type[nn.Module], type[nn.Module]]:
     spec = mlp_spec(widths, activation, permute=permute, scaling=scaling, name="case")
     derivation = derive(spec)
     classes = []
@@ -34,7 +36,12 @@ def build() -> Builder:
     """``build(widths, activation="relu", permute="hidden", scaling="auto")`` ->
     (derivation, generated linear class, generated invariant class)."""
 
-    def make(widths: tuple[int, ...], activation: Any = "relu", permute: str = "hidden", scaling: str = "auto") -> tuple[Derivation, type[nn.Module], type[nn.Module]]:
+    def make(
+        widths: tuple[int, ...],
+        activation: Any = "relu",
+        permute: str = "hidden",
+        scaling: str = "auto",
+    ) -> tuple[Derivation, type[nn.Module], type[nn.Module]]:
         act = tuple(activation) if isinstance(activation, list) else activation
         return _build(tuple(widths), act, permute, scaling)
 

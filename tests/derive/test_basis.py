@@ -18,7 +18,9 @@ def _dim(widths, activation="relu", permute="hidden", scaling="auto"):
 
 @pytest.mark.parametrize("widths", [(2, 3, 3, 2), (2, 4, 4, 2)], ids=str)
 @pytest.mark.parametrize(
-    ("scaling", "expected"), [("none", 114), ("positive", 19), ("sign", 23)], ids=["perm", "positive", "sign"]
+    ("scaling", "expected"),
+    [("none", 114), ("positive", 19), ("sign", 23)],
+    ids=["perm", "positive", "sign"],
 )
 def test_dimensions_measured_in_math_md(widths, scaling, expected):
     assert _dim(widths, scaling=scaling) == expected
@@ -79,7 +81,9 @@ def test_narrow_space_keeps_partitions_with_at_most_width_blocks(width):
 
 
 @pytest.mark.parametrize(
-    "widths", [(2, 3, 3, 2), (3, 1, 2, 2), (2, 2, 1, 3, 2), (4, 5, 3)], ids=lambda w: "-".join(map(str, w))
+    "widths",
+    [(2, 3, 3, 2), (3, 1, 2, 2), (2, 2, 1, 3, 2), (4, 5, 3)],
+    ids=lambda w: "-".join(map(str, w)),
 )
 def test_permutation_counts_match_partition_formula(widths):
     """prod(fixed sizes) * prod_s sum_{t <= n_s} S2(k_s + l_s, t), block by block."""
@@ -95,7 +99,9 @@ def test_permutation_counts_match_partition_formula(widths):
                     fixed *= s.size
                 else:
                     positions[s.name] = positions.get(s.name, 0) + 1
-        expected = fixed * math.prod(partition_count(k, space.space(n).size) for n, k in positions.items())
+        expected = fixed * math.prod(
+            partition_count(k, space.space(n).size) for n, k in positions.items()
+        )
         assert block.dim == expected, block.key
 
 

@@ -29,10 +29,18 @@ def test_checked_in_module(stem):
     layer = cls(2, 3)
     assert layer.in_channels == 2 and layer.out_channels == 3
     if stem.endswith("_linear"):
-        assert assert_equivariant(layer, module.LAYOUT, dtype=torch.float64, channels=2, n_samples=2) <= 1e-10
+        assert (
+            assert_equivariant(layer, module.LAYOUT, dtype=torch.float64, channels=2, n_samples=2)
+            <= 1e-10
+        )
     else:
-        assert assert_invariant(layer, module.LAYOUT, dtype=torch.float64, channels=2, n_samples=2) <= 1e-10
-        assert layer(__import__("nfn_runtime").random_weight_space(module.LAYOUT, 5, 2, torch.float32)).shape == (5, 3)
+        assert (
+            assert_invariant(layer, module.LAYOUT, dtype=torch.float64, channels=2, n_samples=2)
+            <= 1e-10
+        )
+        assert layer(
+            __import__("nfn_runtime").random_weight_space(module.LAYOUT, 5, 2, torch.float32)
+        ).shape == (5, 3)
 
 
 def test_bad_input_shape_is_reported():

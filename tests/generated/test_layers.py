@@ -63,7 +63,9 @@ def test_linear_equivariant_float64(build, name, channels):
 @pytest.mark.parametrize("name", list(CASES))
 def test_linear_equivariant_float32(build, name):
     derivation, linear_cls, _ = _case(build, name)
-    error = equivariance_error(linear_cls(3, 2), derivation.space.to_layout(), dtype=torch.float32, channels=3)
+    error = equivariance_error(
+        linear_cls(3, 2), derivation.space.to_layout(), dtype=torch.float32, channels=3
+    )
     assert error <= 1e-4
 
 
@@ -71,7 +73,10 @@ def test_linear_equivariant_float32(build, name):
 def test_invariant_layer_invariant(build, name):
     derivation, _, invariant_cls = _case(build, name)
     layout = derivation.space.to_layout()
-    assert assert_invariant(invariant_cls(3, 4), layout, dtype=torch.float64, channels=3, n_samples=4) <= 1e-10
+    assert (
+        assert_invariant(invariant_cls(3, 4), layout, dtype=torch.float64, channels=3, n_samples=4)
+        <= 1e-10
+    )
     assert assert_invariant(invariant_cls(3, 4), layout, dtype=torch.float32, channels=3) <= 1e-4
 
 

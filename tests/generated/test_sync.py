@@ -13,15 +13,24 @@ def test_generated_files_are_in_sync(tmp_path):
     stale = []
     for name, source in files.items():
         (tmp_path / name).write_text(source, encoding="utf-8")
-        current = (GENERATED_DIR / name).read_text(encoding="utf-8") if (GENERATED_DIR / name).exists() else ""
+        current = (
+            (GENERATED_DIR / name).read_text(encoding="utf-8")
+            if (GENERATED_DIR / name).exists()
+            else ""
+        )
         if current != source:
             diff = "".join(
                 difflib.unified_diff(
-                    current.splitlines(keepends=True), source.splitlines(keepends=True), f"generated/{name}", "regenerated"
+                    current.splitlines(keepends=True),
+                    source.splitlines(keepends=True),
+                    f"generated/{name}",
+                    "regenerated",
                 )
             )
             stale.append(diff)
-    assert not stale, "generated/ is stale; run `python -m derive.regenerate`:\n" + "\n".join(stale)[:20000]
+    assert not stale, (
+        "generated/ is stale; run `python -m derive.regenerate`:\n" + "\n".join(stale)[:20000]
+    )
 
 
 def test_no_orphan_generated_modules():

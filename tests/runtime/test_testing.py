@@ -120,7 +120,7 @@ def test_permutation_only_layout_accepts_sum_over_hidden(zoo: Any) -> None:
 def test_invariant_layers(relu_layout: WeightSpaceLayout, zoo: Any) -> None:
     assert_invariant(output_bias_sum, relu_layout)
     assert invariance_error(output_bias_sum, relu_layout) == 0.0
-    with pytest.raises(AssertionError, match="not invariant in torch.float64"):
+    with pytest.raises(AssertionError, match=r"not invariant in torch\.float64"):
         assert_invariant(hidden_bias_sum, relu_layout)
     assert_invariant(hidden_bias_sum, zoo.mlp((3, 4, 2), ["gelu"]), dtype=torch.float32)
 

@@ -39,11 +39,15 @@ def test_generation_is_deterministic_and_valid_python(spec_args):
         assert "Do not edit by hand." in source.splitlines()[0]
         classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
         assert len(classes) == 1
-        init = next(n for n in classes[0].body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+        init = next(
+            n for n in classes[0].body if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+        )
         assert [a.arg for a in init.args.args] == ["self", "in_channels", "out_channels"]
         for function in ast.walk(tree):
             if isinstance(function, ast.FunctionDef):
-                assert function.returns is not None, f"{layer}: {function.name} has no return annotation"
+                assert function.returns is not None, (
+                    f"{layer}: {function.name} has no return annotation"
+                )
                 assert all(a.annotation is not None for a in function.args.args if a.arg != "self")
 
 
@@ -54,7 +58,10 @@ def test_generated_code_is_formatted(spec_args, tmp_path):
         path = tmp_path / f"{layer}.py"
         path.write_text(source)
         result = subprocess.run(
-            ["ruff", "format", "--line-length", "100", "--diff", str(path)], capture_output=True, text=True
+            ["ruff", "format", "--line-length", "100", "--diff", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -73,7 +80,9 @@ def test_code_size_grows_linearly_with_depth():
 def test_templates_found_outside_the_checkout(tmp_path):
     """The installed package (editable or wheel) finds its templates from any working directory."""
     code = "from derive.codegen import template_dir; print(template_dir())"
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert (Path(result.stdout.strip()) / "linear.py.jinja").is_file()
     assert (template_dir() / "invariant.py.jinja").is_file()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +32,16 @@ from derive.spec import mlp_spec
 from derive.verify import load_generated
 from nfn_runtime import WeightSpace, random_weight_space, to_nfn
 
-LAYERS = ("floor", "gen_hnp", "gen_np", "gen_positive", "gen_sign", "nfn_hnp", "nfn_np")
+LAYERS = (
+    "floor",
+    "floor_fixed",
+    "gen_hnp",
+    "gen_np",
+    "gen_positive",
+    "gen_sign",
+    "nfn_hnp",
+    "nfn_np",
+)
 
 
 class PointwiseFloor(nn.Module):
@@ -55,6 +65,56 @@ class PointwiseFloor(nn.Module):
         return WeightSpace(tuple(out[0::2][:n]), tuple(out[1::2][:n]))
 
 
+class FixedAxesFloor(nn.Module):
+    """The pointwise floor with each tensor's fixed axes folded into its channels.
+
+    Under HNP (with or without scaling) the complete basis is dense over the fixed input axis
+    of ``W1`` and the fixed output axis of ``W_L`` and ``b_L``; this layer does only that mixing,
+    so it is the least that any complete layer must compute. Hidden tensors: as the floor.
+    """
+
+    def __init__(self, widths: tuple[int, ...], in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.widths = widths
+        self.c_in, self.c_out = in_channels, out_channels
+        num_layers = len(widths) - 1
+        shapes = []
+        for layer in range(1, num_layers + 1):
+            fixed_w = (widths[0] if layer == 1 else 1) * (widths[-1] if layer == num_layers else 1)
+            fixed_b = widths[-1] if layer == num_layers else 1
+            shapes += [fixed_w, fixed_b]
+        self.factors = shapes
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(out_channels * f, in_channels * f) / (in_channels * f) ** 0.5)
+            for f in shapes
+        )
+
+    def forward(self, ws: WeightSpace) -> WeightSpace:
+        tensors = ws.tensors()
+        batch = tensors[0].shape[0]
+        n = len(ws.weights)
+        out = []
+        for k, (w, t) in enumerate(zip(self.weights, tensors)):
+            layer, is_bias = k // 2 + 1, k % 2 == 1
+            if self.factors[k] == 1:
+                out.append(
+                    torch.bmm(w.expand(batch, -1, -1), t.flatten(2)).view(batch, -1, *t.shape[2:])
+                )
+            elif is_bias:  # b_L: (B, C, n_L), all fixed
+                out.append(F.linear(t.reshape(batch, -1), w).view(batch, self.c_out, -1))
+            elif layer == 1 and n > 1:  # W1: (B, C, n1, n0), fixed columns
+                x = t.permute(0, 2, 1, 3).reshape(batch, t.shape[2], -1)
+                y = F.linear(x, w).unflatten(-1, (self.c_out, t.shape[3])).permute(0, 2, 1, 3)
+                out.append(y)
+            elif layer == n and n > 1:  # W_L: (B, C, n_L, h), fixed rows
+                x = t.permute(0, 3, 1, 2).reshape(batch, t.shape[3], -1)
+                y = F.linear(x, w).unflatten(-1, (self.c_out, t.shape[2])).permute(0, 2, 3, 1)
+                out.append(y)
+            else:  # a single layer: both axes fixed
+                out.append(F.linear(t.reshape(batch, -1), w).view(batch, self.c_out, *t.shape[2:]))
+        return WeightSpace(tuple(out[0::2]), tuple(out[1::2]))
+
+
 def _generated(widths: tuple[int, ...], permute: str, scaling: str, channels: int) -> nn.Module:
     spec = mlp_spec(widths, "relu", permute=permute, scaling=scaling, name="bench")
     module = load_generated(generate(derive(spec), "linear"), f"bench_{permute}_{scaling}")
@@ -75,6 +135,8 @@ def build(
     layer: nn.Module
     if name == "floor":
         layer = PointwiseFloor(2 * (len(widths) - 1), channels, channels)
+    elif name == "floor_fixed":
+        layer = FixedAxesFloor(widths, channels, channels)
     elif name.startswith("gen_"):
         permute, scaling = {
             "gen_hnp": ("hidden", "none"),
@@ -169,6 +231,7 @@ def main() -> None:
     names = args.layers.split(",")
     times = time_layers(names, widths, args.channels, args.batch, args.reps)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
+    best = {name: min(ts) for name, ts in times.items()}
     memory = (
         {}
         if args.no_memory
@@ -178,16 +241,25 @@ def main() -> None:
         f"widths {widths}, channels {args.channels}, batch {args.batch}, threads {args.threads}, "
         f"median of {args.reps} forward+backward steps (round-robin)"
     )
+    print("ratios from medians, and in brackets from best-of-N (steadier on a noisy host)")
     print(
-        f"{'layer':14s} {'time ms':>9s} {'IQR ms':>8s} {'/floor':>7s} {'/nfn_hnp':>9s} {'peak MiB':>9s}"
+        f"{'layer':14s} {'median ms':>10s} {'best ms':>8s} {'IQR ms':>8s} {'/floor':>14s} "
+        f"{'/floor_fixed':>14s} {'/nfn_hnp':>14s} {'peak MiB':>9s}"
     )
+
+    def ratio(name: str, ref: str) -> str:
+        if ref not in medians:
+            return f"{'-':>14s}"
+        return f"{medians[name] / medians[ref]:6.2f} ({best[name] / best[ref]:5.2f})"
+
     for name in names:
         ts = sorted(times[name])
         iqr = (ts[3 * len(ts) // 4] - ts[len(ts) // 4]) * 1e3
-        floor = medians[name] / medians["floor"] if "floor" in medians else float("nan")
-        hnp = medians[name] / medians["nfn_hnp"] if "nfn_hnp" in medians else float("nan")
         mem = f"{memory[name]:9.0f}" if name in memory else f"{'-':>9s}"
-        print(f"{name:14s} {medians[name] * 1e3:9.1f} {iqr:8.1f} {floor:7.2f} {hnp:9.2f} {mem}")
+        print(
+            f"{name:14s} {medians[name] * 1e3:10.1f} {best[name] * 1e3:8.1f} {iqr:8.1f} "
+            f"{ratio(name, 'floor')} {ratio(name, 'floor_fixed')} {ratio(name, 'nfn_hnp')} {mem}"
+        )
     if args.json:
         payload = {
             "widths": widths,
@@ -196,6 +268,7 @@ def main() -> None:
             "threads": args.threads,
             "reps": args.reps,
             "median_seconds": medians,
+            "best_seconds": best,
             "peak_rss_mib": memory,
         }
         Path(args.json).write_text(json.dumps(payload, indent=2))

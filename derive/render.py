@@ -244,7 +244,13 @@ def _output_statements(
     statements: list[Statement] = []
 
     def placed(term: Term) -> str:
-        return placed_code(term.name, term.placement, op_of[term.name].layout)
+        code = placed_code(term.name, term.placement, op_of[term.name].layout)
+        if term is not base and ".permute(" in code:
+            # a small broadcast term: make it contiguous so that sums with it keep the
+            # output's layout (a permuted operand would give a permuted full-size result)
+            head, bracket, index = code.partition("[")
+            code = f"{head}.contiguous(){bracket}{index}"
+        return code
 
     def materialize(term: Term) -> str:
         """The term plus its nested children, as a variable or an expression."""
@@ -253,7 +259,12 @@ def _output_statements(
             return placed(term)
         acc = f"sum_{term.name}"
         first = materialize(kids[0])
-        statements.append(Statement(f"{acc} = {placed(term)} + {first}"))
+        line = f"{acc} = {placed(term)} + {first}"
+        if 8 + len(line) <= codefmt.LINE_LENGTH:
+            statements.append(Statement(line))
+        else:
+            statements.append(Statement(f"{acc} = {placed(term)}"))
+            statements.append(Statement(f"{acc} = {acc} + {first}"))
         for kid in kids[1:]:
             statements.append(Statement(f"{acc} = {acc} + {materialize(kid)}"))
         return acc

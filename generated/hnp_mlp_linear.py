@@ -174,8 +174,9 @@ class HnpMlpLinear(nn.Module):
         out_w1 = mix_h1_w1.unflatten(-1, (c_out, 784)).permute(0, 2, 1, 3)
         out_w1 = out_w1 + mix_pooled_w1.view(batch, c_out, 784)[:, :, None]
         out_b1 = mix_h1_b1.permute(0, 2, 1) + mix_pooled_b1[:, :, None]
-        sum_mix_h1_w2 = mix_h1_w2.permute(0, 2, 1)[:, :, None] + mix_pooled_w2[:, :, None, None]
-        rest_w2 = sum_mix_h1_w2 + mix_h2_w2.permute(0, 2, 1)[:, :, :, None]
+        sum_mix_h1_w2 = mix_h1_w2.permute(0, 2, 1).contiguous()[:, :, None]
+        sum_mix_h1_w2 = sum_mix_h1_w2 + mix_pooled_w2[:, :, None, None]
+        rest_w2 = sum_mix_h1_w2 + mix_h2_w2.permute(0, 2, 1).contiguous()[:, :, :, None]
         rest_w2 = rest_w2.expand(batch, c_out, 64, 64).reshape(batch, c_out, -1)
         # mix_h2_h1: w2
         out_w2 = torch.baddbmm(rest_w2, self.mix_h2_h1_weight.expand(batch, -1, -1), w2.flatten(2))

@@ -76,6 +76,14 @@ def random_weight_space(
     return WeightSpace.from_named(layout, tensors)
 
 
+def _channels(layer: object, channels: int | None) -> int:
+    """The input channel count: as given, else the layer's ``in_channels``, else 3."""
+    if channels is not None:
+        return channels
+    declared = getattr(layer, "in_channels", None)
+    return declared if isinstance(declared, int) else 3
+
+
 def _cast_layer(layer: _Layer, dtype: torch.dtype) -> _Layer:
     if isinstance(layer, nn.Module):
         return copy.deepcopy(layer).to(dtype)
@@ -129,7 +137,7 @@ def _equivariance(
     worst: _Worst,
     n_samples: int,
     batch: int,
-    channels: int,
+    channels: int | None,
     dtype: torch.dtype,
     generator: torch.Generator | None,
     scale_range: tuple[float, float],
@@ -139,7 +147,7 @@ def _equivariance(
     target = out_layout or layout
     with torch.no_grad():
         for sample in range(n_samples):
-            x = random_weight_space(layout, batch, channels, dtype, generator)
+            x = random_weight_space(layout, batch, _channels(layer, channels), dtype, generator)
             g = sample_group_element(layout, generator, scale_range)
             y = layer(x)
             pulled_back = apply_group_element(
@@ -153,7 +161,7 @@ def equivariance_error(
     layout: WeightSpaceLayout,
     n_samples: int = 3,
     batch: int = 2,
-    channels: int = 3,
+    channels: int | None = None,
     dtype: torch.dtype = torch.float64,
     generator: torch.Generator | None = None,
     scale_range: tuple[float, float] = (1e-2, 1e2),
@@ -177,7 +185,7 @@ def _invariance(
     worst: _Worst,
     n_samples: int,
     batch: int,
-    channels: int,
+    channels: int | None,
     dtype: torch.dtype,
     generator: torch.Generator | None,
     scale_range: tuple[float, float],
@@ -185,7 +193,7 @@ def _invariance(
     layer = _cast_layer(layer, dtype)
     with torch.no_grad():
         for sample in range(n_samples):
-            x = random_weight_space(layout, batch, channels, dtype, generator)
+            x = random_weight_space(layout, batch, _channels(layer, channels), dtype, generator)
             g = sample_group_element(layout, generator, scale_range)
             y = layer(x)
             worst.update(layer(apply_group_element(x, layout, g)) - y, y, f"sample {sample}")
@@ -196,7 +204,7 @@ def invariance_error(
     layout: WeightSpaceLayout,
     n_samples: int = 3,
     batch: int = 2,
-    channels: int = 3,
+    channels: int | None = None,
     dtype: torch.dtype = torch.float64,
     generator: torch.Generator | None = None,
     scale_range: tuple[float, float] = (1e-2, 1e2),
@@ -222,7 +230,7 @@ def assert_equivariant(
     atol: float | None = None,
     n_samples: int = 3,
     batch: int = 2,
-    channels: int = 3,
+    channels: int | None = None,
     generator: torch.Generator | None = None,
     scale_range: tuple[float, float] = (1e-2, 1e2),
     out_layout: WeightSpaceLayout | None = None,
@@ -253,7 +261,7 @@ def assert_invariant(
     atol: float | None = None,
     n_samples: int = 3,
     batch: int = 2,
-    channels: int = 3,
+    channels: int | None = None,
     generator: torch.Generator | None = None,
     scale_range: tuple[float, float] = (1e-2, 1e2),
 ) -> float:
@@ -275,7 +283,7 @@ def sensitivity_error(
     transform: Callable[[WeightSpace], WeightSpace],
     n_samples: int = 1,
     batch: int = 2,
-    channels: int = 3,
+    channels: int | None = None,
     dtype: torch.dtype = torch.float64,
     generator: torch.Generator | None = None,
 ) -> float:
@@ -289,7 +297,7 @@ def sensitivity_error(
     worst = _Worst()
     with torch.no_grad():
         for sample in range(n_samples):
-            x = random_weight_space(layout, batch, channels, dtype, generator)
+            x = random_weight_space(layout, batch, _channels(layer, channels), dtype, generator)
             y = layer(x)
             moved = layer(transform(x))
             if isinstance(y, Tensor) and isinstance(moved, Tensor):
@@ -310,7 +318,7 @@ def assert_sensitive(
     min_error: float = 1e-6,
     n_samples: int = 1,
     batch: int = 2,
-    channels: int = 3,
+    channels: int | None = None,
     dtype: torch.dtype = torch.float64,
     generator: torch.Generator | None = None,
 ) -> float:

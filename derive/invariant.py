@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from derive import codefmt
 from derive.basis import enumerate_block
+from derive.features import Feature, feature_for, tensor_var
 from derive.model import Scaling, TensorSpec, WeightSpaceSpec
-from derive.plan import Feature, feature_for, tensor_var
 
 __all__ = [
     "Canonicalization",

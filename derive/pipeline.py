@@ -24,6 +24,7 @@ from derive.spec import MLPSpec
 __all__ = ["Derivation", "derive", "generate", "LAYER_KINDS", "spec_command"]
 
 LAYER_KINDS = ("linear", "invariant")
+POLYNOMIAL_LAYER_KINDS = ("polynomial", "polynomial-invariant")
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,43 @@ def _meta(derivation: Derivation, layer: str) -> ModuleMeta:
     )
 
 
-def generate(derivation: Derivation, layer: str = "linear") -> str:
-    """Python source of the ``layer`` module for this derivation."""
+def generate(
+    derivation: Derivation,
+    layer: str = "linear",
+    family: str = "magep",
+    degree: int | None = None,
+    trainable_psi: bool = True,
+    max_terms: int = 2000,
+) -> str:
+    """Python source of the ``layer`` module for this derivation.
+
+    ``family``, ``degree``, ``trainable_psi`` and ``max_terms`` apply to polynomial layers.
+    """
     meta = _meta(derivation, layer)
     if layer == "linear":
         return render(
             "linear.py.jinja",
             meta=meta,
+            title="Equivariant linear layer",
+            family_note="",
             class_name=class_name(derivation.spec.name, "Linear"),
             layout=layout_literal(derivation.space),
             view=linear_view(derivation.linear_plan),
+        )
+    if layer == "polynomial":
+        from derive.poly_plan import polynomial_plan
+        from derive.render import polynomial_view
+
+        pplan = polynomial_plan(derivation.basis, family, degree, trainable_psi, max_terms)
+        bound = f"degree <= {degree}" if degree is not None else "all degrees"
+        return render(
+            "linear.py.jinja",
+            meta=meta,
+            title=f"Equivariant polynomial layer ({family} family, {bound})",
+            family_note=f"{family} family, {bound}",
+            class_name=class_name(derivation.spec.name, "Polynomial"),
+            layout=layout_literal(derivation.space),
+            view=polynomial_view(pplan),
         )
     if layer == "invariant":
         from derive.invariant import invariant_plan, invariant_view

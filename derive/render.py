@@ -5,12 +5,13 @@ Nothing here decides what the layer computes; it only spells the plan as Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from derive import codefmt
 from derive.model import WeightSpaceSpec
 from derive.naming import comment_text
 from derive.plan import LinearPlan, MixOp, Placement, Term
+from derive.poly_plan import PolynomialPlan
 
 __all__ = [
     "Statement",
@@ -18,6 +19,8 @@ __all__ = [
     "InitRows",
     "LinearView",
     "linear_view",
+    "polynomial_view",
+    "PsiDecl",
     "layout_literal",
     "placed_code",
     "safe_string",
@@ -67,6 +70,19 @@ class LinearView:
     inits: tuple[InitRows, ...]
     bounds: tuple[tuple[str, str], ...]  # (variable, expression)
     formula: tuple[str, ...]
+    products: tuple[Statement, ...] = ()  # polynomial layers: shared path products and terms
+    psis: tuple[PsiDecl, ...] = ()
+    term_lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PsiDecl:
+    """A gluing parameter Psi: trainable (``nn.Parameter``) or fixed (a buffer)."""
+
+    name: str
+    shape: str
+    std: str
+    trainable: bool
 
 
 def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
@@ -344,7 +360,7 @@ def linear_view(plan: LinearPlan) -> LinearView:
         for (name, out, _) in plan.outputs
         if space.tensor(name).kind == "bias"
     }
-    layers = sorted({t.layer for t in space.tensors})
+    layers = sorted({t.layer for t in space.tensors if t.kind != "virtual"})
     bias_list = [biases.get(layer, "None") for layer in layers]
     result = codefmt.call(
         "WeightSpace",
@@ -391,6 +407,46 @@ def linear_view(plan: LinearPlan) -> LinearView:
         bounds=bounds,
         formula=formula,
     )
+
+
+def polynomial_view(pplan: PolynomialPlan) -> LinearView:
+    """The linear view of the merged plan plus the product statements and Psi parameters."""
+    view = linear_view(pplan.plan)
+    products = []
+    for code, comment in pplan.statements:
+        for line in _split_long(code):
+            products.append(Statement(line, comment))
+            comment = ""
+    psis = tuple(
+        PsiDecl(
+            p.name,
+            ", ".join(["in_channels", *(str(n) for n in p.shape)]),
+            repr(p.std),
+            pplan.trainable_psi,
+        )
+        for p in pplan.psis
+    )
+    lines = []
+    for term in pplan.terms:
+        if hasattr(term, "formula"):  # a MAGEP term
+            degrees = ",".join(str(d) for d in term.degrees)
+            lines += _wrap_words(
+                comment_text(f"{term.output}' <- {term.formula} (degree {degrees})")
+            )
+        else:
+            from derive.polynomial import poly_formula_text
+
+            lines += _wrap_words(comment_text(poly_formula_text(pplan.plan.space, term)))
+    return replace(view, products=tuple(products), psis=psis, term_lines=tuple(lines))
+
+
+def _split_long(code: str) -> list[str]:
+    """``x = (a).sum(...) / c`` too long for a line becomes ``x = a`` then ``x = x.sum(...) / c``."""
+    if 8 + len(code) <= codefmt.LINE_LENGTH or " = (" not in code or ").sum(" not in code:
+        return [code]
+    target, rest = code.split(" = (", 1)
+    inner, tail = rest.rsplit(").sum(", 1)
+    return [f"{target} = {inner}", f"{target} = {target}.sum({tail}"]
 
 
 def _formula_lines(plan: LinearPlan) -> tuple[str, ...]:

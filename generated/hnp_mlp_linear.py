@@ -9,7 +9,7 @@ Group (per neuron space):
     h2 (64): permuted
     out (10): fixed
 
-Complete basis: 55 parameter-sharing maps spanning dimension 1269190 per
+Complete linear basis: 55 parameter-sharing maps spanning dimension 1269190 per
 (input channel, output channel) pair, and 807 constants per output channel;
 derived and verified by nfn-derive.
 """

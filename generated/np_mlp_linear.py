@@ -9,7 +9,7 @@ Group (per neuron space):
     h2 (64): permuted
     out (10): permuted
 
-Complete basis: 62 parameter-sharing maps spanning dimension 62 per
+Complete linear basis: 62 parameter-sharing maps spanning dimension 62 per
 (input channel, output channel) pair, and 6 constants per output channel;
 derived and verified by nfn-derive.
 """

@@ -9,7 +9,7 @@ Group (per neuron space):
     h2 (64): permuted, positive scaling
     out (10): fixed
 
-Complete basis: 8 parameter-sharing maps spanning dimension 616427 per
+Complete linear basis: 8 parameter-sharing maps spanning dimension 616427 per
 (input channel, output channel) pair, and 10 constants per output channel;
 derived and verified by nfn-derive.
 """

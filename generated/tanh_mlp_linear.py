@@ -9,7 +9,7 @@ Group (per neuron space):
     h2 (64): permuted, sign scaling
     out (10): fixed
 
-Complete basis: 10 parameter-sharing maps spanning dimension 616447 per
+Complete linear basis: 10 parameter-sharing maps spanning dimension 616447 per
 (input channel, output channel) pair, and 10 constants per output channel;
 derived and verified by nfn-derive.
 """

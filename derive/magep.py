@@ -1,0 +1,406 @@
+"""The MAGEP-NFN polynomial terms (MATH.md section 5) on chain weight spaces.
+
+A chain is an MLP-like weight space: ``W_i`` with axes (s_i: +1, s_{i-1}: -1) and ``b_i`` with
+axis (s_i: +1), i = 1..L, the input space s_0 and output space s_L fixed. Path products
+``[W](s,t) = W_s ... W_{t+1}`` transform as ``g_s [W](s,t) g_t^-1``; because g_0 = g_L = I a
+parameter Psi over the fixed axes glues them. The terms of the paper's layer, for every output
+(degree-1 terms belong to the complete linear layer and are not repeated here):
+
+- ``W'(i)`` from ``[WW](i,0)(L,i-1) = [W](i,0) Psi [W](L,i-1)`` (degree L+1) and
+  ``[bW](i)(L,i-1) = b_i Psi' [W](L,i-1)`` (degree L-i+2);
+- ``b'(i)`` from ``[W](i,0)`` (degree i), ``[WW](i,0)(L,0)`` (degree i+L),
+  ``[bW](i)(L,0)`` (degree L+1) and ``sum_t [Wb](i,t)`` (degrees 2..i);
+- ``b'(L)`` also from the invariants ``tr([W](s,0) Psi [W](L,s))`` (degree L) and
+  ``Psi' [W](L,s) b_s`` (degree L-s+1), s = 1..L-1.
+
+Each term is a *virtual tensor*: a per-channel product with axis labels, so the layer plan
+treats it like an input tensor (its map to the output matches every neuron axis and is dense
+over fixed axes). :func:`magep_products` spells the shared computations: prefix products
+``P_s = [W](s,0)`` and suffix products ``Q_t = [W](L,t)`` are computed once each (O(L) matmul
+chains), ``sum_t [Wb](i,t)`` by the recurrence ``S_i = W_i (S_{i-1} + b_{i-1})``.
+
+Normalization keeps every term's entries at unit variance for unit-variance inputs: each
+contraction over a space of n neurons is divided by sqrt(n), Psi has variance 1/(n_0 n_L),
+Psi' 1/n_L, sums of k path terms are divided by sqrt(k), traces by sqrt(n_s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from math import prod, sqrt
+
+from derive.basis import BasisMap, Block
+from derive.errors import GenerationError
+from derive.model import Axis, TensorSpec, WeightSpaceSpec
+
+__all__ = [
+    "Chain",
+    "MagepTerm",
+    "Psi",
+    "MagepPlan",
+    "chain_of",
+    "magep_terms",
+    "magep_plan",
+]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """An MLP-like weight space: ``weights[i-1] = W_i``, ``spaces[i] = s_i``."""
+
+    weights: tuple[str, ...]
+    biases: tuple[str | None, ...]
+    spaces: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+    @property
+    def layers(self) -> int:
+        return len(self.weights)
+
+
+def chain_of(space: WeightSpaceSpec) -> Chain:
+    """The chain structure of ``space``, or a GenerationError saying why it has none."""
+    weights = sorted((t for t in space.tensors if t.kind == "weight"), key=lambda t: t.layer)
+    if not weights:
+        raise GenerationError("MAGEP terms need weight tensors; this weight space has none")
+    spaces: list[str] = []
+    for k, tensor in enumerate(weights):
+        axes = tensor.axes
+        if len(axes) != 2 or axes[0].character != 1 or axes[1].character != -1:
+            raise GenerationError(
+                f"MAGEP terms need matrix weights (rows +1, columns -1); {tensor.name} has "
+                f"axes {[(a.space, a.character) for a in axes]} (use --family complete)"
+            )
+        if k == 0:
+            spaces.append(axes[1].space)
+        elif axes[1].space != spaces[-1]:
+            raise GenerationError(
+                f"MAGEP terms need a chain: {tensor.name} reads {axes[1].space}, "
+                f"but the previous layer writes {spaces[-1]}"
+            )
+        spaces.append(axes[0].space)
+    biases: list[str | None] = []
+    for k, tensor in enumerate(weights):
+        bias = next(
+            (t for t in space.tensors if t.kind == "bias" and t.layer == tensor.layer), None
+        )
+        if bias is not None and [a.space for a in bias.axes] != [spaces[k + 1]]:
+            raise GenerationError(f"MAGEP terms need bias {bias.name} on space {spaces[k + 1]}")
+        biases.append(bias.name if bias is not None else None)
+    for end in (spaces[0], spaces[-1]):
+        if not space.space(end).is_fixed:
+            raise GenerationError(
+                f"MAGEP terms glue paths through the fixed input and output spaces, but {end} is "
+                "permuted (NP setting); use --permute hidden or --family complete"
+            )
+    return Chain(
+        tuple(t.name for t in weights),
+        tuple(biases),
+        tuple(spaces),
+        tuple(space.space(s).size for s in spaces),
+    )
+
+
+@dataclass(frozen=True)
+class Psi:
+    """A gluing parameter: ``shape`` after the leading ``in_channels`` axis, init std ``std``."""
+
+    name: str
+    shape: tuple[int, ...]
+    std: float
+
+
+@dataclass(frozen=True)
+class MagepTerm:
+    """One MAGEP term written to ``output``, held in the variable ``var``.
+
+    ``i`` is the output layer and ``t`` the layer index the term's suffix path starts from
+    (``[W](L,t)``); ``axes`` label the virtual tensor so the plan can read it like an input;
+    ``degrees`` lists the degrees of its monomials (several for the sum of ``[Wb]`` paths).
+    """
+
+    var: str
+    kind: str  # WW, bW, W, WW0, bW0, Wb, trWW, trbW
+    output: str
+    i: int
+    t: int
+    formula: str
+    axes: tuple[Axis, ...]
+    degrees: tuple[int, ...]
+    psi: tuple[Psi, ...] = ()
+
+    @property
+    def degree(self) -> int:
+        return max(self.degrees)
+
+
+def magep_terms(space: WeightSpaceSpec, max_degree: int | None = None) -> list[MagepTerm]:
+    """Every MAGEP term of degree 2..``max_degree`` (all if None), in output order."""
+    chain = chain_of(space)
+    L = chain.layers
+    limit = max_degree if max_degree is not None else 10**9
+    n0, nL = chain.sizes[0], chain.sizes[-1]
+    sp = chain.spaces
+    terms: list[MagepTerm] = []
+
+    def psi_ww(name: str) -> tuple[Psi, ...]:
+        return (Psi(name, (n0, nL), 1 / sqrt(n0 * nL)),)
+
+    def psi_bw(name: str) -> tuple[Psi, ...]:
+        return (Psi(name, (1, nL), 1 / sqrt(nL)),)
+
+    def add(
+        var: str,
+        kind: str,
+        output: str,
+        i: int,
+        t: int,
+        formula: str,
+        axes: tuple[Axis, ...],
+        degrees: tuple[int, ...],
+        psi: tuple[Psi, ...] = (),
+    ) -> None:
+        if degrees and max(degrees) <= limit:
+            terms.append(MagepTerm(var, kind, output, i, t, formula, axes, degrees, psi))
+
+    for i in range(1, L + 1):
+        weight, bias = chain.weights[i - 1], chain.biases[i - 1]
+        w_axes = (Axis(sp[i], 1), Axis(sp[i - 1], -1))
+        wv = weight.lower()
+        add(
+            f"ww_{wv}",
+            "WW",
+            weight,
+            i,
+            i - 1,
+            f"[WW]({i},0)({L},{i - 1}) = [W]({i},0) Psi [W]({L},{i - 1})",
+            w_axes,
+            (L + 1,),
+            psi_ww(f"psi_ww_{wv}"),
+        )
+        if bias is not None:
+            add(
+                f"bw_{wv}",
+                "bW",
+                weight,
+                i,
+                i - 1,
+                f"[bW]({i})({L},{i - 1}) = b{i} Psi' [W]({L},{i - 1})",
+                w_axes,
+                (L - i + 2,),
+                psi_bw(f"psi_bw_{wv}"),
+            )
+        if bias is None:
+            continue
+        bv = bias.lower()
+        p_axes = (Axis(sp[i], 1), Axis(sp[0], -1))
+        if i >= 2:
+            add(f"path_{bv}", "W", bias, i, 0, f"[W]({i},0)", p_axes, (i,))
+        add(
+            f"ww0_{bv}",
+            "WW0",
+            bias,
+            i,
+            0,
+            f"[WW]({i},0)({L},0) = [W]({i},0) Psi [W]({L},0)",
+            p_axes,
+            (i + L,),
+            psi_ww(f"psi_ww0_{bv}"),
+        )
+        add(
+            f"bw0_{bv}",
+            "bW0",
+            bias,
+            i,
+            0,
+            f"[bW]({i})({L},0) = b{i} Psi' [W]({L},0)",
+            p_axes,
+            (L + 1,),
+            psi_bw(f"psi_bw0_{bv}"),
+        )
+        degrees = tuple(
+            i - t + 1 for t in range(1, i) if chain.biases[t - 1] and i - t + 1 <= limit
+        )
+        add(
+            f"wb_{bv}",
+            "Wb",
+            bias,
+            i,
+            0,
+            f"sum_t [Wb]({i},t) = sum_t [W]({i},t) b_t",
+            (Axis(sp[i], 1),),
+            degrees,
+        )
+    last = chain.biases[-1]
+    if last is not None:
+        for s in range(1, L):
+            add(
+                f"tr_ww_{s}",
+                "trWW",
+                last,
+                L,
+                s,
+                f"tr([W]({s},0) Psi [W]({L},{s}))",
+                (),
+                (L,),
+                psi_ww(f"psi_tr_ww_{s}"),
+            )
+            if chain.biases[s - 1] is not None:
+                add(
+                    f"tr_bw_{s}",
+                    "trbW",
+                    last,
+                    L,
+                    s,
+                    f"Psi' [W]({L},{s}) b{s}",
+                    (),
+                    (L - s + 1,),
+                    psi_bw(f"psi_tr_bw_{s}"),
+                )
+    return terms
+
+
+@dataclass(frozen=True)
+class MagepPlan:
+    """The MAGEP part of a polynomial layer: statements, parameters, extended space, maps."""
+
+    chain: Chain
+    terms: tuple[MagepTerm, ...]
+    statements: tuple[tuple[str, str], ...]  # (code, comment)
+    psis: tuple[Psi, ...]
+    space: WeightSpaceSpec  # the weight space plus one virtual tensor per term
+    maps: tuple[BasisMap, ...]  # output <- virtual tensor, one per term
+
+
+def virtual_name(term: MagepTerm) -> str:
+    """The virtual tensor's name in the extended weight space."""
+    return term.var.upper()
+
+
+def _term_map(space: WeightSpaceSpec, term: MagepTerm) -> BasisMap:
+    """Every neuron axis of the term matched to the output's; fixed axes dense."""
+    output = space.tensor(term.output)
+    blocks = []
+    out_fixed = []
+    in_fixed = [q for q, a in enumerate(term.axes) if space.space(a.space).is_fixed]
+    for p, axis in enumerate(output.axes):
+        if space.space(axis.space).is_fixed:
+            out_fixed.append(p)
+            continue
+        q = next(q for q, a in enumerate(term.axes) if a.space == axis.space)
+        blocks.append(Block(axis.space, (p,), (q,)))
+    count = prod(space.space(output.axes[p].space).size for p in out_fixed)
+    count *= prod(space.space(term.axes[q].space).size for q in in_fixed)
+    return BasisMap(
+        term.output, virtual_name(term), tuple(blocks), tuple(out_fixed), tuple(in_fixed), count
+    )
+
+
+def magep_plan(space: WeightSpaceSpec, max_degree: int | None = None) -> MagepPlan:
+    """The terms, the statements that compute them with shared path products, and their maps."""
+    chain = chain_of(space)
+    terms = magep_terms(space, max_degree)
+    virtual = tuple(
+        TensorSpec(name=virtual_name(t), kind="virtual", layer=0, axes=t.axes) for t in terms
+    )
+    extended = replace(space, tensors=space.tensors + virtual)
+    maps = tuple(_term_map(extended, t) for t in terms)
+    psis = tuple(p for t in terms for p in t.psi)
+    return MagepPlan(chain, tuple(terms), tuple(_statements(chain, terms)), psis, extended, maps)
+
+
+def _div(value: float) -> str:
+    return f" / {float(value)!r}" if value != 1 else ""
+
+
+def _statements(chain: Chain, terms: list[MagepTerm]) -> list[tuple[str, str]]:
+    """Python statements computing every term; every path product computed once."""
+    L = chain.layers
+    n = chain.sizes
+    w = [""] + [name.lower() for name in chain.weights]  # w[i] holds W_i
+    b: list[str | None] = [None] + [None if x is None else x.lower() for x in chain.biases]
+    need_p = {t.i for t in terms if t.kind in ("WW", "WW0", "W")}
+    need_p |= {t.t for t in terms if t.kind == "trWW"}
+    need_q = {t.t for t in terms if t.kind in ("WW", "bW", "WW0", "bW0", "trWW", "trbW")}
+    out: list[tuple[str, str]] = []
+    if need_p:  # prefix products P_s = [W](s,0) = W_s P_{s-1} / sqrt(n_{s-1})
+        out.append((f"p1 = {w[1]}", "[W](1,0)"))
+        for s in range(2, max(need_p) + 1):
+            out.append(
+                (f"p{s} = torch.matmul({w[s]}, p{s - 1}){_div(sqrt(n[s - 1]))}", f"[W]({s},0)")
+            )
+    if need_q:  # suffix products Q_t = [W](L,t) = Q_{t+1} W_{t+1} / sqrt(n_{t+1})
+        out.append((f"q{L - 1} = {w[L]}", f"[W]({L},{L - 1})"))
+        for t in range(L - 2, min(need_q) - 1, -1):
+            out.append(
+                (
+                    f"q{t} = torch.matmul(q{t + 1}, {w[t + 1]}){_div(sqrt(n[t + 1]))}",
+                    f"[W]({L},{t})",
+                )
+            )
+    out += _wb_statements(chain, [t for t in terms if t.kind == "Wb"], w, b)
+    for term in terms:
+        psi = f"self.{term.psi[0].name}" if term.psi else ""
+        if term.kind in ("WW", "WW0"):
+            code = f"{term.var} = torch.matmul(torch.matmul(p{term.i}, {psi}), q{term.t})"
+        elif term.kind in ("bW", "bW0"):
+            code = f"{term.var} = {b[term.i]}[..., None] * torch.matmul({psi}, q{term.t})"
+        elif term.kind == "W":
+            code = f"{term.var} = p{term.i}"
+        elif term.kind == "trWW":
+            product = f"torch.matmul(p{term.t}, {psi}) * q{term.t}.transpose(-1, -2)"
+            code = f"{term.var} = ({product}).sum(dim=(-1, -2)){_div(sqrt(n[term.t]))}"
+        elif term.kind == "trbW":
+            product = f"torch.matmul({psi}, q{term.t}).squeeze(-2) * {b[term.t]}"
+            code = f"{term.var} = ({product}).sum(dim=-1){_div(sqrt(n[term.t]))}"
+        else:
+            continue  # Wb: done above
+        out.append((code, term.formula))
+    return out
+
+
+def _wb_statements(
+    chain: Chain, terms: list[MagepTerm], w: list[str], b: list[str | None]
+) -> list[tuple[str, str]]:
+    """``sum_t [Wb](i,t)``: by the recurrence ``S_i = W_i (S_{i-1} + b_{i-1})`` when every t is
+    wanted (O(L) matrix-vector products), else by paths of bounded length shared across outputs
+    (``T_i^k = W_i T_{i-1}^{k-1}``, O(L * degree))."""
+    if not terms:
+        return []
+    L = chain.layers
+    n = chain.sizes
+    out: list[tuple[str, str]] = []
+
+    def matvec(i: int, vector: str) -> str:
+        return f"torch.matmul({w[i]}, {vector}.unsqueeze(-1)).squeeze(-1){_div(sqrt(n[i - 1]))}"
+
+    complete = all(len(t.degrees) == sum(1 for s in range(1, t.i) if b[s]) for t in terms)
+    if complete and all(b[1:]):
+        top = max(t.i for t in terms)
+        out.append((f"sum_wb2 = {matvec(2, b[1] or '')}", "sum_t [Wb](2,t)"))
+        for i in range(3, top + 1):
+            out.append(
+                (f"sum_wb{i} = {matvec(i, f'(sum_wb{i - 1} + {b[i - 1]})')}", f"sum_t [Wb]({i},t)")
+            )
+        for t in terms:
+            count = t.i - 1
+            out.append((f"{t.var} = sum_wb{t.i}{_div(sqrt(count))}", t.formula))
+        return out
+    made: set[tuple[int, int]] = set()
+    for term in terms:
+        parts = []
+        for degree in sorted(term.degrees):
+            k = degree - 1  # number of weights in the path [Wb](i, i-k)
+            for j in range(1, k + 1):  # T_{i-k+j}^{j}
+                at = term.i - k + j
+                if (at, j) in made:
+                    continue
+                source = b[at - 1] if j == 1 else f"path_wb{at - 1}_{j - 1}"
+                out.append(
+                    (f"path_wb{at}_{j} = {matvec(at, source or '')}", f"[Wb]({at},{at - j})")
+                )
+                made.add((at, j))
+            parts.append(f"path_wb{term.i}_{k}")
+        out.append((f"{term.var} = ({' + '.join(parts)}){_div(sqrt(len(parts)))}", term.formula))
+    del L
+    return out

@@ -1,0 +1,79 @@
+"""The polynomial layer plan: the complete linear layer plus polynomial terms.
+
+The polynomial layer writes every output as the complete equivariant linear map of the input
+(all degree-1 maps and constants) plus polynomial terms of degree 2 and higher:
+
+- family ``magep``: the MAGEP-NFN terms (:mod:`derive.magep`), computed through shared path
+  products and read as virtual tensors;
+- family ``complete``: every equivariant monomial of degree 2..d
+  (:mod:`derive.polynomial`), each a per-channel product feature (one einsum).
+
+Both go through the same assembly as the linear layer (:func:`derive.plan.assemble_plan`), so
+every term whose output placement matches merges into the same channel-mixing matmul.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from derive.basis import LinearBasis
+from derive.errors import GenerationError
+from derive.magep import MagepPlan, Psi, magep_plan
+from derive.model import WeightSpaceSpec
+from derive.plan import LinearPlan, assemble_plan
+
+__all__ = ["FAMILIES", "DEFAULT_MAX_TERMS", "PolynomialPlan", "polynomial_plan"]
+
+FAMILIES = ("magep", "complete")
+#: the complete family refuses to generate more terms than this unless raised (--max-terms)
+DEFAULT_MAX_TERMS = 2000
+
+
+@dataclass(frozen=True)
+class PolynomialPlan:
+    """Everything the polynomial template needs beyond the linear layer's plan."""
+
+    family: str
+    degree: int | None
+    plan: LinearPlan  # over the weight space extended by virtual tensors (magep)
+    statements: tuple[tuple[str, str], ...]  # product statements (code, comment)
+    psis: tuple[Psi, ...]
+    trainable_psi: bool
+    terms: tuple[Any, ...]  # MagepTerm or PolyMap records, for the docstring and reports
+    magep: MagepPlan | None
+
+
+def polynomial_plan(
+    basis: LinearBasis,
+    family: str = "magep",
+    degree: int | None = None,
+    trainable_psi: bool = True,
+    max_terms: int = DEFAULT_MAX_TERMS,
+) -> PolynomialPlan:
+    """The plan of the polynomial layer over ``basis.space``."""
+    space: WeightSpaceSpec = basis.space
+    linear_maps = [m for block in basis.blocks for m in block.maps]
+    constants = [m for block in basis.constants for m in block.maps]
+    real = [t.name for t in space.tensors]
+    if family == "magep":
+        mp = magep_plan(space, degree)
+        plan = assemble_plan(mp.space, [*linear_maps, *mp.maps], constants, outputs=real)
+        return PolynomialPlan(
+            family, degree, plan, mp.statements, mp.psis, trainable_psi, mp.terms, mp
+        )
+    if family == "complete":
+        from derive.polynomial import enumerate_polynomial
+
+        top = degree if degree is not None else 2
+        if top < 2:
+            raise GenerationError(f"--degree must be at least 2 for polynomial terms, got {top}")
+        poly_maps: list[Any] = []
+        for d in range(2, top + 1):
+            poly = enumerate_polynomial(space, d, limit=max_terms - len(poly_maps))
+            poly_maps += [
+                m for block in poly.blocks if block.output is not None for m in block.maps
+            ]
+        plan = assemble_plan(space, [*linear_maps, *poly_maps], constants, outputs=real)
+        return PolynomialPlan(family, top, plan, (), (), trainable_psi, tuple(poly_maps), None)
+    raise GenerationError(f"unknown polynomial family {family!r} (valid: {', '.join(FAMILIES)})")

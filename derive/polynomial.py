@@ -1,0 +1,672 @@
+"""The complete equivariant polynomial maps of degree d: linear maps ``Sym^d(U) -> U``.
+
+A block is an output tensor T (None: an invariant) and a multiset ``S_1 <= ... <= S_d`` of
+input tensors (MATH.md section 5). A term is an index diagram: per neuron space, the axis
+positions of T and of every factor ``(k, axis)`` are partitioned into blocks; a block with
+only input positions is averaged over, fixed axes are never partitioned and carry a dense
+parameter ``theta``. A diagram survives when every block balances the scaling character of
+its space and the space has at least as many neurons as its partition has blocks (the orbit
+basis argument of :mod:`derive.partitions`).
+
+Identical factors make relabelled diagrams the same polynomial. Let G permute the slots of
+identical factors. One canonical diagram is kept per G-orbit, with ``dim V^H`` parameters,
+where H is its stabilizer and V the fixed-axis parameter space. The totals follow from the
+weighted Burnside formulas ``terms = mean_g prod_s fix_s(g)`` and
+``dim = mean_g chi(g) prod_s fix_s(g)``, so they are counted without materializing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from math import prod
+
+import sympy
+
+from derive.errors import GenerationError
+from derive.expressions import SymbolicCheck, tensor_symbol
+from derive.model import Scaling, TensorSpec, WeightSpaceSpec
+from derive.partitions import set_partitions
+
+__all__ = [
+    "PolyBlock",
+    "PolyMap",
+    "PolyBlockBasis",
+    "PolyBasis",
+    "poly_key",
+    "count_block",
+    "count_polynomial",
+    "enumerate_block_poly",
+    "enumerate_polynomial",
+    "poly_formula_text",
+    "poly_formula_latex",
+    "verify_poly_map",
+    "scaling_signature",
+]
+
+TensorRef = str | TensorSpec
+
+
+@dataclass(frozen=True)
+class PolyBlock:
+    """Positions of one space taking one index value: output axes and ``(factor, axis)`` pairs."""
+
+    space: str
+    outputs: tuple[int, ...]
+    inputs: tuple[tuple[int, int], ...]
+
+    @property
+    def role(self) -> str:
+        """``matched`` (read and written), ``reduced`` (averaged over) or ``broadcast``."""
+        if self.outputs and self.inputs:
+            return "matched"
+        return "broadcast" if self.outputs else "reduced"
+
+
+def poly_key(output: str | None, factors: Sequence[str]) -> str:
+    """``W2<-W2*b1``; ``inv<-b2*b2`` for invariants; ``W2<-1`` for degree 0."""
+    return f"{output if output is not None else 'inv'}<-{'*'.join(factors) or '1'}"
+
+
+@dataclass(frozen=True)
+class PolyMap:
+    """One canonical index diagram of the block ``output <- factors`` (factors in tensor order).
+
+    ``in_fixed`` lists the fixed ``(factor, axis)`` positions; ``theta`` is dense over the
+    fixed output and input axes up to the diagram's stabilizer (``num_params`` scalars).
+    """
+
+    output: str | None
+    factors: tuple[str, ...]
+    blocks: tuple[PolyBlock, ...]
+    out_fixed: tuple[int, ...]
+    in_fixed: tuple[tuple[int, int], ...]
+    num_params: int
+
+    @property
+    def degree(self) -> int:
+        return len(self.factors)
+
+    @property
+    def key(self) -> str:
+        return poly_key(self.output, self.factors)
+
+
+@dataclass(frozen=True)
+class PolyBlockBasis:
+    """All canonical terms of one block ``output <- factors``."""
+
+    output: str | None
+    factors: tuple[str, ...]
+    maps: tuple[PolyMap, ...]
+
+    @property
+    def key(self) -> str:
+        return poly_key(self.output, self.factors)
+
+    @property
+    def dim(self) -> int:
+        return sum(m.num_params for m in self.maps)
+
+    @property
+    def count(self) -> int:
+        return len(self.maps)
+
+
+@dataclass(frozen=True)
+class PolyBasis:
+    """The complete degree-``degree`` equivariant polynomial maps (blocks with no term omitted)."""
+
+    space: WeightSpaceSpec
+    degree: int
+    blocks: tuple[PolyBlockBasis, ...]
+
+    @property
+    def dim(self) -> int:
+        return sum(block.dim for block in self.blocks)
+
+    @property
+    def count(self) -> int:
+        return sum(block.count for block in self.blocks)
+
+
+# --- per-space patterns and their symmetry ------------------------------------------------
+
+_Slot = tuple[int, int]  # (factor, j-th axis of that factor in this space)
+_Pattern = tuple[tuple[tuple[int, ...], tuple[_Slot, ...]], ...]
+
+
+@cache
+def _relabellings(labels: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Permutations of factor slots preserving ``labels`` (identical factors), identity first."""
+    runs: dict[int, list[int]] = {}
+    for slot, label in enumerate(labels):
+        runs.setdefault(label, []).append(slot)
+    perms = []
+    for images in itertools.product(*(itertools.permutations(run) for run in runs.values())):
+        perm = [0] * len(labels)
+        for run, image in zip(runs.values(), images):
+            for source, target in zip(run, image):
+                perm[source] = target
+        perms.append(tuple(perm))
+    return tuple(perms)
+
+
+@cache
+def _cycles(perm: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    seen: set[int] = set()
+    cycles = []
+    for start in range(len(perm)):
+        cycle = []
+        slot = start
+        while slot not in seen:
+            seen.add(slot)
+            cycle.append(slot)
+            slot = perm[slot]
+        if cycle:
+            cycles.append(tuple(cycle))
+    return tuple(cycles)
+
+
+@cache
+def _poly_patterns(
+    scaling: Scaling, size: int, out_chars: tuple[int, ...], in_chars: tuple[tuple[int, ...], ...]
+) -> tuple[_Pattern, ...]:
+    """Surviving partitions of one space's positions, blocks as (output slots, input slots)."""
+    slots = [(k, j) for k, chars in enumerate(in_chars) for j in range(len(chars))]
+    num_out = len(out_chars)
+    patterns = []
+    for partition in set_partitions(num_out + len(slots)):
+        if len(partition) > size:
+            break  # set_partitions is ordered by the number of blocks
+        blocks = []
+        for block in partition:
+            outs = tuple(p for p in block if p < num_out)
+            ins = tuple(slots[p - num_out] for p in block if p >= num_out)
+            exponent = sum(in_chars[k][j] for k, j in ins) - sum(out_chars[p] for p in outs)
+            if not scaling.balances(exponent):
+                break
+            blocks.append((outs, ins))
+        else:
+            patterns.append(tuple(sorted(blocks)))
+    return tuple(patterns)
+
+
+def _relabel(pattern: _Pattern, perm: tuple[int, ...]) -> _Pattern:
+    """The pattern with factor k renamed ``perm[k]`` (identical factors share their axes)."""
+    return tuple(
+        sorted((outs, tuple(sorted((perm[k], j) for k, j in ins))) for outs, ins in pattern)
+    )
+
+
+@cache
+def _fixed_counts(
+    scaling: Scaling,
+    size: int,
+    out_chars: tuple[int, ...],
+    in_chars: tuple[tuple[int, ...], ...],
+    labels: tuple[int, ...],
+) -> tuple[int, ...]:
+    """Per relabelling g of identical factors, the number of patterns that g maps to themselves."""
+    patterns = _poly_patterns(scaling, size, out_chars, in_chars)
+    group = _relabellings(labels)
+    counts = [len(patterns)]
+    for perm in group[1:]:
+        counts.append(sum(1 for p in patterns if _relabel(p, perm) == p))
+    return tuple(counts)
+
+
+# --- blocks: tensors as per-space characters ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Axes:
+    """A tensor's positions and characters per permuted space, and its fixed axes."""
+
+    name: str
+    positions: dict[str, tuple[int, ...]]
+    chars: dict[str, tuple[int, ...]]
+    fixed: tuple[int, ...]
+    fixed_size: int
+
+
+def _axes(space: WeightSpaceSpec, tensor: TensorSpec | None) -> _Axes | None:
+    if tensor is None:
+        return None
+    positions: dict[str, list[int]] = {}
+    fixed = []
+    for position, axis in enumerate(tensor.axes):
+        if space.is_fixed_axis(axis):
+            fixed.append(position)
+        else:
+            positions.setdefault(axis.space, []).append(position)
+    chars = {s: tuple(tensor.axes[p].character for p in ps) for s, ps in positions.items()}
+    fixed_size = prod(space.space(tensor.axes[p].space).size for p in fixed)
+    return _Axes(
+        tensor.name, {s: tuple(ps) for s, ps in positions.items()}, chars, tuple(fixed), fixed_size
+    )
+
+
+def _labels(factors: Sequence[_Axes]) -> tuple[int, ...]:
+    names = [f.name for f in factors]
+    return tuple(names.index(name) for name in names)
+
+
+def _block_spaces(out: _Axes | None, factors: Sequence[_Axes]) -> list[str]:
+    keys = [*(out.positions if out else ()), *(s for f in factors for s in f.positions)]
+    return list(dict.fromkeys(keys))
+
+
+def _space_args(
+    space: WeightSpaceSpec, name: str, out: _Axes | None, factors: Sequence[_Axes]
+) -> tuple[Scaling, int, tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    neuron_space = space.space(name)
+    out_chars = out.chars.get(name, ()) if out else ()
+    in_chars = tuple(f.chars.get(name, ()) for f in factors)
+    return neuron_space.scaling, neuron_space.size, out_chars, in_chars
+
+
+def _character(perm: tuple[int, ...], out: _Axes | None, factors: Sequence[_Axes]) -> int:
+    """Trace of a relabelling on the fixed-axis parameters: F_out * prod over cycles F_in."""
+    out_size = out.fixed_size if out else 1
+    return out_size * prod(factors[cycle[0]].fixed_size for cycle in _cycles(perm))
+
+
+@dataclass(frozen=True)
+class _FactorSet:
+    """What a multiset of factors contributes to every block, computed once for all outputs."""
+
+    infos: tuple[_Axes, ...]
+    labels: tuple[int, ...]
+    in_chars: dict[str, tuple[tuple[int, ...], ...]]  # per space the factors touch
+    alone: dict[str, tuple[int, ...]]  # fixed counts per such space, without output positions
+    characters: tuple[int, ...]  # per relabelling, the character without F_out
+
+
+def _factor_set(space: WeightSpaceSpec, infos: Sequence[_Axes]) -> _FactorSet:
+    labels = _labels(infos)
+    in_chars: dict[str, tuple[tuple[int, ...], ...]] = {}
+    alone: dict[str, tuple[int, ...]] = {}
+    for name in _block_spaces(None, infos):
+        scaling, size, _, chars = _space_args(space, name, None, infos)
+        in_chars[name] = chars
+        alone[name] = _fixed_counts(scaling, size, (), chars, labels)
+    characters = tuple(_character(g, None, infos) for g in _relabellings(labels))
+    return _FactorSet(tuple(infos), labels, in_chars, alone, characters)
+
+
+def _count(space: WeightSpaceSpec, out: _Axes | None, factors: _FactorSet) -> tuple[int, int]:
+    """(terms, dimension) of one block by the weighted Burnside formulas."""
+    weights = [1] * len(factors.characters)
+    touched = out.chars if out else {}
+    for name, out_chars in touched.items():
+        neuron_space = space.space(name)
+        chars = factors.in_chars.get(name) or ((),) * len(factors.infos)
+        fixed = _fixed_counts(
+            neuron_space.scaling, neuron_space.size, out_chars, chars, factors.labels
+        )
+        if not fixed[0]:
+            return 0, 0
+        weights = [w * f for w, f in zip(weights, fixed)]
+    for name, fixed in factors.alone.items():
+        if name in touched:
+            continue
+        if not fixed[0]:
+            return 0, 0
+        weights = [w * f for w, f in zip(weights, fixed)]
+    order = len(weights)
+    terms, rest = divmod(sum(weights), order)
+    out_size = out.fixed_size if out else 1
+    dim, rest_dim = divmod(out_size * sum(map(int.__mul__, factors.characters, weights)), order)
+    assert rest == 0 and rest_dim == 0, "Burnside averages must be integers"
+    return terms, dim
+
+
+def _resolve(
+    space: WeightSpaceSpec, output: TensorRef | None, factors: Sequence[TensorRef]
+) -> tuple[TensorSpec | None, tuple[TensorSpec, ...]]:
+    """Tensors of a block, factors sorted in the order of ``space.tensors``."""
+    order = {t.name: k for k, t in enumerate(space.tensors)}
+    names = [f if isinstance(f, str) else f.name for f in factors]
+    out_name = output if isinstance(output, str) or output is None else output.name
+    out = space.tensor(out_name) if out_name is not None else None
+    return out, tuple(space.tensor(n) for n in sorted(names, key=order.__getitem__))
+
+
+def count_block(
+    space: WeightSpaceSpec, output: TensorRef | None, factors: Sequence[TensorRef]
+) -> tuple[int, int]:
+    """(number of canonical terms, dimension) of the block ``output <- factors``."""
+    out, tensors = _resolve(space, output, factors)
+    infos = [a for t in tensors if (a := _axes(space, t))]
+    return _count(space, _axes(space, out), _factor_set(space, infos))
+
+
+def _reduced_exponents(
+    space: WeightSpaceSpec, exponents: dict[str, int]
+) -> frozenset[tuple[str, int]]:
+    """Total exponents per space that no scaling of that space balances (a block must match)."""
+    reduced = []
+    for name, exponent in exponents.items():
+        scaling = space.space(name).scaling
+        value = exponent % 2 if scaling is Scaling.SIGN else exponent
+        if scaling is not Scaling.NONE and value:
+            reduced.append((name, value))
+    return frozenset(reduced)
+
+
+def _candidate_blocks(
+    space: WeightSpaceSpec, degree: int, infos: dict[str, _Axes]
+) -> Iterator[tuple[_Axes | None, _FactorSet]]:
+    """Blocks in (output, factors) order whose total exponents balance (a necessary condition)."""
+    if degree < 0:
+        raise ValueError(f"degree must be >= 0, got {degree}")
+    tensors = space.tensors
+    totals = [{s: sum(c) for s, c in infos[t.name].chars.items()} for t in tensors]
+    by_signature: dict[frozenset[tuple[str, int]], list[tuple[int, ...]]] = {}
+    for combo in itertools.combinations_with_replacement(range(len(tensors)), degree):
+        exponents: dict[str, int] = {}
+        for index in combo:
+            for name, value in totals[index].items():
+                exponents[name] = exponents.get(name, 0) + value
+        by_signature.setdefault(_reduced_exponents(space, exponents), []).append(combo)
+    factor_sets: dict[tuple[int, ...], _FactorSet] = {}
+    for index, out in enumerate((*tensors, None)):
+        signature = _reduced_exponents(space, totals[index]) if out else frozenset()
+        out_info = infos[out.name] if out else None
+        for combo in by_signature.get(signature, ()):
+            if combo not in factor_sets:
+                factor_sets[combo] = _factor_set(space, [infos[tensors[k].name] for k in combo])
+            yield out_info, factor_sets[combo]
+
+
+def _tensor_infos(space: WeightSpaceSpec) -> dict[str, _Axes]:
+    return {t.name: a for t in space.tensors if (a := _axes(space, t)) is not None}
+
+
+def count_polynomial(space: WeightSpaceSpec, degree: int) -> dict[str, tuple[int, int]]:
+    """(terms, dimension) of every block with a term, keyed like ``W2<-W2*b1``."""
+    counts = {}
+    for out, factors in _candidate_blocks(space, degree, _tensor_infos(space)):
+        terms, dim = _count(space, out, factors)
+        if terms:
+            key = poly_key(out.name if out else None, [f.name for f in factors.infos])
+            counts[key] = (terms, dim)
+    return counts
+
+
+# --- materialized canonical diagrams -------------------------------------------------------
+
+
+def enumerate_block_poly(
+    space: WeightSpaceSpec, output: TensorRef | None, factors: Sequence[TensorRef]
+) -> tuple[PolyMap, ...]:
+    """One :class:`PolyMap` per orbit of diagrams under relabelling identical factors."""
+    out_tensor, tensors = _resolve(space, output, factors)
+    out = _axes(space, out_tensor)
+    infos = [a for t in tensors if (a := _axes(space, t))]
+    labels = _labels(infos)
+    group = _relabellings(labels)
+    names = _block_spaces(out, infos)
+    options = []
+    for name in names:
+        patterns = _poly_patterns(*_space_args(space, name, out, infos))
+        if not patterns:
+            return ()
+        options.append(patterns)
+    characters = [_character(g, out, infos) for g in group]
+    maps = []
+    for diagram in itertools.product(*options):
+        images = [tuple(_relabel(p, g) for p in diagram) for g in group[1:]]
+        if any(image < diagram for image in images):
+            continue
+        stabilizer = [0, *(k + 1 for k, image in enumerate(images) if image == diagram)]
+        num_params = sum(characters[k] for k in stabilizer) // len(stabilizer)
+        blocks = [
+            PolyBlock(
+                name,
+                tuple(out.positions[name][o] for o in outs) if out else (),
+                tuple((k, infos[k].positions[name][j]) for k, j in ins),
+            )
+            for name, pattern in zip(names, diagram)
+            for outs, ins in pattern
+        ]
+        blocks.sort(key=_block_order)
+        maps.append(
+            PolyMap(
+                output=out.name if out else None,
+                factors=tuple(f.name for f in infos),
+                blocks=tuple(blocks),
+                out_fixed=out.fixed if out else (),
+                in_fixed=tuple((k, p) for k, f in enumerate(infos) for p in f.fixed),
+                num_params=num_params,
+            )
+        )
+    maps.sort(key=lambda m: (len(m.blocks), [_block_order(b) for b in m.blocks]))
+    return tuple(maps)
+
+
+def _block_order(block: PolyBlock) -> tuple[int, tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Output blocks by output position, then reduced blocks by first input position."""
+    return (0 if block.outputs else 1, block.outputs, block.inputs)
+
+
+def enumerate_polynomial(
+    space: WeightSpaceSpec, degree: int, limit: int | None = 20000
+) -> PolyBasis:
+    """Materialize every canonical term of degree ``degree``; refuse more than ``limit`` terms."""
+    infos = _tensor_infos(space)
+    counted = []
+    for out, factors in _candidate_blocks(space, degree, infos):
+        terms, dim = _count(space, out, factors)
+        if terms:
+            counted.append((out, factors, terms, dim))
+    total = sum(c[2] for c in counted)
+    if limit is not None and total > limit:
+        dim = sum(c[3] for c in counted)
+        raise GenerationError(
+            f"the degree-{degree} polynomial basis of {space.name} has {total} terms "
+            f"(dimension {dim}), more than the limit of {limit} terms; to allow it, "
+            f"pass limit={total} (or limit=None), or --max-terms N on the command line"
+        )
+    blocks = []
+    for out, factors, _, _ in counted:
+        names = tuple(f.name for f in factors.infos)
+        output = out.name if out else None
+        blocks.append(PolyBlockBasis(output, names, enumerate_block_poly(space, output, names)))
+    return PolyBasis(space=space, degree=degree, blocks=tuple(blocks))
+
+
+# --- formulas and the symbolic proof ------------------------------------------------------
+
+
+def _letter(letters: str, index: int) -> str:
+    return letters[index] if index < len(letters) else f"{letters[0]}{index - len(letters) + 1}"
+
+
+@dataclass(frozen=True)
+class _Indices:
+    out_idx: dict[int, str]
+    in_idx: dict[tuple[int, int], str]
+    index_space: dict[str, str]
+    sums: tuple[str, ...]
+    fixed_out: tuple[str, ...]
+    fixed_in: tuple[str, ...]
+
+
+def _indices(space: WeightSpaceSpec, m: PolyMap) -> _Indices:
+    out_idx: dict[int, str] = {}
+    in_idx: dict[tuple[int, int], str] = {}
+    index_space: dict[str, str] = {}
+    sums: list[str] = []
+    num_out = 0
+    for block in m.blocks:
+        if block.outputs:
+            symbol = _letter("ijklm", num_out)
+            num_out += 1
+        else:
+            symbol = _letter("pqrst", len(sums))
+            sums.append(symbol)
+        index_space[symbol] = block.space
+        out_idx.update(dict.fromkeys(block.outputs, symbol))
+        in_idx.update(dict.fromkeys(block.inputs, symbol))
+    fixed_out = tuple(_letter("xyz", k) for k in range(len(m.out_fixed)))
+    fixed_in = tuple(_letter("uvw", k) for k in range(len(m.in_fixed)))
+    for position, symbol in zip(m.out_fixed, fixed_out):
+        out_idx[position] = symbol
+        assert m.output is not None
+        index_space[symbol] = space.tensor(m.output).axes[position].space
+    for (k, position), symbol in zip(m.in_fixed, fixed_in):
+        in_idx[(k, position)] = symbol
+        index_space[symbol] = space.tensor(m.factors[k]).axes[position].space
+    return _Indices(out_idx, in_idx, index_space, tuple(sums), fixed_out, fixed_in)
+
+
+def _joined(symbols: Sequence[str]) -> str:
+    return ("" if all(len(s) == 1 for s in symbols) else ",").join(symbols)
+
+
+def _bracket(symbols: Sequence[str]) -> str:
+    return f"[{','.join(symbols)}]" if symbols else ""
+
+
+def poly_formula_text(space: WeightSpaceSpec, m: PolyMap) -> str:
+    """The term as text, e.g. ``W2'[i,j] += mean_p theta * W2[i,p] * b1[p]``."""
+    idx = _indices(space, m)
+    parts = [f"theta{_bracket([*idx.fixed_out, *idx.fixed_in])}"]
+    for k, name in enumerate(m.factors):
+        axes = range(len(space.tensor(name).axes))
+        parts.append(f"{name}{_bracket([idx.in_idx[(k, p)] for p in axes])}")
+    body = " * ".join(parts)
+    if idx.fixed_in:
+        body = f"sum_{_joined(idx.fixed_in)} {body}"
+    if idx.sums:
+        body = f"mean_{_joined(idx.sums)} {body}"
+    if m.output is None:
+        return f"y += {body}"
+    axes = range(len(space.tensor(m.output).axes))
+    return f"{m.output}'{_bracket([idx.out_idx[p] for p in axes])} += {body}"
+
+
+@dataclass(frozen=True)
+class _Formula:
+    lhs: sympy.Expr
+    rhs: sympy.Expr
+    entries: tuple[tuple[str, sympy.Expr], ...]  # (tensor, entry) per factor
+    summand: sympy.Expr
+    index_space: dict[str, str]
+
+
+def _entry(name: str, symbols: list[sympy.Symbol], primed: bool = False) -> sympy.Expr:
+    if not symbols:
+        return sympy.Symbol(f"{name}'" if primed else name)
+    return tensor_symbol(name, primed)[tuple(symbols)]
+
+
+def _formula(space: WeightSpaceSpec, m: PolyMap) -> _Formula:
+    idx = _indices(space, m)
+    sym = {name: sympy.Symbol(name, integer=True) for name in idx.index_space}
+    theta_symbols = [sym[s] for s in (*idx.fixed_out, *idx.fixed_in)]
+    theta = (
+        sympy.IndexedBase("theta")[tuple(theta_symbols)] if theta_symbols else sympy.Symbol("theta")
+    )
+    entries = []
+    for k, name in enumerate(m.factors):
+        axes = range(len(space.tensor(name).axes))
+        entries.append((name, _entry(name, [sym[idx.in_idx[(k, p)]] for p in axes])))
+    summand = theta * prod((e for _, e in entries), start=sympy.Integer(1))
+    rhs: sympy.Expr = summand
+    for symbol in idx.fixed_in:
+        rhs = sympy.Sum(rhs, (sym[symbol], 0, space.space(idx.index_space[symbol]).size - 1))
+    for symbol in idx.sums:
+        size = space.space(idx.index_space[symbol]).size
+        rhs = sympy.Sum(rhs, (sym[symbol], 0, size - 1)) / size
+    if m.output is None:
+        lhs: sympy.Expr = sympy.Symbol("y")
+    else:
+        axes = range(len(space.tensor(m.output).axes))
+        lhs = _entry(m.output, [sym[idx.out_idx[p]] for p in axes], primed=True)
+    return _Formula(lhs, rhs, tuple(entries), summand, idx.index_space)
+
+
+def poly_formula_latex(space: WeightSpaceSpec, m: PolyMap) -> str:
+    """The term as LaTeX (sympy)."""
+    formula = _formula(space, m)
+    return f"{sympy.latex(formula.lhs)} \\mathrel{{+}}= {sympy.latex(formula.rhs)}"
+
+
+def _scale(space: WeightSpaceSpec, name: str, entry: sympy.Expr) -> sympy.Expr:
+    """prod over axes of d_space(index) ** character, for one tensor entry."""
+    indices = entry.indices if isinstance(entry, sympy.Indexed) else ()
+    factor: sympy.Expr = sympy.Integer(1)
+    for axis, index in zip(space.tensor(name).axes, indices):
+        if space.space(axis.space).scaling is not Scaling.NONE and axis.character:
+            factor = factor * sympy.Function(f"d_{axis.space}")(index) ** axis.character
+    return factor
+
+
+def _reduce_signs(space: WeightSpaceSpec, expr: sympy.Expr) -> sympy.Expr:
+    """Use d(j)**2 = 1 on sign spaces: reduce every exponent of a sign scale mod 2."""
+    replacements = {}
+    for power in expr.atoms(sympy.Pow):
+        base, exponent = power.as_base_exp()
+        if isinstance(base, sympy.core.function.AppliedUndef) and exponent.is_integer:
+            if space.space(str(base.func)[2:]).scaling is Scaling.SIGN:
+                replacements[power] = base ** (int(exponent) % 2)
+    return expr.xreplace(replacements)
+
+
+def _structure_error(space: WeightSpaceSpec, m: PolyMap) -> str:
+    """Why the diagram does not cover every position exactly once (empty when it does)."""
+    wanted_out = set(range(len(space.tensor(m.output).axes))) if m.output else set()
+    wanted_in = {(k, p) for k, n in enumerate(m.factors) for p in range(len(space.tensor(n).axes))}
+    outs = [p for b in m.blocks for p in b.outputs] + list(m.out_fixed)
+    ins = [p for b in m.blocks for p in b.inputs] + list(m.in_fixed)
+    if sorted(outs) != sorted(wanted_out) or sorted(ins) != sorted(wanted_in):
+        return "the diagram does not cover every axis position exactly once"
+    return ""
+
+
+def verify_poly_map(space: WeightSpaceSpec, m: PolyMap) -> SymbolicCheck:
+    """Prove a term equivariant with symbolic scales ``d_s(j)``, as :func:`verify_map` does."""
+    problem = _structure_error(space, m)
+    if problem:
+        return SymbolicCheck(False, problem)
+    formula = _formula(space, m)
+    targets = [(m.output, formula.lhs)] if m.output else []
+    for name, entry in [*targets, *formula.entries]:
+        indices = entry.indices if isinstance(entry, sympy.Indexed) else ()
+        for axis, index in zip(space.tensor(name).axes, indices):
+            if formula.index_space[str(index)] != axis.space:
+                return SymbolicCheck(False, f"index {index} of {name} mixes spaces")
+    lhs_symbols = {str(s) for s in formula.lhs.free_symbols if s.is_integer}
+    for total in sympy.preorder_traversal(formula.rhs):
+        if not isinstance(total, sympy.Sum):
+            continue
+        for symbol, low, high in total.limits:
+            if str(symbol) in lhs_symbols:
+                return SymbolicCheck(False, f"summed index {symbol} is also an output index")
+            if low != 0 or high != space.space(formula.index_space[str(symbol)]).size - 1:
+                return SymbolicCheck(False, f"sum over {symbol} does not run over the whole space")
+    acted = formula.summand.xreplace({e: _scale(space, n, e) * e for n, e in formula.entries})
+    gained = sympy.powsimp(sympy.cancel(acted / formula.summand), force=True)
+    needed = _scale(space, m.output, formula.lhs) if m.output else sympy.Integer(1)
+    ratio = _reduce_signs(space, sympy.powsimp(gained / needed, force=True))
+    if sympy.simplify(ratio) != 1:
+        return SymbolicCheck(
+            False, f"scale factors differ: the product gains {gained}, the output needs {needed}"
+        )
+    return SymbolicCheck(True, f"factor {needed}" if needed != 1 else "invariant factor 1")
+
+
+def scaling_signature(space: WeightSpaceSpec, m: PolyMap) -> tuple[tuple[str, int, int], ...]:
+    """Per block of ``m``: (space, total input character, total output character)."""
+    out = space.tensor(m.output) if m.output else None
+    signature = []
+    for block in m.blocks:
+        exponent_in = sum(space.tensor(m.factors[k]).axes[p].character for k, p in block.inputs)
+        exponent_out = sum(out.axes[p].character for p in block.outputs) if out else 0
+        signature.append((block.space, exponent_in, exponent_out))
+    return tuple(signature)

@@ -57,6 +57,33 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="name of the weight space (used for class names)")
 
 
+def _add_polynomial_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--degree", type=int, help="polynomial layers: largest degree of a term")
+    parser.add_argument(
+        "--family", choices=("magep", "complete"), default="magep", help="polynomial terms to use"
+    )
+    parser.add_argument(
+        "--fixed-psi",
+        action="store_true",
+        help="keep the gluing parameters Psi fixed (as in MAGEP's code)",
+    )
+    parser.add_argument(
+        "--max-terms",
+        type=int,
+        default=2000,
+        help="refuse more complete polynomial terms than this",
+    )
+
+
+def _check_polynomial_options(args: argparse.Namespace) -> None:
+    if args.degree is not None and args.degree < 1:
+        raise SpecError(f"--degree must be a positive integer, got {args.degree}", "arguments")
+    if args.max_terms < 1:
+        raise SpecError(
+            f"--max-terms must be a positive integer, got {args.max_terms}", "arguments"
+        )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nfn-derive", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -66,16 +93,30 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_spec_arguments(inspect)
     inspect.add_argument("--latex", action="store_true", help="print formulas as LaTeX")
     inspect.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+    inspect.add_argument(
+        "--degree",
+        type=int,
+        help="also list polynomial terms up to this degree (MAGEP and complete)",
+    )
+    inspect.add_argument(
+        "--max-terms", type=int, default=2000, help="list at most this many complete terms"
+    )
     generate = commands.add_parser("generate", help="write a PyTorch module for one layer")
     _add_spec_arguments(generate)
-    generate.add_argument("--layer", choices=("linear", "invariant"), default="linear")
+    generate.add_argument(
+        "--layer",
+        choices=("linear", "invariant", "polynomial", "polynomial-invariant"),
+        default="linear",
+    )
     generate.add_argument("-o", "--output", required=True, help="output .py file")
+    _add_polynomial_arguments(generate)
     verify = commands.add_parser(
         "verify", help="run symbolic, numeric, sensitivity and completeness checks"
     )
     _add_spec_arguments(verify)
     verify.add_argument("--samples", type=int, default=3, help="group elements per numeric check")
     verify.add_argument("--seed", type=int, default=0)
+    _add_polynomial_arguments(verify)
     demo = commands.add_parser(
         "demo", help="derive, generate and verify the built-in example (a ReLU MLP)"
     )
@@ -124,7 +165,23 @@ def _inspect(args: argparse.Namespace) -> int:
     from derive.pipeline import derive
     from derive.report import report_json, report_table
 
+    _check_polynomial_options(args)
     derivation = derive(_spec_from_args(args))
+    if args.degree is not None:
+        from derive.poly_report import polynomial_json, polynomial_table
+
+        if args.json:
+            import json
+
+            payload = json.loads(report_json(derivation, latex=args.latex))
+            payload["polynomial"] = polynomial_json(
+                derivation, args.degree, args.max_terms, args.latex
+            )
+            sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        else:
+            sys.stdout.write(report_table(derivation, latex=args.latex))
+            sys.stdout.write(polynomial_table(derivation, args.degree, args.max_terms, args.latex))
+        return 0
     text = (
         report_json(derivation, latex=args.latex) + "\n"
         if args.json
@@ -146,7 +203,15 @@ def _generate(args: argparse.Namespace) -> int:
         raise SpecError(f"output folder {str(output.parent)!r} does not exist", "-o")
     if output.is_dir():
         raise SpecError(f"output path {str(output)!r} is a folder, not a file", "-o")
-    source = generate(derive(spec), args.layer)
+    _check_polynomial_options(args)
+    source = generate(
+        derive(spec),
+        args.layer,
+        family=args.family,
+        degree=args.degree,
+        trainable_psi=not args.fixed_psi,
+        max_terms=args.max_terms,
+    )
     write_atomic(output, source)
     print(f"wrote {output} ({args.layer} layer for {spec.name}, {len(source.splitlines())} lines)")
     return 0
@@ -159,7 +224,10 @@ def _verify(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {args.samples}", "arguments")
     print(f"Verifying the generated layers of {spec.name} ({'-'.join(map(str, spec.widths))})")
-    report = verify(spec, samples=args.samples, seed=args.seed)
+    _check_polynomial_options(args)
+    report = verify(
+        spec, samples=args.samples, seed=args.seed, degree=args.degree, family=args.family
+    )
     sys.stdout.write(report.text())
     return 0 if report.ok else 1
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, replace
 from derive import codefmt
 from derive.basis import enumerate_block
 from derive.features import Feature, feature_for, tensor_var
+from derive.magep import MagepPlan, magep_invariants, virtual_name
 from derive.model import Scaling, TensorSpec, WeightSpaceSpec
+from derive.render import PsiDecl, split_long
 
 __all__ = [
     "Canonicalization",
@@ -59,6 +61,8 @@ class InvariantPlan:
     canonical: tuple[Canonicalization, ...]
     features: tuple[Feature, ...]
     in_factor: int
+    magep: MagepPlan | None = None  # polynomial invariants (their statements and Psi)
+    trainable_psi: bool = True
 
 
 def permutation_only(space: WeightSpaceSpec) -> WeightSpaceSpec:
@@ -71,8 +75,14 @@ def canonical_var(tensor: str) -> str:
     return f"{tensor_var(tensor)}_canon"
 
 
-def invariant_plan(space: WeightSpaceSpec) -> InvariantPlan:
-    """Canonicalization per tensor, then every permutation-invariant functional as a feature."""
+def invariant_plan(
+    space: WeightSpaceSpec,
+    polynomial: bool = False,
+    degree: int | None = None,
+    trainable_psi: bool = True,
+) -> InvariantPlan:
+    """Canonicalization per tensor, then every permutation-invariant functional as a feature;
+    with ``polynomial``, also every MAGEP invariant of degree 2..``degree``."""
     perm_space = permutation_only(space)
     canonical = tuple(canonicalization(space, t) for t in space.tensors)
     taken = {tensor_var(t.name) for t in space.tensors} | {
@@ -85,7 +95,14 @@ def invariant_plan(space: WeightSpaceSpec) -> InvariantPlan:
         for basis_map in enumerate_block(perm_space, None, tensor):
             reduced = tuple(sorted(b.inputs for b in basis_map.blocks))
             features.append(feature_for(perm_space, (tensor.name, (), reduced), taken, var=var))
-    return InvariantPlan(space, canonical, tuple(features), sum(f.factor for f in features))
+    magep = None
+    if polynomial:
+        magep = magep_invariants(space, degree)
+        taken |= {t.var for t in magep.terms}
+        for term in magep.terms:
+            features.append(feature_for(magep.space, (virtual_name(term), (), ()), taken))
+    factor = sum(f.factor for f in features)
+    return InvariantPlan(space, canonical, tuple(features), factor, magep, trainable_psi)
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,8 @@ class InvariantView:
     pooled: str
     in_factor: int
     formula: tuple[str, ...]
+    products: tuple[tuple[str, str], ...] = ()
+    psis: tuple[PsiDecl, ...] = ()
 
 
 def invariant_view(plan: InvariantPlan) -> InvariantView:
@@ -123,6 +142,26 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
     names = [f.name for f in plan.features]
     pooled = codefmt.wrap_list(names, 8, prefix="parts = ")
     formula = tuple(f"{f.name} = {f.description}" for f in plan.features)
+    products: list[tuple[str, str]] = []
+    psis: list[PsiDecl] = []
+    if plan.magep is not None:
+        for code, comment in plan.magep.statements:
+            for k, line in enumerate(split_long(code)):
+                products.append((line, comment if k == 0 else ""))
+        psis = [
+            PsiDecl(
+                p.name,
+                ", ".join(["in_channels", *(str(n) for n in p.shape)]),
+                repr(p.std),
+                plan.trainable_psi,
+            )
+            for p in plan.magep.psis
+        ]
+        described = {virtual_name(t).lower(): t.formula for t in plan.magep.terms}
+        formula = tuple(
+            f"{f.name} = {described[f.source.lower()]}" if f.source.lower() in described else line
+            for f, line in zip(plan.features, formula)
+        )
     return InvariantView(
         unpack_line=codefmt.assign_tuple(
             variables, "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8
@@ -133,4 +172,6 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
         pooled=pooled,
         in_factor=plan.in_factor,
         formula=formula,
+        products=tuple(products),
+        psis=tuple(psis),
     )

@@ -41,6 +41,8 @@ __all__ = [
     "chain_of",
     "magep_terms",
     "magep_plan",
+    "magep_invariants",
+    "virtual_name",
 ]
 
 
@@ -134,8 +136,11 @@ class MagepTerm:
         return max(self.degrees)
 
 
-def magep_terms(space: WeightSpaceSpec, max_degree: int | None = None) -> list[MagepTerm]:
-    """Every MAGEP term of degree 2..``max_degree`` (all if None), in output order."""
+def magep_terms(
+    space: WeightSpaceSpec, max_degree: int | None = None, outputs: set[str] | None = None
+) -> list[MagepTerm]:
+    """Every MAGEP term of degree 2..``max_degree`` (all if None), in output order, restricted
+    to the terms written to ``outputs`` when given."""
     chain = chain_of(space)
     L = chain.layers
     limit = max_degree if max_degree is not None else 10**9
@@ -160,7 +165,7 @@ def magep_terms(space: WeightSpaceSpec, max_degree: int | None = None) -> list[M
         degrees: tuple[int, ...],
         psi: tuple[Psi, ...] = (),
     ) -> None:
-        if degrees and max(degrees) <= limit:
+        if degrees and max(degrees) <= limit and (outputs is None or output in outputs):
             terms.append(MagepTerm(var, kind, output, i, t, formula, axes, degrees, psi))
 
     for i in range(1, L + 1):
@@ -272,6 +277,18 @@ class MagepPlan:
     maps: tuple[BasisMap, ...]  # output <- virtual tensor, one per term
 
 
+def magep_invariants(space: WeightSpaceSpec, max_degree: int | None = None) -> MagepPlan:
+    """The MAGEP terms that are invariant (those written to the unscaled output bias ``b_L``:
+    ``[W](L,0)``, ``[WW](L,0)(L,0)``, ``[bW](L)(L,0)``, ``sum_t [Wb](L,t)`` and the traces)."""
+    chain = chain_of(space)
+    last = chain.biases[-1]
+    if last is None:
+        raise GenerationError(
+            "MAGEP invariants are the terms of the output bias; this network has none"
+        )
+    return magep_plan(space, max_degree, outputs={last})
+
+
 def virtual_name(term: MagepTerm) -> str:
     """The virtual tensor's name in the extended weight space."""
     return term.var.upper()
@@ -296,10 +313,12 @@ def _term_map(space: WeightSpaceSpec, term: MagepTerm) -> BasisMap:
     )
 
 
-def magep_plan(space: WeightSpaceSpec, max_degree: int | None = None) -> MagepPlan:
+def magep_plan(
+    space: WeightSpaceSpec, max_degree: int | None = None, outputs: set[str] | None = None
+) -> MagepPlan:
     """The terms, the statements that compute them with shared path products, and their maps."""
     chain = chain_of(space)
-    terms = magep_terms(space, max_degree)
+    terms = magep_terms(space, max_degree, outputs)
     virtual = tuple(
         TensorSpec(name=virtual_name(t), kind="virtual", layer=0, axes=t.axes) for t in terms
     )
@@ -332,6 +351,9 @@ def _statements(chain: Chain, terms: list[MagepTerm]) -> list[tuple[str, str]]:
     if need_q:  # suffix products Q_t = [W](L,t) = Q_{t+1} W_{t+1} / sqrt(n_{t+1})
         out.append((f"q{L - 1} = {w[L]}", f"[W]({L},{L - 1})"))
         for t in range(L - 2, min(need_q) - 1, -1):
+            if t == 0 and L in need_p:  # [W](L,0) is also the last prefix product
+                out.append((f"q0 = p{L}", f"[W]({L},0)"))
+                continue
             out.append(
                 (
                     f"q{t} = torch.matmul(q{t + 1}, {w[t + 1]}){_div(sqrt(n[t + 1]))}",

@@ -46,7 +46,8 @@ def symmetric_basis(sizes: Sequence[int], labels: Sequence[int]) -> Tensor:
         cols.append(columns.setdefault(tuple(canonical), len(columns)))
     basis = torch.zeros(prod(sizes), len(columns), dtype=torch.float64)
     basis[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = 1.0
-    return basis / basis.norm(dim=0, keepdim=True)
+    normalized: Tensor = basis / basis.norm(dim=0, keepdim=True)
+    return normalized
 
 
 def product_action(actions: Sequence[Tensor], lie: bool) -> Tensor:

@@ -137,14 +137,17 @@ def generate(
             layout=layout_literal(derivation.space),
             view=polynomial_view(pplan),
         )
-    if layer == "invariant":
+    if layer in ("invariant", "polynomial-invariant"):
         from derive.invariant import invariant_plan, invariant_view
 
-        plan = invariant_plan(derivation.space)
+        polynomial = layer == "polynomial-invariant"
+        plan = invariant_plan(derivation.space, polynomial, degree, trainable_psi)
         return render(
             "invariant.py.jinja",
             meta=meta,
-            class_name=class_name(derivation.spec.name, "Invariant"),
+            class_name=class_name(
+                derivation.spec.name, "PolynomialInvariant" if polynomial else "Invariant"
+            ),
             layout=layout_literal(derivation.space),
             view=invariant_view(plan),
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from math import prod
 
@@ -283,6 +283,9 @@ class _FactorSet:
     in_chars: dict[str, tuple[tuple[int, ...], ...]]  # per space the factors touch
     alone: dict[str, tuple[int, ...]]  # fixed counts per such space, without output positions
     characters: tuple[int, ...]  # per relabelling, the character without F_out
+    with_output: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = field(
+        default_factory=dict, compare=False
+    )  # memo: fixed counts per (space, output characters)
 
 
 def _factor_set(space: WeightSpaceSpec, infos: Sequence[_Axes]) -> _FactorSet:
@@ -299,26 +302,34 @@ def _factor_set(space: WeightSpaceSpec, infos: Sequence[_Axes]) -> _FactorSet:
 
 def _count(space: WeightSpaceSpec, out: _Axes | None, factors: _FactorSet) -> tuple[int, int]:
     """(terms, dimension) of one block by the weighted Burnside formulas."""
-    weights = [1] * len(factors.characters)
     touched = out.chars if out else {}
+    vectors = []
     for name, out_chars in touched.items():
-        neuron_space = space.space(name)
-        chars = factors.in_chars.get(name) or ((),) * len(factors.infos)
-        fixed = _fixed_counts(
-            neuron_space.scaling, neuron_space.size, out_chars, chars, factors.labels
-        )
+        fixed = factors.with_output.get((name, out_chars))
+        if fixed is None:
+            neuron_space = space.space(name)
+            chars = factors.in_chars.get(name) or ((),) * len(factors.infos)
+            fixed = _fixed_counts(
+                neuron_space.scaling, neuron_space.size, out_chars, chars, factors.labels
+            )
+            factors.with_output[(name, out_chars)] = fixed
         if not fixed[0]:
             return 0, 0
-        weights = [w * f for w, f in zip(weights, fixed)]
+        vectors.append(fixed)
     for name, fixed in factors.alone.items():
-        if name in touched:
-            continue
-        if not fixed[0]:
-            return 0, 0
-        weights = [w * f for w, f in zip(weights, fixed)]
+        if name not in touched:
+            if not fixed[0]:
+                return 0, 0
+            vectors.append(fixed)
+    out_size = out.fixed_size if out else 1
+    if len(factors.characters) == 1:  # distinct factors: every diagram is its own orbit
+        terms = prod(v[0] for v in vectors)
+        return terms, out_size * factors.characters[0] * terms
+    weights = (
+        [prod(column) for column in zip(*vectors)] if vectors else [1] * len(factors.characters)
+    )
     order = len(weights)
     terms, rest = divmod(sum(weights), order)
-    out_size = out.fixed_size if out else 1
     dim, rest_dim = divmod(out_size * sum(map(int.__mul__, factors.characters, weights)), order)
     assert rest == 0 and rest_dim == 0, "Burnside averages must be integers"
     return terms, dim

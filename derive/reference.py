@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
+from math import prod
 from typing import Any
 
 import torch
@@ -192,8 +193,16 @@ class ReferenceInvariant(nn.Module):
     then enumeration order), so a generated invariant layer can share its ``mix`` weights.
     """
 
-    def __init__(self, space: WeightSpaceSpec, in_channels: int, out_channels: int) -> None:
+    def __init__(
+        self, space: WeightSpaceSpec, in_channels: int, out_channels: int, magep: Any = None
+    ) -> None:
         super().__init__()
+        self.magep = magep
+        self.psi = nn.ParameterDict(
+            {p.name: nn.Parameter(torch.randn(in_channels, *p.shape) * p.std) for p in magep.psis}
+            if magep is not None
+            else {}
+        )
         from derive.basis import enumerate_block
         from derive.invariant import canonicalization, permutation_only
 
@@ -205,6 +214,9 @@ class ReferenceInvariant(nn.Module):
             (t.name, m) for t in space.tensors for m in enumerate_block(perm_space, None, t)
         ]
         width = sum(m.num_params for _, m in self.pools) * in_channels
+        if magep is not None:  # every MAGEP invariant is indexed by fixed axes only: all entries
+            for term in magep.terms:
+                width += prod(space.space(a.space).size for a in term.axes) * in_channels
         self.mix = nn.Linear(width, out_channels)
 
     def _canonical(self, name: str, x: Tensor) -> Tensor:
@@ -242,6 +254,11 @@ class ReferenceInvariant(nn.Module):
                 * scale
             )
             pooled.append(value.reshape(value.shape[0], -1))
+        if self.magep is not None:
+            psi = dict(self.psi.items())
+            for term in self.magep.terms:
+                value = magep_term_value(term, self.magep.chain, named, psi)
+                pooled.append(value.reshape(value.shape[0], -1))
         result: Tensor = self.mix(torch.cat(pooled, dim=1))
         return result
 

@@ -21,6 +21,7 @@ __all__ = [
     "linear_view",
     "polynomial_view",
     "PsiDecl",
+    "split_long",
     "layout_literal",
     "placed_code",
     "safe_string",
@@ -414,7 +415,7 @@ def polynomial_view(pplan: PolynomialPlan) -> LinearView:
     view = linear_view(pplan.plan)
     products = []
     for code, comment in pplan.statements:
-        for line in _split_long(code):
+        for line in split_long(code):
             products.append(Statement(line, comment))
             comment = ""
     psis = tuple(
@@ -440,7 +441,7 @@ def polynomial_view(pplan: PolynomialPlan) -> LinearView:
     return replace(view, products=tuple(products), psis=psis, term_lines=tuple(lines))
 
 
-def _split_long(code: str) -> list[str]:
+def split_long(code: str) -> list[str]:
     """``x = (a).sum(...) / c`` too long for a line becomes ``x = a`` then ``x = x.sum(...) / c``."""
     if 8 + len(code) <= codefmt.LINE_LENGTH or " = (" not in code or ").sum(" not in code:
         return [code]

@@ -17,15 +17,13 @@
 from __future__ import annotations
 
 import math
-import sys
-import types
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from derive.basis import LinearBasis
+from derive.checklist import Check, VerifyReport, layer_class, load_generated, sensitivity_check
 from derive.expressions import verify_map
 from derive.partitions import partition_count
 from derive.pipeline import Derivation, derive, generate
@@ -34,68 +32,12 @@ from derive.spec import MLPSpec
 from nfn_runtime import (
     equivariance_error,
     invariance_error,
-    outside_group_kinds,
-    sample_outside_group,
-    sensitivity_error,
 )
-from nfn_runtime.layout import WeightSpaceLayout
-from nfn_runtime.weight_space import WeightSpace
 
 __all__ = ["Check", "VerifyReport", "verify", "load_generated", "proxy_spec", "PROXY_LIMIT"]
 
 #: a weight space with more entries than this is checked for completeness on a proxy
 PROXY_LIMIT = 80
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass
-class VerifyReport:
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def add(self, name: str, ok: bool, detail: str) -> None:
-        self.checks.append(Check(name, ok, detail))
-
-    def text(self) -> str:
-        width = max(len(c.name) for c in self.checks)
-        lines = [
-            f"  {'PASS' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}"
-            for c in self.checks
-        ]
-        verdict = (
-            "all checks passed"
-            if self.ok
-            else f"{sum(not c.ok for c in self.checks)} check(s) FAILED"
-        )
-        return "\n".join([*lines, "", verdict]) + "\n"
-
-
-def load_generated(source: str, name: str) -> types.ModuleType:
-    """Execute generated source as a fresh module (not registered in ``sys.modules``)."""
-    module = types.ModuleType(name)
-    module.__file__ = f"<generated {name}>"
-    code = compile(source, module.__file__, "exec")
-    sys.modules[name] = module  # dataclasses and typing may look the module up while executing
-    try:
-        exec(code, module.__dict__)
-    finally:
-        del sys.modules[name]
-    return module
-
-
-def _layer_class(module: types.ModuleType) -> type[nn.Module]:
-    cls = getattr(module, module.__all__[0])
-    assert isinstance(cls, type) and issubclass(cls, nn.Module)
-    return cls
 
 
 def _symbolic(derivation: Derivation, report: VerifyReport) -> None:
@@ -163,8 +105,8 @@ def proxy_spec(spec: MLPSpec) -> MLPSpec:
 
 
 def _generated_layers(derivation: Derivation) -> tuple[type[nn.Module], type[nn.Module]]:
-    linear = _layer_class(load_generated(generate(derivation, "linear"), "nfn_generated_linear"))
-    invariant = _layer_class(
+    linear = layer_class(load_generated(generate(derivation, "linear"), "nfn_generated_linear"))
+    invariant = layer_class(
         load_generated(generate(derivation, "invariant"), "nfn_generated_invariant")
     )
     return linear, invariant
@@ -254,10 +196,10 @@ def _numeric(
             err <= tol,
             f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})",
         )
-    _sensitivity(
+    sensitivity_check(
         layout, linear, ReferenceLinear(derivation.basis, 2, 3), "linear", report, generator
     )
-    _sensitivity(
+    sensitivity_check(
         layout,
         invariant,
         ReferenceInvariant(derivation.space, 2, 3),
@@ -265,46 +207,6 @@ def _numeric(
         report,
         generator,
     )
-
-
-def _sensitivity(
-    layout: WeightSpaceLayout,
-    layer: Callable[[WeightSpace], WeightSpace | Tensor],
-    reference: Callable[[WeightSpace], WeightSpace | Tensor],
-    label: str,
-    report: VerifyReport,
-    generator: torch.Generator,
-) -> None:
-    """``layer`` must not commute with outside transforms that the complete layer does not.
-
-    The complete layer is the slow reference (one einsum per basis map) with random
-    coefficients; a transform it commutes with is not detectable and is skipped.
-    """
-    broken = 0
-    failures = []
-    for kind in outside_group_kinds(layout):
-        for space in layout.spaces:
-            try:
-                transform = sample_outside_group(layout, kind, generator, space=space.name)
-            except ValueError:
-                continue
-            expected = sensitivity_error(
-                reference, layout, transform, channels=2, generator=generator
-            )
-            if expected <= 1e-6:
-                continue  # the complete layer commutes with this transform: not detectable
-            error = sensitivity_error(layer, layout, transform, channels=2, generator=generator)
-            if error > 1e-6:
-                broken += 1
-            else:
-                failures.append(f"{kind} on {space.name}")
-    ok = not failures and broken > 0
-    detail = (
-        f"changes under all {broken} detectable transform(s) outside the group"
-        if ok
-        else f"commutes with {', '.join(failures) or 'every tested transform'}"
-    )
-    report.add(f"{label} sensitivity", ok, detail)
 
 
 def _completeness(
@@ -336,8 +238,14 @@ def _completeness(
     report.add("completeness", not bad, detail)
 
 
-def verify(spec: MLPSpec, samples: int = 3, seed: int = 0) -> VerifyReport:
-    """Run every check on the layers generated for ``spec``."""
+def verify(
+    spec: MLPSpec,
+    samples: int = 3,
+    seed: int = 0,
+    degree: int | None = None,
+    family: str = "magep",
+) -> VerifyReport:
+    """Run every check on the layers generated for ``spec`` (linear, invariant, polynomial)."""
     report = VerifyReport()
     derivation = derive(spec)
     _symbolic(derivation, report)
@@ -352,4 +260,7 @@ def verify(spec: MLPSpec, samples: int = 3, seed: int = 0) -> VerifyReport:
         proxy_linear, _ = _generated_layers(proxy)
         widths = "-".join(str(w) for w in proxy.spec.widths)
         _completeness(proxy, proxy_linear, report, f" (on proxy widths {widths}, same group)")
+    from derive.verify_poly import polynomial_checks
+
+    polynomial_checks(derivation, report, degree, family, samples, seed)
     return report

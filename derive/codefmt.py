@@ -100,3 +100,33 @@ def assign_tuple(targets: Sequence[str], value: str, indent: int) -> str:
     if indent + len(line) <= LINE_LENGTH:
         return line
     return _layout(Seq(tuple(targets), "("), indent, "", f" = {value}")[indent:]
+
+
+def _top_level_operator(expression: str) -> bool:
+    """Whether ``expression`` has a binary operator outside every bracket and string."""
+    depth = 0
+    quote = ""
+    for k, ch in enumerate(expression):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and ch in "+-*/" and expression[k - 1 : k] == " ":
+            return True
+    return False
+
+
+def fit_assignment(code: str, indent: int) -> str:
+    """``x = a / b`` too long for its line becomes ``x = (`` / ``a / b`` / ``)``, as the
+    formatter writes it (only when the right-hand side is an operator expression that fits)."""
+    if indent + len(code) <= LINE_LENGTH or "\n" in code or " = " not in code:
+        return code
+    target, value = code.split(" = ", 1)
+    pad = " " * indent
+    if _top_level_operator(value) and indent + 4 + len(value) <= LINE_LENGTH:
+        return f"{target} = (\n{pad}    {value}\n{pad})"
+    return code

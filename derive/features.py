@@ -110,12 +110,14 @@ def product_divisor(
 ) -> float:
     """The normalization of a product feature: per reduced block, sqrt(n) for a contraction of
     two positions of two different factors (like a matrix product), n otherwise (an average)."""
-    divisor = 1.0
+    contracted = averaged = 1
     for group in reduced:
         size = space.shape(space.tensor(factors[group[0][0]]))[group[0][1]]
-        contraction = len(group) == 2 and group[0][0] != group[1][0]
-        divisor *= sqrt(size) if contraction else size
-    return divisor
+        if len(group) == 2 and group[0][0] != group[1][0]:
+            contracted *= size
+        else:
+            averaged *= size
+    return sqrt(contracted) * averaged
 
 
 def _product_code(

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 
 from derive import codefmt
 from derive.basis import enumerate_block
-from derive.features import Feature, feature_for, tensor_var
+from derive.features import PRODUCT, Feature, feature_for, tensor_var
 from derive.magep import MagepPlan, magep_invariants, virtual_name
 from derive.model import Scaling, TensorSpec, WeightSpaceSpec
-from derive.render import PsiDecl, split_long
+from derive.render import PsiDecl, Statement, split_long
 
 __all__ = [
     "Canonicalization",
@@ -80,6 +80,8 @@ def invariant_plan(
     polynomial: bool = False,
     degree: int | None = None,
     trainable_psi: bool = True,
+    family: str = "magep",
+    max_terms: int = 2000,
 ) -> InvariantPlan:
     """Canonicalization per tensor, then every permutation-invariant functional as a feature;
     with ``polynomial``, also every MAGEP invariant of degree 2..``degree``."""
@@ -96,11 +98,23 @@ def invariant_plan(
             reduced = tuple(sorted(b.inputs for b in basis_map.blocks))
             features.append(feature_for(perm_space, (tensor.name, (), reduced), taken, var=var))
     magep = None
-    if polynomial:
+    if polynomial and family == "magep":
         magep = magep_invariants(space, degree)
         taken |= {t.var for t in magep.terms}
         for term in magep.terms:
             features.append(feature_for(magep.space, (virtual_name(term), (), ()), taken))
+    elif polynomial:  # complete family: every invariant monomial of degree 2..degree
+        from derive.polynomial import enumerate_polynomial
+
+        for d in range(2, (degree or 2) + 1):
+            basis = enumerate_polynomial(space, d, limit=max_terms)
+            for block in basis.blocks:
+                if block.output is not None:
+                    continue
+                for m in block.maps:
+                    pooled = tuple(sorted(b.inputs for b in m.blocks))
+                    key = (PRODUCT, m.factors, (), pooled)
+                    features.append(feature_for(space, key, taken))
     factor = sum(f.factor for f in features)
     return InvariantPlan(space, canonical, tuple(features), factor, magep, trainable_psi)
 
@@ -109,12 +123,12 @@ def invariant_plan(
 class InvariantView:
     unpack_line: str
     unpack: tuple[str, ...]
-    canonical: tuple[tuple[str, str, str], ...]  # (variable, expression, comment)
-    features: tuple[tuple[str, str, str], ...]
+    canonical: tuple[Statement, ...]
+    features: tuple[Statement, ...]
     pooled: str
     in_factor: int
     formula: tuple[str, ...]
-    products: tuple[tuple[str, str], ...] = ()
+    products: tuple[Statement, ...] = ()
     psis: tuple[PsiDecl, ...] = ()
 
 
@@ -137,17 +151,19 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
             )
             if on
         )
-        canonical.append((canonical_var(canon.tensor), expr, what))
-    features = tuple((f.name, f.code, f.description) for f in plan.features if f.code != f.name)
+        canonical.append(Statement(f"{canonical_var(canon.tensor)} = {expr}", what))
+    features = tuple(
+        Statement(f"{f.name} = {f.code}", f.description) for f in plan.features if f.code != f.name
+    )
     names = [f.name for f in plan.features]
     pooled = codefmt.wrap_list(names, 8, prefix="parts = ")
     formula = tuple(f"{f.name} = {f.description}" for f in plan.features)
-    products: list[tuple[str, str]] = []
+    products: list[Statement] = []
     psis: list[PsiDecl] = []
     if plan.magep is not None:
         for code, comment in plan.magep.statements:
             for k, line in enumerate(split_long(code)):
-                products.append((line, comment if k == 0 else ""))
+                products.append(Statement(line, comment if k == 0 else ""))
         psis = [
             PsiDecl(
                 p.name,

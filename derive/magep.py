@@ -337,7 +337,7 @@ def _statements(chain: Chain, terms: list[MagepTerm]) -> list[tuple[str, str]]:
     L = chain.layers
     n = chain.sizes
     w = [""] + [name.lower() for name in chain.weights]  # w[i] holds W_i
-    b: list[str | None] = [None] + [None if x is None else x.lower() for x in chain.biases]
+    b: list[str | None] = [None, *(None if x is None else x.lower() for x in chain.biases)]
     need_p = {t.i for t in terms if t.kind in ("WW", "WW0", "W")}
     need_p |= {t.t for t in terms if t.kind == "trWW"}
     need_q = {t.t for t in terms if t.kind in ("WW", "bW", "WW0", "bW0", "trWW", "trbW")}

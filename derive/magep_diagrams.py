@@ -158,7 +158,8 @@ def magep_coverage(
         for term in terms
         for d in term_diagrams(space, term)
     }
-    covered, lacking = [], []
+    covered: list[PolyMap] = []
+    lacking: list[PolyMap] = []
     for m in complete:
         (covered if (m.output, m.factors, diagram_signature(m)) in magep else lacking).append(m)
     return covered, lacking

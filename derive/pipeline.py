@@ -141,7 +141,9 @@ def generate(
         from derive.invariant import invariant_plan, invariant_view
 
         polynomial = layer == "polynomial-invariant"
-        plan = invariant_plan(derivation.space, polynomial, degree, trainable_psi)
+        plan = invariant_plan(
+            derivation.space, polynomial, degree, trainable_psi, family, max_terms
+        )
         return render(
             "invariant.py.jinja",
             meta=meta,

@@ -221,7 +221,7 @@ def _fixed_counts(
 # --- blocks: tensors as per-space characters ------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Axes:
     """A tensor's positions and characters per permuted space, and its fixed axes."""
 
@@ -274,7 +274,7 @@ def _character(perm: tuple[int, ...], out: _Axes | None, factors: Sequence[_Axes
     return out_size * prod(factors[cycle[0]].fixed_size for cycle in _cycles(perm))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _FactorSet:
     """What a multiset of factors contributes to every block, computed once for all outputs."""
 
@@ -283,9 +283,8 @@ class _FactorSet:
     in_chars: dict[str, tuple[tuple[int, ...], ...]]  # per space the factors touch
     alone: dict[str, tuple[int, ...]]  # fixed counts per such space, without output positions
     characters: tuple[int, ...]  # per relabelling, the character without F_out
-    with_output: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = field(
-        default_factory=dict, compare=False
-    )  # memo: fixed counts per (space, output characters)
+    # memo, filled by _count: fixed counts per (space, output characters)
+    with_output: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = field(default_factory=dict)
 
 
 def _factor_set(space: WeightSpaceSpec, infos: Sequence[_Axes]) -> _FactorSet:

@@ -282,14 +282,18 @@ def magep_term_value(
     biases = [named[name] if name else None for name in chain.biases]
     i, t = term.i, term.t
     if term.kind in ("WW", "WW0"):
-        return (
+        glued: Tensor = (
             _chain_product(weights, sizes, i, 0)
             @ psi[term.psi[0].name]
             @ _chain_product(weights, sizes, L, t)
         )
+        return glued
     if term.kind in ("bW", "bW0"):
         row = psi[term.psi[0].name] @ _chain_product(weights, sizes, L, t)  # (B, C, 1, n_t)
-        return biases[i - 1][..., None] * row  # type: ignore[index]
+        bias = biases[i - 1]
+        assert bias is not None
+        result: Tensor = bias[..., None] * row
+        return result
     if term.kind == "W":
         return _chain_product(weights, sizes, i, 0)
     if term.kind == "Wb":
@@ -302,19 +306,22 @@ def magep_term_value(
             for k in range(source + 1, i + 1):
                 vector = torch.einsum("bcij,bcj->bci", weights[k - 1], vector) / sizes[k - 1] ** 0.5
             paths.append(vector)
-        return torch.stack(paths).sum(0) / len(paths) ** 0.5
+        summed: Tensor = torch.stack(paths).sum(0) / len(paths) ** 0.5
+        return summed
     scale = sizes[t] ** 0.5
     if term.kind == "trWW":
-        glued = (
+        closed = (
             _chain_product(weights, sizes, t, 0)
             @ psi[term.psi[0].name]
             @ _chain_product(weights, sizes, L, t)
         )
-        return torch.diagonal(glued, dim1=-2, dim2=-1).sum(-1) / scale
+        trace: Tensor = torch.diagonal(closed, dim1=-2, dim2=-1).sum(-1) / scale
+        return trace
     row = (psi[term.psi[0].name] @ _chain_product(weights, sizes, L, t)).squeeze(-2)
-    bias = biases[t - 1]
-    assert bias is not None
-    return (row * bias).sum(-1) / scale
+    last = biases[t - 1]
+    assert last is not None
+    total: Tensor = (row * last).sum(-1) / scale
+    return total
 
 
 class ReferencePolynomial(nn.Module):

@@ -42,6 +42,15 @@ class Statement:
     code: str
     comment: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", codefmt.fit_assignment(self.code, 8))
+
+    @property
+    def trailing(self) -> str:
+        """``code  # comment`` when that fits on a line, else ``""``."""
+        line = f"{self.code}  # {self.comment}" if self.comment else self.code
+        return line if 8 + len(line) <= codefmt.LINE_LENGTH and "\n" not in self.code else ""
+
 
 @dataclass(frozen=True)
 class ParamDecl:

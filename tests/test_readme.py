@@ -27,8 +27,22 @@ def test_readme_opens_with_the_two_setup_commands():
 
 
 def test_generated_module_example_runs(tmp_path, monkeypatch):
-    assert main(["generate", "--mlp", "784,64,64,10", "--name", "relu_mlp", "--layer", "linear",
-                 "-o", str(tmp_path / "relu_linear.py")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--mlp",
+                "784,64,64,10",
+                "--name",
+                "relu_mlp",
+                "--layer",
+                "linear",
+                "-o",
+                str(tmp_path / "relu_linear.py"),
+            ]
+        )
+        == 0
+    )
     example = next(block for block in _python_blocks() if "from relu_linear import" in block)
     monkeypatch.syspath_prepend(str(tmp_path))
     namespace: dict[str, object] = {}
@@ -42,4 +56,6 @@ def test_pipeline_example_runs():
     example = next(block for block in _python_blocks() if "from derive.pipeline import" in block)
     namespace: dict[str, object] = {}
     exec(compile(example, "README pipeline example", "exec"), namespace)
-    assert "class TanhMlpLinear" in namespace["source"] or "Linear(nn.Module)" in namespace["source"]
+    assert (
+        "class TanhMlpLinear" in namespace["source"] or "Linear(nn.Module)" in namespace["source"]
+    )

@@ -73,6 +73,12 @@ def _add_polynomial_arguments(parser: argparse.ArgumentParser) -> None:
         default=2000,
         help="refuse more complete polynomial terms than this",
     )
+    parser.add_argument(
+        "--max-params",
+        type=int,
+        default=1_000_000,
+        help="refuse complete polynomial terms with more parameters per channel pair than this",
+    )
 
 
 def _check_polynomial_options(args: argparse.Namespace) -> None:
@@ -211,6 +217,7 @@ def _generate(args: argparse.Namespace) -> int:
         degree=args.degree,
         trainable_psi=not args.fixed_psi,
         max_terms=args.max_terms,
+        max_params=args.max_params,
     )
     write_atomic(output, source)
     print(f"wrote {output} ({args.layer} layer for {spec.name}, {len(source.splitlines())} lines)")

@@ -106,6 +106,7 @@ def generate(
     degree: int | None = None,
     trainable_psi: bool = True,
     max_terms: int = 2000,
+    max_params: int | None = 1_000_000,
 ) -> str:
     """Python source of the ``layer`` module for this derivation.
 
@@ -126,7 +127,9 @@ def generate(
         from derive.poly_plan import polynomial_plan
         from derive.render import polynomial_view
 
-        pplan = polynomial_plan(derivation.basis, family, degree, trainable_psi, max_terms)
+        pplan = polynomial_plan(
+            derivation.basis, family, degree, trainable_psi, max_terms, max_params
+        )
         bound = f"degree <= {degree}" if degree is not None else "all degrees"
         return render(
             "linear.py.jinja",

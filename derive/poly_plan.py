@@ -23,11 +23,19 @@ from derive.magep import MagepPlan, Psi, magep_plan
 from derive.model import WeightSpaceSpec
 from derive.plan import LinearPlan, assemble_plan
 
-__all__ = ["FAMILIES", "DEFAULT_MAX_TERMS", "PolynomialPlan", "polynomial_plan"]
+__all__ = [
+    "FAMILIES",
+    "DEFAULT_MAX_TERMS",
+    "DEFAULT_MAX_PARAMS",
+    "PolynomialPlan",
+    "polynomial_plan",
+]
 
 FAMILIES = ("magep", "complete")
 #: the complete family refuses to generate more terms than this unless raised (--max-terms)
 DEFAULT_MAX_TERMS = 2000
+#: ... or terms with more scalar parameters per (input, output) channel pair (--max-params)
+DEFAULT_MAX_PARAMS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ def polynomial_plan(
     degree: int | None = None,
     trainable_psi: bool = True,
     max_terms: int = DEFAULT_MAX_TERMS,
+    max_params: int | None = DEFAULT_MAX_PARAMS,
 ) -> PolynomialPlan:
     """The plan of the polynomial layer over ``basis.space``."""
     space: WeightSpaceSpec = basis.space
@@ -74,6 +83,13 @@ def polynomial_plan(
             poly_maps += [
                 m for block in poly.blocks if block.output is not None for m in block.maps
             ]
+        params = sum(m.num_params for m in poly_maps)
+        if max_params is not None and params > max_params:
+            raise GenerationError(
+                f"the complete degree-2..{top} terms of {space.name} carry {params} parameters per "
+                f"channel pair (dense over fixed axes), more than the limit of {max_params}; "
+                "raise it with --max-params N, lower --degree, or use --family magep"
+            )
         plan = assemble_plan(space, [*linear_maps, *poly_maps], constants, outputs=real)
         return PolynomialPlan(family, top, plan, (), (), trainable_psi, tuple(poly_maps), None)
     raise GenerationError(f"unknown polynomial family {family!r} (valid: {', '.join(FAMILIES)})")

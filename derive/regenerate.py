@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from derive.codegen import write_atomic
-from derive.pipeline import LAYER_KINDS, derive, generate
+from derive.errors import GenerationError
+from derive.magep import chain_of
+from derive.pipeline import LAYER_KINDS, POLYNOMIAL_LAYER_KINDS, derive, generate
 from derive.spec import load_spec
 
 __all__ = ["GENERATED_DIR", "expected_files", "main"]
@@ -27,6 +29,13 @@ def expected_files(folder: Path = GENERATED_DIR) -> dict[str, str]:
         derivation = derive(load_spec(spec_path))
         for layer in LAYER_KINDS:
             files[f"{spec_path.stem}_{layer}.py"] = generate(derivation, layer)
+        try:  # MAGEP polynomial layers where the group allows them (HNP: fixed input and output)
+            chain_of(derivation.space)
+        except GenerationError:
+            continue
+        for layer in POLYNOMIAL_LAYER_KINDS:
+            name = f"{spec_path.stem}_{layer.replace('-', '_')}.py"
+            files[name] = generate(derivation, layer)
     return files
 
 

@@ -57,6 +57,13 @@ class ParamDecl:
     name: str
     shape: str  # Python expression of the shape tuple
 
+    @property
+    def line(self) -> str:
+        """``self.name = nn.Parameter(torch.empty(shape))``, wrapped like the formatter."""
+        return codefmt.call(
+            "nn.Parameter", [f"torch.empty({self.shape})"], 8, prefix=f"self.{self.name} = "
+        )
+
 
 @dataclass(frozen=True)
 class InitRows:
@@ -93,6 +100,14 @@ class PsiDecl:
     shape: str
     std: str
     trainable: bool
+
+    @property
+    def line(self) -> str:
+        """The parameter (trainable) or buffer (fixed) declaration, wrapped like the formatter."""
+        empty = f"torch.empty({self.shape})"
+        if self.trainable:
+            return codefmt.call("nn.Parameter", [empty], 8, prefix=f"self.{self.name} = ")
+        return codefmt.call("self.register_buffer", [f'"{self.name}"', empty], 8)
 
 
 def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:

@@ -9,6 +9,9 @@ Sym^2(U) -> U against the enumeration on tiny widths.
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -16,12 +19,18 @@ from derive.checklist import VerifyReport, layer_class, load_generated, sensitiv
 from derive.errors import GenerationError
 from derive.invariant import invariant_plan
 from derive.magep import chain_of
-from derive.pipeline import Derivation, generate
+from derive.numeric_poly import sym_power_dimension
+from derive.pipeline import Derivation, derive, generate
 from derive.poly_plan import polynomial_plan
+from derive.polynomial import count_block
 from derive.reference import ReferenceInvariant, ReferencePolynomial, load_into_generated
+from derive.spec import MLPSpec
 from nfn_runtime import equivariance_error, invariance_error, random_weight_space
 
-__all__ = ["polynomial_checks", "output_scale", "load_invariant_reference"]
+#: complete-family terms with more parameters per channel pair than this are checked on a proxy
+CHECK_PARAMS_LIMIT = 20000
+
+__all__ = ["polynomial_checks", "output_scale", "load_invariant_reference", "polynomial_proxy"]
 
 
 def load_invariant_reference(reference: ReferenceInvariant, module: nn.Module) -> None:
@@ -51,16 +60,26 @@ def polynomial_checks(
     samples: int,
     seed: int,
 ) -> None:
-    """Add the polynomial checks to ``report``."""
+    """Add the polynomial checks to ``report``.
+
+    The complete family's dense parameters over fixed axes grow with their sizes (e.g.
+    784 x 784 x 10 for ``W1'[i,x] += theta[x,u,v] W1[i,u] b3[v]``), so its layer is checked on
+    the polynomial proxy (same group, small widths) when its terms carry more than
+    :data:`CHECK_PARAMS_LIMIT` parameters per channel pair.
+    """
     add = report.add
     label = f"polynomial {family}" + (f" degree<={degree}" if degree is not None else "")
     try:
         if family == "magep":
             chain_of(derivation.space)
-        pplan = polynomial_plan(derivation.basis, family, degree)
+        pplan = polynomial_plan(derivation.basis, family, degree, max_params=None)
     except GenerationError as exc:
         add(f"{label} layer", True, f"not applicable: {exc}")
         return
+    if family == "complete" and sum(m.num_params for m in pplan.terms) > CHECK_PARAMS_LIMIT:
+        derivation = derive(polynomial_proxy(derivation.spec))
+        pplan = polynomial_plan(derivation.basis, family, degree)
+        label += f" (proxy {'-'.join(str(w) for w in derivation.spec.widths)})"
     source = generate(derivation, "polynomial", family=family, degree=degree)
     cls = layer_class(load_generated(source, "nfn_generated_polynomial"))
     layout = derivation.space.to_layout()
@@ -107,6 +126,8 @@ def polynomial_checks(
         report,
         generator,
     )
+    if family == "complete":
+        _degree2_completeness(derivation, report)
     if family == "magep":
         _invariant_checks(derivation, degree, samples, report, generator)
 
@@ -148,3 +169,43 @@ def _invariant_checks(
         )
     reference_check = ReferenceInvariant(derivation.space, 2, 3, plan.magep)
     sensitivity_check(layout, cls(2, 3), reference_check, "polynomial invariant", report, generator)
+
+
+def polynomial_proxy(spec: MLPSpec) -> MLPSpec:
+    """At most 4 layers (first, middle and last hidden activations kept) and widths capped at
+    3 (hidden) and 2 (input, output): every kind of degree-2 block, at widths where no diagram
+    is dropped (a degree-2 block has at most 3 positions per space)."""
+    acts = list(spec.activations)
+    if len(acts) > 3:
+        acts = [acts[0], acts[len(acts) // 2], acts[-1]]
+    widths = [
+        min(spec.widths[0], 2),
+        *(min(w, 3) for w in spec.widths[1 : 1 + len(acts)]),
+        min(spec.widths[-1], 2),
+    ]
+    return replace(spec, widths=tuple(widths), activations=tuple(acts), name=f"{spec.name}_proxy")
+
+
+def _degree2_completeness(derivation: Derivation, report: VerifyReport) -> None:
+    """The numeric dimension of equivariant maps Sym^2(U) -> U equals the enumeration's count,
+    block by block (every output, invariants included, and every pair of factors)."""
+    proxy = derive(polynomial_proxy(derivation.spec))
+    names = [t.name for t in proxy.space.tensors]
+    mismatches = []
+    checked = total = 0
+    for output in [None, *names]:
+        for factors in itertools.combinations_with_replacement(names, 2):
+            symbolic = count_block(proxy.space, output, factors)[1]
+            numeric = sym_power_dimension(proxy.space, output, factors)
+            checked += 1
+            total += symbolic
+            if symbolic != numeric:
+                mismatches.append(f"{output}<-{'*'.join(factors)}: {symbolic} vs {numeric}")
+    widths = "-".join(str(w) for w in proxy.spec.widths)
+    report.add(
+        "polynomial degree-2 completeness",
+        not mismatches,
+        f"{checked} blocks: numeric dim of Sym^2(U) -> U = enumeration ({total}) on proxy {widths}"
+        if not mismatches
+        else "; ".join(mismatches[:3]),
+    )

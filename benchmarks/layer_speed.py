@@ -115,9 +115,11 @@ class FixedAxesFloor(nn.Module):
         return WeightSpace(tuple(out[0::2]), tuple(out[1::2]))
 
 
-def _generated(widths: tuple[int, ...], permute: str, scaling: str, channels: int) -> nn.Module:
+def _generated(
+    widths: tuple[int, ...], permute: str, scaling: str, channels: int, layer: str = "linear"
+) -> nn.Module:
     spec = mlp_spec(widths, "relu", permute=permute, scaling=scaling, name="bench")
-    module = load_generated(generate(derive(spec), "linear"), f"bench_{permute}_{scaling}")
+    module = load_generated(generate(derive(spec), layer), f"bench_{permute}_{scaling}")
     cls = getattr(module, module.__all__[0])
     layer: nn.Module = cls(channels, channels)
     return layer
@@ -145,6 +147,9 @@ def build(
             "gen_sign": ("hidden", "sign"),
         }[name]
         layer = _generated(widths, permute, scaling, channels)
+    elif name.startswith("poly_"):
+        scaling = {"poly_positive": "positive", "poly_sign": "sign"}[name]
+        layer = _generated(widths, "hidden", scaling, channels, "polynomial")
     else:
         from nfn.common import network_spec_from_wsfeat
         from nfn.layers import HNPLinear, NPLinear

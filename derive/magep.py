@@ -26,7 +26,7 @@ Psi' 1/n_L, sums of k path terms are divided by sqrt(k), traces by sqrt(n_s).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from math import prod, sqrt
 
 from derive.basis import BasisMap, Block
@@ -43,6 +43,7 @@ __all__ = [
     "magep_plan",
     "magep_invariants",
     "virtual_name",
+    "is_foldable",
 ]
 
 
@@ -267,7 +268,11 @@ def magep_terms(
 
 @dataclass(frozen=True)
 class MagepPlan:
-    """The MAGEP part of a polynomial layer: statements, parameters, extended space, maps."""
+    """The MAGEP part of a polynomial layer: statements, parameters, extended space, maps.
+
+    Terms listed in ``folded`` are not materialized by ``statements``: :mod:`derive.fold`
+    computes their contribution through their factorization.
+    """
 
     chain: Chain
     terms: tuple[MagepTerm, ...]
@@ -275,6 +280,19 @@ class MagepPlan:
     psis: tuple[Psi, ...]
     space: WeightSpaceSpec  # the weight space plus one virtual tensor per term
     maps: tuple[BasisMap, ...]  # output <- virtual tensor, one per term
+    folded: frozenset[str] = frozenset()  # variables of the folded terms
+    left: dict[str, str] = field(default_factory=dict)  # term var -> expression of P Psi
+    right: dict[str, str] = field(default_factory=dict)  # term var -> expression of Psi' Q
+    outer: dict[str, tuple[str, str]] = field(default_factory=dict)  # rank-one terms: (u, v)
+
+
+def is_foldable(space: WeightSpaceSpec, chain: Chain, term: MagepTerm) -> bool:
+    """A glued term ending on the fixed input axis, with rows on a neuron space, whose rank per
+    channel (n_L, or 1 for a bias outer product) is below n_0 (see :mod:`derive.fold`)."""
+    if term.kind not in ("WW", "WW0", "bW", "bW0") or term.t != 0:
+        return False
+    rank = chain.sizes[-1] if term.kind.startswith("WW") else 1
+    return not space.space(chain.spaces[term.i]).is_fixed and rank < chain.sizes[0]
 
 
 def magep_invariants(space: WeightSpaceSpec, max_degree: int | None = None) -> MagepPlan:
@@ -314,26 +332,48 @@ def _term_map(space: WeightSpaceSpec, term: MagepTerm) -> BasisMap:
 
 
 def magep_plan(
-    space: WeightSpaceSpec, max_degree: int | None = None, outputs: set[str] | None = None
+    space: WeightSpaceSpec,
+    max_degree: int | None = None,
+    outputs: set[str] | None = None,
+    fold: bool = False,
 ) -> MagepPlan:
-    """The terms, the statements that compute them with shared path products, and their maps."""
+    """The terms, the statements that compute them with shared path products, and their maps;
+    with ``fold``, foldable terms are left to :mod:`derive.fold`."""
     chain = chain_of(space)
     terms = magep_terms(space, max_degree, outputs)
+    folded = frozenset(t.var for t in terms if fold and is_foldable(space, chain, t))
+    # b_i Psi' [W](L,i-1) into a W_i with only neuron axes: mixed as a rank-one update
+    outer_terms = {
+        t.var
+        for t in terms
+        if fold
+        and t.kind == "bW"
+        and t.var not in folded
+        and all(not space.space(a.space).is_fixed for a in t.axes)
+    }
     virtual = tuple(
         TensorSpec(name=virtual_name(t), kind="virtual", layer=0, axes=t.axes) for t in terms
     )
     extended = replace(space, tensors=space.tensors + virtual)
     maps = tuple(_term_map(extended, t) for t in terms)
     psis = tuple(p for t in terms for p in t.psi)
-    return MagepPlan(chain, tuple(terms), tuple(_statements(chain, terms)), psis, extended, maps)
+    statements, left, right = _statements(chain, terms, folded | outer_terms)
+    b = {t.var: (chain.biases[t.i - 1] or "").lower() for t in terms}
+    outer = {var: (b[var], f"{right[var]}.squeeze(-2)") for var in outer_terms}
+    return MagepPlan(
+        chain, tuple(terms), tuple(statements), psis, extended, maps, folded, left, right, outer
+    )
 
 
 def _div(value: float) -> str:
     return f" / {float(value)!r}" if value != 1 else ""
 
 
-def _statements(chain: Chain, terms: list[MagepTerm]) -> list[tuple[str, str]]:
-    """Python statements computing every term; every path product computed once."""
+def _statements(
+    chain: Chain, terms: list[MagepTerm], folded: frozenset[str] = frozenset()
+) -> tuple[list[tuple[str, str]], dict[str, str], dict[str, str]]:
+    """Python statements computing every term (but the folded ones, whose path products are
+    still computed); every path product computed once."""
     L = chain.layers
     n = chain.sizes
     w = [""] + [name.lower() for name in chain.weights]  # w[i] holds W_i
@@ -361,24 +401,77 @@ def _statements(chain: Chain, terms: list[MagepTerm]) -> list[tuple[str, str]]:
                 )
             )
     out += _wb_statements(chain, [t for t in terms if t.kind == "Wb"], w, b)
+    left, left_code = _glued(terms, "p", ("WW", "WW0", "trWW"), chain.sizes[-1])
+    right, right_code = _glued(terms, "q", ("bW", "bW0", "trbW"), 1)
+    out += left_code + right_code
     for term in terms:
-        psi = f"self.{term.psi[0].name}" if term.psi else ""
+        if term.var in folded:
+            continue
         if term.kind in ("WW", "WW0"):
-            code = f"{term.var} = torch.matmul(torch.matmul(p{term.i}, {psi}), q{term.t})"
+            code = f"{term.var} = torch.matmul({left[term.var]}, q{term.t})"
         elif term.kind in ("bW", "bW0"):
-            code = f"{term.var} = {b[term.i]}[..., None] * torch.matmul({psi}, q{term.t})"
+            code = f"{term.var} = {b[term.i]}[..., None] * {right[term.var]}"
         elif term.kind == "W":
             code = f"{term.var} = p{term.i}"
         elif term.kind == "trWW":
-            product = f"torch.matmul(p{term.t}, {psi}) * q{term.t}.transpose(-1, -2)"
+            product = f"{left[term.var]} * q{term.t}.transpose(-1, -2)"
             code = f"{term.var} = ({product}).sum(dim=(-1, -2)){_div(sqrt(n[term.t]))}"
         elif term.kind == "trbW":
-            product = f"torch.matmul({psi}, q{term.t}).squeeze(-2) * {b[term.t]}"
+            product = f"{right[term.var]}.squeeze(-2) * {b[term.t]}"
             code = f"{term.var} = ({product}).sum(dim=-1){_div(sqrt(n[term.t]))}"
         else:
             continue  # Wb: done above
         out.append((code, term.formula))
-    return out
+    return out, left, right
+
+
+def glued_parts(term: MagepTerm) -> tuple[str, int]:
+    """(prefix ``p`` or suffix ``q``, index) of the path product a term's Psi multiplies."""
+    if term.kind in ("WW", "WW0"):
+        return "p", term.i
+    if term.kind == "trWW":
+        return "p", term.t
+    return "q", term.t
+
+
+def _glued(
+    terms: list[MagepTerm], side: str, kinds: tuple[str, ...], width: int
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``P_s Psi`` (side p) or ``Psi' Q_t`` (side q) for every term, one matmul per path
+    product with the Psis of all its terms concatenated (small matmuls are slow; one wider
+    matmul costs little more than one narrow one).
+
+    Returns the expression of each term's block and the statements computing them.
+    """
+    groups: dict[int, list[MagepTerm]] = {}
+    for term in terms:
+        if term.kind in kinds:
+            groups.setdefault(glued_parts(term)[1], []).append(term)
+    expressions: dict[str, str] = {}
+    statements: list[tuple[str, str]] = []
+    for index, group in sorted(groups.items()):
+        var = f"{side}{index}_psi"
+        psis = [f"self.{t.psi[0].name}" for t in group]
+        stacked = (
+            psis[0]
+            if len(psis) == 1
+            else f"torch.cat([{', '.join(psis)}], dim={-1 if side == 'p' else -2})"
+        )
+        product = (
+            f"torch.matmul(p{index}, {stacked})"
+            if side == "p"
+            else f"torch.matmul({stacked}, q{index})"
+        )
+        what = f"[W]({index},0) Psi" if side == "p" else f"Psi' [W](L,{index})"
+        statements.append((f"{var} = {product}", f"{what} for {len(group)} term(s), one matmul"))
+        for k, term in enumerate(group):
+            if len(group) == 1:
+                expressions[term.var] = var
+            elif side == "p":
+                expressions[term.var] = f"{var}[..., {k * width} : {(k + 1) * width}]"
+            else:
+                expressions[term.var] = f"{var}[..., {k} : {k + 1}, :]"
+    return expressions, statements
 
 
 def _wb_statements(

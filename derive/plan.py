@@ -16,7 +16,7 @@ can load the slow reference's parameters into the generated module.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from typing import Any
 
@@ -118,6 +118,7 @@ class MixOp:
     out_factor: int  # sum of term factors: rows = out_channels * out_factor
     has_bias: bool
     layout: str
+    feature_factors: tuple[int, ...] = ()  # per feature, its columns in units of in_channels
 
     @property
     def weight(self) -> str:
@@ -151,6 +152,8 @@ class LinearPlan:
     map_slots: dict[Any, MapSlot]  # basis or polynomial map -> its coefficients
     constant_slots: dict[BasisMap, MapSlot]
     fan_in: dict[str, int]  # per output tensor, sum of feature factors over its terms
+    #: features u (x) v of two per-channel vectors, mixed as rank-one updates (never built)
+    outer_features: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def feature(self, name: str) -> Feature:
         return next(f for f in self.features if f.name == name)
@@ -329,6 +332,7 @@ def assemble_plan(
                 out_factor=row,
                 has_bias=any(t.has_constant for t in terms),
                 layout=layout,
+                feature_factors=tuple(f.factor for f in used),
             )
         )
     fan_in = {

@@ -19,6 +19,7 @@ from typing import Any
 
 from derive.basis import LinearBasis
 from derive.errors import GenerationError
+from derive.fold import FoldGroup, fold_groups, fold_slots
 from derive.magep import MagepPlan, Psi, magep_plan
 from derive.model import WeightSpaceSpec
 from derive.plan import LinearPlan, assemble_plan
@@ -50,6 +51,7 @@ class PolynomialPlan:
     trainable_psi: bool
     terms: tuple[Any, ...]  # MagepTerm or PolyMap records, for the docstring and reports
     magep: MagepPlan | None
+    folds: tuple[FoldGroup, ...] = ()  # glued terms computed through their factorization
 
 
 def polynomial_plan(
@@ -59,6 +61,7 @@ def polynomial_plan(
     trainable_psi: bool = True,
     max_terms: int = DEFAULT_MAX_TERMS,
     max_params: int | None = DEFAULT_MAX_PARAMS,
+    fold: bool = True,
 ) -> PolynomialPlan:
     """The plan of the polynomial layer over ``basis.space``."""
     space: WeightSpaceSpec = basis.space
@@ -66,10 +69,17 @@ def polynomial_plan(
     constants = [m for block in basis.constants for m in block.maps]
     real = [t.name for t in space.tensors]
     if family == "magep":
-        mp = magep_plan(space, degree)
-        plan = assemble_plan(mp.space, [*linear_maps, *mp.maps], constants, outputs=real)
+        mp = magep_plan(space, degree, fold=fold)
+        groups = tuple(fold_groups(space, mp))
+        folded = {m for group in groups for _, m in group.parts}
+        regular = [m for m in mp.maps if m not in folded]
+        plan = assemble_plan(mp.space, [*linear_maps, *regular], constants, outputs=real)
+        plan.outer_features.update(mp.outer)
+        for group in groups:  # the folded maps' coefficients live in the groups' own weights
+            plan.map_slots.update(fold_slots(group))
+            plan.fan_in[group.output] += group.in_size * len(group.parts)
         return PolynomialPlan(
-            family, degree, plan, mp.statements, mp.psis, trainable_psi, mp.terms, mp
+            family, degree, plan, mp.statements, mp.psis, trainable_psi, mp.terms, mp, groups
         )
     if family == "complete":
         from derive.polynomial import enumerate_polynomial
@@ -91,5 +101,5 @@ def polynomial_plan(
                 "raise it with --max-params N, lower --degree, or use --family magep"
             )
         plan = assemble_plan(space, [*linear_maps, *poly_maps], constants, outputs=real)
-        return PolynomialPlan(family, top, plan, (), (), trainable_psi, tuple(poly_maps), None)
+        return PolynomialPlan(family, top, plan, (), (), trainable_psi, tuple(poly_maps), None, ())
     raise GenerationError(f"unknown polynomial family {family!r} (valid: {', '.join(FAMILIES)})")

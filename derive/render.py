@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from derive import codefmt
+from derive.features import tensor_var
+from derive.fold import fold_placement, fold_statements
 from derive.model import WeightSpaceSpec
 from derive.naming import comment_text
 from derive.plan import LinearPlan, MixOp, Placement, Term
@@ -194,6 +196,17 @@ def _rows(start: int, stop: int) -> str:
     return f"{spell(start)} : {spell(stop)}"
 
 
+def _columns(start: int, stop: int) -> str:
+    """A column slice in units of ``c_in``."""
+
+    def spell(value: int) -> str:
+        return "c_in" if value == 1 else f"{value} * c_in"
+
+    if start == 0:
+        return ":c_in" if stop == 1 else f": {spell(stop)}"
+    return f"{spell(start)} : {spell(stop)}"
+
+
 def _expanded_weight(op: MixOp) -> str:
     return f"self.{op.weight}.expand(batch, -1, -1)"
 
@@ -214,10 +227,66 @@ def _mix_input(op: MixOp, statements: list[Statement]) -> str:
     return x
 
 
-def _mix_statements(op: MixOp) -> list[Statement]:
-    statements: list[Statement] = []
-    x = _mix_input(op, statements)
+def _accumulates(op: MixOp) -> bool:
+    """Matrix-shaped channels-first features are mixed one ``baddbmm`` each (no concatenated
+    copy of large tensors); vectors are concatenated for one matmul."""
+    return op.layout == "channels_first" and len(op.kept) > 1 and len(op.features) > 1
+
+
+def _accumulation(
+    op: MixOp, first: str | None, target: str, outer: dict[str, tuple[str, str]]
+) -> list[Statement]:
+    """``target = first + sum_k W[:, cols_k] @ feature_k`` (``first`` None: start from 0).
+
+    A feature in ``outer`` is ``u (x) v`` per channel and is added as a rank-one update
+    ``(W_k * u) @ v`` without ever being built.
+    """
+    statements = [Statement("", f"{op.name}: {', '.join(op.features)}")]
+    accumulator, column = first, 0
+    for feature, factor in zip(op.features, op.feature_factors):
+        if feature in outer:
+            u, v = outer[feature]
+            theta = f"self.{op.weight}[:, {_columns(column, column + factor)}]"
+            left = f"{target}_{feature}"
+            code = f'{left} = torch.einsum("oc,bcj->bojc", {theta}, {u}).flatten(1, 2)'
+            statements.append(Statement(code, f"{feature} = {u} (x) {v}: a rank-one update"))
+            cols = op.kept_sizes[-1]
+            if accumulator is None:
+                statements.append(
+                    Statement(f"{target} = torch.bmm({left}, {v}).view(batch, c_out, -1)")
+                )
+            else:
+                rows = f"{accumulator}.view(batch, -1, {cols})"
+                call = codefmt.call("torch.baddbmm", [rows, left, v], 8, prefix=f"{target} = ")
+                statements.append(Statement(call))
+                statements.append(Statement(f"{target} = {target}.view(batch, c_out, -1)"))
+            accumulator, column = target, column + factor
+            continue
+        operand = f"{feature}.flatten(2)" if len(op.kept) > 1 else feature
+        if len(op.features) == 1:
+            weight = _expanded_weight(op)
+        else:
+            columns = _columns(column, column + factor)
+            weight = f"self.{op.weight}[:, {columns}].expand(batch, -1, -1)"
+        if accumulator is None:
+            call = codefmt.call("torch.bmm", [weight, operand], 8, prefix=f"{target} = ")
+        else:
+            args = [accumulator, weight, operand]
+            call = codefmt.call("torch.baddbmm", args, 8, prefix=f"{target} = ")
+        statements.append(Statement(call))
+        accumulator, column = target, column + factor
+    return statements
+
+
+def _mix_statements(op: MixOp, outer: dict[str, tuple[str, str]]) -> list[Statement]:
     y = f"y_{op.name.removeprefix('mix_')}" if len(op.terms) > 1 else op.terms[0].name
+    if (_accumulates(op) or any(f in outer for f in op.features)) and not op.has_bias:
+        statements = _accumulation(op, None, y, outer)
+        kept = ", ".join(str(n) for n in op.kept_sizes)
+        statements.append(Statement(f"{y} = {y}.view(batch, -1, {kept})"))
+        return statements + _split_statements(op, y)
+    statements = []
+    x = _mix_input(op, statements)
     weight = f"self.{op.weight}"
     bias = f"self.{op.bias}" if op.has_bias else None
     if not op.kept or op.layout == "channels_last":
@@ -233,6 +302,12 @@ def _mix_statements(op: MixOp) -> list[Statement]:
             statements.append(Statement(code))
             code = f"{y} = {y}.view(batch, -1, {', '.join(str(n) for n in op.kept_sizes)})"
     statements.append(Statement(code))
+    return statements + _split_statements(op, y)
+
+
+def _split_statements(op: MixOp, y: str) -> list[Statement]:
+    """Rows of a matmul shared by several terms, split into one variable per term."""
+    statements: list[Statement] = []
     if len(op.terms) > 1:
         sizes = [
             f"{t.placement.factor} * c_out" if t.placement.factor != 1 else "c_out"
@@ -262,7 +337,11 @@ def _fusable(op: MixOp, base: Term) -> bool:
 
 
 def _output_statements(
-    out_var: str, terms: tuple[Term, ...], op_of: dict[str, MixOp], fused: set[str]
+    out_var: str,
+    terms: tuple[Term, ...],
+    op_of: dict[str, MixOp],
+    fused: set[str],
+    outer: dict[str, tuple[str, str]],
 ) -> list[Statement]:
     """Add the terms of one output, nesting small broadcasts into larger ones first."""
     ordered = sorted(
@@ -320,12 +399,7 @@ def _output_statements(
         statements.append(
             Statement(f"{rest} = {rest}.expand(batch, c_out, {sizes}).reshape(batch, c_out, -1)")
         )
-        x = _mix_input(op, statements)
-        operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x
-        baddbmm = codefmt.call(
-            "torch.baddbmm", [rest, _expanded_weight(op), operand], 8, prefix=f"{out_var} = "
-        )
-        statements.append(Statement(baddbmm))
+        statements += _accumulation(op, rest, out_var, outer)
         statements.append(Statement(f"{out_var} = {out_var}.view(batch, c_out, {sizes})"))
         return statements
     base_code = placed(base)
@@ -375,10 +449,10 @@ def linear_view(plan: LinearPlan) -> LinearView:
     mixes: list[Statement] = []
     for op in plan.ops:
         if not (len(op.terms) == 1 and op.terms[0].name in fused):
-            mixes += _mix_statements(op)
+            mixes += _mix_statements(op, plan.outer_features)
     outputs: list[Statement] = []
     for _, out_var, terms in plan.outputs:
-        outputs += _output_statements(out_var, terms, op_of, fused)
+        outputs += _output_statements(out_var, terms, op_of, fused, plan.outer_features)
     weights = [out for (name, out, _) in plan.outputs if space.tensor(name).kind == "weight"]
     biases = {
         space.tensor(name).layer: out
@@ -462,7 +536,35 @@ def polynomial_view(pplan: PolynomialPlan) -> LinearView:
             from derive.polynomial import poly_formula_text
 
             lines += _wrap_words(comment_text(poly_formula_text(pplan.plan.space, term)))
-    return replace(view, products=tuple(products), psis=psis, term_lines=tuple(lines))
+    params = list(view.params)
+    inits = list(view.inits)
+    outputs = list(view.outputs)
+    magep = pplan.magep
+    if pplan.folds:
+        outputs.append(Statement("", "glued terms folded through their factorization"))
+    for group in pplan.folds:
+        assert magep is not None
+        columns = _scaled(group.in_size * len(group.parts), "in_channels")
+        params.append(
+            ParamDecl(group.weight, f"{_scaled(group.out_factor, 'out_channels')}, {columns}")
+        )
+        bound = f"bound_{group.output.lower()}"
+        inits.append(InitRows(group.weight, _rows(0, group.out_factor), bound, group.output))
+        for code, comment in fold_statements(magep, group):
+            outputs.append(Statement(code, comment))
+        out_var = f"out_{tensor_var(group.output)}"
+        outputs.append(
+            Statement(f"{out_var} = {out_var} + {fold_placement(pplan.plan.space, group)}")
+        )
+    return replace(
+        view,
+        products=tuple(products),
+        psis=psis,
+        term_lines=tuple(lines),
+        params=tuple(params),
+        inits=tuple(inits),
+        outputs=tuple(outputs),
+    )
 
 
 def split_long(code: str) -> list[str]:

@@ -112,7 +112,7 @@ class ReluMlpLinear(nn.Module):
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
         w1, b1, w2, b2, w3, b3 = unpack_weight_space(ws, LAYOUT, self.in_channels)
-        batch, c_out = w1.shape[0], self.out_channels
+        batch, c_in, c_out = w1.shape[0], self.in_channels, self.out_channels
 
         # Features: reductions of the input, each computed once.
         w1_all_cl = w1.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # W1[i,:]

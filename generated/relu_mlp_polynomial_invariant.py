@@ -125,22 +125,32 @@ class ReluMlpPolynomialInvariant(nn.Module):
         sum_wb3 = torch.matmul(w3, (sum_wb2 + b2).unsqueeze(-1)).squeeze(-1) / 8.0
         # sum_t [Wb](3,t) = sum_t [W](3,t) b_t
         wb_b3 = sum_wb3 / 1.4142135623730951
+        # [W](1,0) Psi for 1 term(s), one matmul
+        p1_psi = torch.matmul(p1, self.psi_tr_ww_1)
+        # [W](2,0) Psi for 1 term(s), one matmul
+        p2_psi = torch.matmul(p2, self.psi_tr_ww_2)
+        # [W](3,0) Psi for 1 term(s), one matmul
+        p3_psi = torch.matmul(p3, self.psi_ww0_b3)
+        # Psi' [W](L,0) for 1 term(s), one matmul
+        q0_psi = torch.matmul(self.psi_bw0_b3, q0)
+        # Psi' [W](L,1) for 1 term(s), one matmul
+        q1_psi = torch.matmul(self.psi_tr_bw_1, q1)
+        # Psi' [W](L,2) for 1 term(s), one matmul
+        q2_psi = torch.matmul(self.psi_tr_bw_2, q2)
         # [W](3,0)
         path_b3 = p3
         # [WW](3,0)(3,0) = [W](3,0) Psi [W](3,0)
-        ww0_b3 = torch.matmul(torch.matmul(p3, self.psi_ww0_b3), q0)
+        ww0_b3 = torch.matmul(p3_psi, q0)
         # [bW](3)(3,0) = b3 Psi' [W](3,0)
-        bw0_b3 = b3[..., None] * torch.matmul(self.psi_bw0_b3, q0)
+        bw0_b3 = b3[..., None] * q0_psi
         # tr([W](1,0) Psi [W](3,1))
-        tr_ww_1 = torch.matmul(p1, self.psi_tr_ww_1) * q1.transpose(-1, -2)
-        tr_ww_1 = tr_ww_1.sum(dim=(-1, -2)) / 8.0
+        tr_ww_1 = (p1_psi * q1.transpose(-1, -2)).sum(dim=(-1, -2)) / 8.0
         # Psi' [W](3,1) b1
-        tr_bw_1 = (torch.matmul(self.psi_tr_bw_1, q1).squeeze(-2) * b1).sum(dim=-1) / 8.0
+        tr_bw_1 = (q1_psi.squeeze(-2) * b1).sum(dim=-1) / 8.0
         # tr([W](2,0) Psi [W](3,2))
-        tr_ww_2 = torch.matmul(p2, self.psi_tr_ww_2) * q2.transpose(-1, -2)
-        tr_ww_2 = tr_ww_2.sum(dim=(-1, -2)) / 8.0
+        tr_ww_2 = (p2_psi * q2.transpose(-1, -2)).sum(dim=(-1, -2)) / 8.0
         # Psi' [W](3,2) b2
-        tr_bw_2 = (torch.matmul(self.psi_tr_bw_2, q2).squeeze(-2) * b2).sum(dim=-1) / 8.0
+        tr_bw_2 = (q2_psi.squeeze(-2) * b2).sum(dim=-1) / 8.0
 
         # Canonicalize: remove the scaling of every entry exactly.
         w1_canon = unit_channels(w1)  # unit channel norm

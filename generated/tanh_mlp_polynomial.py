@@ -87,16 +87,15 @@ class TanhMlpPolynomial(nn.Module):
     reads; every output tensor sums the rows of the matmuls that write it, broadcast over the
     indices they do not carry. Averages are ``mean`` over a whole neuron space.
 
-    mix_h1 = theta_mix_h1 . [W1[i,:], b1[i], WW_W1[i,:], BW_W1[i,:]]
-    mix_h1_b1 = theta_mix_h1_b1 . [W1[i,:], b1[i], WW0_B1[i,:], BW0_B1[i,:]]
+    mix_h1 = theta_mix_h1 . [W1[i,:], b1[i]]
     mix_h2_h1 = theta_mix_h2_h1 . [W2[i,j], WW_W2[i,j], BW_W2[i,j]]
-    mix_h2 = theta_mix_h2 . [b2[i], W3[:,i], PATH_B2[i,:], WW0_B2[i,:], BW0_B2[i,:], WB_B2[i]]
+    mix_h2 = theta_mix_h2 . [b2[i], W3[:,i], PATH_B2[i,:], WB_B2[i]]
     mix_h2_w3 = theta_mix_h2_w3 . [b2[i], W3[:,i], WW_W3[:,i], BW_W3[:,i]]
     mix_pooled = theta_mix_pooled . [b3[:], PATH_B3[:,:], WW0_B3[:,:], BW0_B3[:,:], WB_B3[:],
         TR_WW_1[], TR_BW_1[], TR_WW_2[], TR_BW_2[]]
 
     W1'[i,x] = mix_h1[i,x]
-    b1'[i] = mix_h1_b1[i]
+    b1'[i] = mix_h1[i]
     W2'[i,j] = mix_h2_h1[i,j]
     b2'[i] = mix_h2[i]
     W3'[x,i] = mix_h2_w3[x,i]
@@ -109,13 +108,15 @@ class TanhMlpPolynomial(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.mix_h1_weight = nn.Parameter(torch.empty(784 * out_channels, 2353 * in_channels))
-        self.mix_h1_b1_weight = nn.Parameter(torch.empty(out_channels, 2353 * in_channels))
+        self.mix_h1_weight = nn.Parameter(torch.empty(785 * out_channels, 785 * in_channels))
         self.mix_h2_h1_weight = nn.Parameter(torch.empty(out_channels, 3 * in_channels))
-        self.mix_h2_weight = nn.Parameter(torch.empty(out_channels, 2364 * in_channels))
+        self.mix_h2_weight = nn.Parameter(torch.empty(out_channels, 796 * in_channels))
         self.mix_h2_w3_weight = nn.Parameter(torch.empty(10 * out_channels, 31 * in_channels))
         self.mix_pooled_weight = nn.Parameter(torch.empty(10 * out_channels, 23544 * in_channels))
         self.mix_pooled_bias = nn.Parameter(torch.empty(10 * out_channels))
+        self.fold_w1_weight = nn.Parameter(torch.empty(784 * out_channels, 1568 * in_channels))
+        self.fold_b1_weight = nn.Parameter(torch.empty(out_channels, 1568 * in_channels))
+        self.fold_b2_weight = nn.Parameter(torch.empty(out_channels, 1568 * in_channels))
         self.psi_ww_w1 = nn.Parameter(torch.empty(in_channels, 784, 10))
         self.psi_bw_w1 = nn.Parameter(torch.empty(in_channels, 1, 10))
         self.psi_ww0_b1 = nn.Parameter(torch.empty(in_channels, 784, 10))
@@ -145,12 +146,15 @@ class TanhMlpPolynomial(nn.Module):
         bound_b3 = 1.0 / math.sqrt(23544 * c_in)
         with torch.no_grad():
             self.mix_h1_weight[: 784 * c_out].uniform_(-bound_w1, bound_w1)
-            self.mix_h1_b1_weight[:c_out].uniform_(-bound_b1, bound_b1)
+            self.mix_h1_weight[784 * c_out : 785 * c_out].uniform_(-bound_b1, bound_b1)
             self.mix_h2_h1_weight[:c_out].uniform_(-bound_w2, bound_w2)
             self.mix_h2_weight[:c_out].uniform_(-bound_b2, bound_b2)
             self.mix_h2_w3_weight[: 10 * c_out].uniform_(-bound_w3, bound_w3)
             self.mix_pooled_weight[: 10 * c_out].uniform_(-bound_b3, bound_b3)
             self.mix_pooled_bias[: 10 * c_out].uniform_(-bound_b3, bound_b3)
+            self.fold_w1_weight[: 784 * c_out].uniform_(-bound_w1, bound_w1)
+            self.fold_b1_weight[:c_out].uniform_(-bound_b1, bound_b1)
+            self.fold_b2_weight[:c_out].uniform_(-bound_b2, bound_b2)
             self.psi_ww_w1.normal_(0.0, 0.011293848786315641)
             self.psi_bw_w1.normal_(0.0, 0.31622776601683794)
             self.psi_ww0_b1.normal_(0.0, 0.011293848786315641)
@@ -170,7 +174,7 @@ class TanhMlpPolynomial(nn.Module):
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
         w1, b1, w2, b2, w3, b3 = unpack_weight_space(ws, LAYOUT, self.in_channels)
-        batch, c_out = w1.shape[0], self.out_channels
+        batch, c_in, c_out = w1.shape[0], self.in_channels, self.out_channels
 
         # Polynomial terms: path products computed once each, then glued and summed.
         # [W](1,0)
@@ -193,44 +197,40 @@ class TanhMlpPolynomial(nn.Module):
         wb_b2 = sum_wb2
         # sum_t [Wb](3,t) = sum_t [W](3,t) b_t
         wb_b3 = sum_wb3 / 1.4142135623730951
-        # [WW](1,0)(3,0) = [W](1,0) Psi [W](3,0)
-        ww_w1 = torch.matmul(torch.matmul(p1, self.psi_ww_w1), q0)
-        # [bW](1)(3,0) = b1 Psi' [W](3,0)
-        bw_w1 = b1[..., None] * torch.matmul(self.psi_bw_w1, q0)
-        # [WW](1,0)(3,0) = [W](1,0) Psi [W](3,0)
-        ww0_b1 = torch.matmul(torch.matmul(p1, self.psi_ww0_b1), q0)
-        # [bW](1)(3,0) = b1 Psi' [W](3,0)
-        bw0_b1 = b1[..., None] * torch.matmul(self.psi_bw0_b1, q0)
+        # [W](1,0) Psi for 3 term(s), one matmul
+        p1_psi = torch.matmul(p1, torch.cat([self.psi_ww_w1, self.psi_ww0_b1, self.psi_tr_ww_1], dim=-1))
+        # [W](2,0) Psi for 3 term(s), one matmul
+        p2_psi = torch.matmul(p2, torch.cat([self.psi_ww_w2, self.psi_ww0_b2, self.psi_tr_ww_2], dim=-1))
+        # [W](3,0) Psi for 2 term(s), one matmul
+        p3_psi = torch.matmul(p3, torch.cat([self.psi_ww_w3, self.psi_ww0_b3], dim=-1))
+        # Psi' [W](L,0) for 4 term(s), one matmul
+        q0_psi = torch.matmul(torch.cat([self.psi_bw_w1, self.psi_bw0_b1, self.psi_bw0_b2, self.psi_bw0_b3], dim=-2), q0)
+        # Psi' [W](L,1) for 2 term(s), one matmul
+        q1_psi = torch.matmul(torch.cat([self.psi_bw_w2, self.psi_tr_bw_1], dim=-2), q1)
+        # Psi' [W](L,2) for 2 term(s), one matmul
+        q2_psi = torch.matmul(torch.cat([self.psi_bw_w3, self.psi_tr_bw_2], dim=-2), q2)
         # [WW](2,0)(3,1) = [W](2,0) Psi [W](3,1)
-        ww_w2 = torch.matmul(torch.matmul(p2, self.psi_ww_w2), q1)
-        # [bW](2)(3,1) = b2 Psi' [W](3,1)
-        bw_w2 = b2[..., None] * torch.matmul(self.psi_bw_w2, q1)
+        ww_w2 = torch.matmul(p2_psi[..., 0 : 10], q1)
         # [W](2,0)
         path_b2 = p2
-        # [WW](2,0)(3,0) = [W](2,0) Psi [W](3,0)
-        ww0_b2 = torch.matmul(torch.matmul(p2, self.psi_ww0_b2), q0)
-        # [bW](2)(3,0) = b2 Psi' [W](3,0)
-        bw0_b2 = b2[..., None] * torch.matmul(self.psi_bw0_b2, q0)
         # [WW](3,0)(3,2) = [W](3,0) Psi [W](3,2)
-        ww_w3 = torch.matmul(torch.matmul(p3, self.psi_ww_w3), q2)
+        ww_w3 = torch.matmul(p3_psi[..., 0 : 10], q2)
         # [bW](3)(3,2) = b3 Psi' [W](3,2)
-        bw_w3 = b3[..., None] * torch.matmul(self.psi_bw_w3, q2)
+        bw_w3 = b3[..., None] * q2_psi[..., 0 : 1, :]
         # [W](3,0)
         path_b3 = p3
         # [WW](3,0)(3,0) = [W](3,0) Psi [W](3,0)
-        ww0_b3 = torch.matmul(torch.matmul(p3, self.psi_ww0_b3), q0)
+        ww0_b3 = torch.matmul(p3_psi[..., 10 : 20], q0)
         # [bW](3)(3,0) = b3 Psi' [W](3,0)
-        bw0_b3 = b3[..., None] * torch.matmul(self.psi_bw0_b3, q0)
+        bw0_b3 = b3[..., None] * q0_psi[..., 3 : 4, :]
         # tr([W](1,0) Psi [W](3,1))
-        tr_ww_1 = torch.matmul(p1, self.psi_tr_ww_1) * q1.transpose(-1, -2)
-        tr_ww_1 = tr_ww_1.sum(dim=(-1, -2)) / 8.0
+        tr_ww_1 = (p1_psi[..., 20 : 30] * q1.transpose(-1, -2)).sum(dim=(-1, -2)) / 8.0
         # Psi' [W](3,1) b1
-        tr_bw_1 = (torch.matmul(self.psi_tr_bw_1, q1).squeeze(-2) * b1).sum(dim=-1) / 8.0
+        tr_bw_1 = (q1_psi[..., 1 : 2, :].squeeze(-2) * b1).sum(dim=-1) / 8.0
         # tr([W](2,0) Psi [W](3,2))
-        tr_ww_2 = torch.matmul(p2, self.psi_tr_ww_2) * q2.transpose(-1, -2)
-        tr_ww_2 = tr_ww_2.sum(dim=(-1, -2)) / 8.0
+        tr_ww_2 = (p2_psi[..., 20 : 30] * q2.transpose(-1, -2)).sum(dim=(-1, -2)) / 8.0
         # Psi' [W](3,2) b2
-        tr_bw_2 = (torch.matmul(self.psi_tr_bw_2, q2).squeeze(-2) * b2).sum(dim=-1) / 8.0
+        tr_bw_2 = (q2_psi[..., 1 : 2, :].squeeze(-2) * b2).sum(dim=-1) / 8.0
 
         # Features: reductions of the input, each computed once.
         w1_all_cl = w1.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # W1[i,:]
@@ -238,13 +238,7 @@ class TanhMlpPolynomial(nn.Module):
         b2_by_h2_cl = b2.permute(0, 2, 1)  # b2[i]
         w3_all_cl = w3.permute(0, 3, 1, 2).reshape(batch, 64, -1)  # W3[:,i]
         b3_all = b3.reshape(batch, -1)  # b3[:]
-        ww_w1_all_cl = ww_w1.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # WW_W1[i,:]
-        bw_w1_all_cl = bw_w1.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # BW_W1[i,:]
-        ww0_b1_all_cl = ww0_b1.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # WW0_B1[i,:]
-        bw0_b1_all_cl = bw0_b1.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # BW0_B1[i,:]
         path_b2_all_cl = path_b2.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # PATH_B2[i,:]
-        ww0_b2_all_cl = ww0_b2.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # WW0_B2[i,:]
-        bw0_b2_all_cl = bw0_b2.permute(0, 2, 1, 3).reshape(batch, 64, -1)  # BW0_B2[i,:]
         wb_b2_by_h2_cl = wb_b2.permute(0, 2, 1)  # WB_B2[i]
         ww_w3_all_cl = ww_w3.permute(0, 3, 1, 2).reshape(batch, 64, -1)  # WW_W3[:,i]
         bw_w3_all_cl = bw_w3.permute(0, 3, 1, 2).reshape(batch, 64, -1)  # BW_W3[:,i]
@@ -254,28 +248,31 @@ class TanhMlpPolynomial(nn.Module):
         wb_b3_all = wb_b3.reshape(batch, -1)  # WB_B3[:]
 
         # Channel mixing: one matmul per group of terms that read the same features.
-        # mix_h1: w1_all_cl, b1_by_h1_cl, ww_w1_all_cl, bw_w1_all_cl
-        parts_h1 = [w1_all_cl, b1_by_h1_cl, ww_w1_all_cl, bw_w1_all_cl]
+        # mix_h1: w1_all_cl, b1_by_h1_cl
+        parts_h1 = [w1_all_cl, b1_by_h1_cl]
         x_h1 = torch.cat(parts_h1, dim=-1)
-        mix_h1_w1 = F.linear(x_h1, self.mix_h1_weight)
-        # mix_h1_b1: w1_all_cl, b1_by_h1_cl, ww0_b1_all_cl, bw0_b1_all_cl
-        parts_h1_b1 = [w1_all_cl, b1_by_h1_cl, ww0_b1_all_cl, bw0_b1_all_cl]
-        x_h1_b1 = torch.cat(parts_h1_b1, dim=-1)
-        mix_h1_b1_b1 = F.linear(x_h1_b1, self.mix_h1_b1_weight)
+        y_h1 = F.linear(x_h1, self.mix_h1_weight)
+        split_h1 = torch.split(y_h1, [784 * c_out, c_out], dim=-1)
+        mix_h1_w1 = split_h1[0]
+        mix_h1_b1 = split_h1[1]
         # mix_h2_h1: w2, ww_w2, bw_w2
-        parts_h2_h1 = [w2, ww_w2, bw_w2]
-        x_h2_h1 = torch.cat(parts_h2_h1, dim=1)
-        mix_h2_h1_w2 = torch.bmm(self.mix_h2_h1_weight.expand(batch, -1, -1), x_h2_h1.flatten(2))
+        mix_h2_h1_w2 = torch.bmm(
+            self.mix_h2_h1_weight[:, :c_in].expand(batch, -1, -1), w2.flatten(2)
+        )
+        mix_h2_h1_w2 = torch.baddbmm(
+            mix_h2_h1_w2,
+            self.mix_h2_h1_weight[:, c_in : 2 * c_in].expand(batch, -1, -1),
+            ww_w2.flatten(2),
+        )
+        # bw_w2 = b2 (x) q1_psi[..., 0 : 1, :].squeeze(-2): a rank-one update
+        mix_h2_h1_w2_bw_w2 = torch.einsum("oc,bcj->bojc", self.mix_h2_h1_weight[:, 2 * c_in : 3 * c_in], b2).flatten(1, 2)
+        mix_h2_h1_w2 = torch.baddbmm(
+            mix_h2_h1_w2.view(batch, -1, 64), mix_h2_h1_w2_bw_w2, q1_psi[..., 0 : 1, :].squeeze(-2)
+        )
+        mix_h2_h1_w2 = mix_h2_h1_w2.view(batch, c_out, -1)
         mix_h2_h1_w2 = mix_h2_h1_w2.view(batch, -1, 64, 64)
-        # mix_h2: b2_by_h2_cl, w3_all_cl, path_b2_all_cl, ww0_b2_all_cl, bw0_b2_all_cl, wb_b2_by_h2_cl
-        parts_h2 = [
-            b2_by_h2_cl,
-            w3_all_cl,
-            path_b2_all_cl,
-            ww0_b2_all_cl,
-            bw0_b2_all_cl,
-            wb_b2_by_h2_cl,
-        ]
+        # mix_h2: b2_by_h2_cl, w3_all_cl, path_b2_all_cl, wb_b2_by_h2_cl
+        parts_h2 = [b2_by_h2_cl, w3_all_cl, path_b2_all_cl, wb_b2_by_h2_cl]
         x_h2 = torch.cat(parts_h2, dim=-1)
         mix_h2_b2 = F.linear(x_h2, self.mix_h2_weight)
         # mix_h2_w3: b2_by_h2_cl, w3_all_cl, ww_w3_all_cl, bw_w3_all_cl
@@ -299,11 +296,60 @@ class TanhMlpPolynomial(nn.Module):
 
         # Outputs: sum of terms, broadcast over the indices they do not carry.
         out_w1 = mix_h1_w1.unflatten(-1, (c_out, 784)).permute(0, 2, 1, 3)
-        out_b1 = mix_h1_b1_b1.permute(0, 2, 1)
+        out_b1 = mix_h1_b1.permute(0, 2, 1)
         out_w2 = mix_h2_h1_w2
         out_b2 = mix_h2_b2.permute(0, 2, 1)
         out_w3 = mix_h2_w3_w3.unflatten(-1, (c_out, 10)).permute(0, 2, 3, 1)
         out_b3 = mix_pooled_b3.view(batch, c_out, 10)
+        # glued terms folded through their factorization
+        fold_w1_theta0 = self.fold_w1_weight[:, : 784 * c_in].view(-1, c_in, 784)
+        # [WW](1,0)(3,0) = [W](1,0) Psi [W](3,0): factor A per row
+        fold_w1_a0 = p1_psi[..., 0 : 10].permute(0, 2, 1, 3).reshape(batch, 64, -1)
+        # factor R contracted with the mixing weights
+        fold_w1_g0 = torch.einsum("bclu,zcu->bclz", q0, fold_w1_theta0).flatten(1, 2)
+        fold_w1_theta1 = self.fold_w1_weight[:, 784 * c_in : 1568 * c_in].view(-1, c_in, 784)
+        # [bW](1)(3,0) = b1 Psi' [W](3,0): Psi' [W](L,0)
+        fold_w1_r1 = q0_psi[..., 0 : 1, :].squeeze(-2)
+        # [bW](1)(3,0) = b1 Psi' [W](3,0): factor A per row
+        fold_w1_a1 = b1.permute(0, 2, 1)
+        # factor R contracted with the mixing weights
+        fold_w1_g1 = torch.einsum("bcu,zcu->bcz", fold_w1_r1, fold_w1_theta1)
+        fold_w1_a = torch.cat([fold_w1_a0, fold_w1_a1], dim=-1)
+        fold_w1_g = torch.cat([fold_w1_g0, fold_w1_g1], dim=1)
+        fold_w1 = torch.bmm(fold_w1_a, fold_w1_g)
+        out_w1 = out_w1 + fold_w1.view(batch, 64, c_out, 784).permute(0, 2, 1, 3)
+        fold_b1_theta0 = self.fold_b1_weight[:, : 784 * c_in].view(-1, c_in, 784)
+        # [WW](1,0)(3,0) = [W](1,0) Psi [W](3,0): factor A per row
+        fold_b1_a0 = p1_psi[..., 10 : 20].permute(0, 2, 1, 3).reshape(batch, 64, -1)
+        # factor R contracted with the mixing weights
+        fold_b1_g0 = torch.einsum("bclu,zcu->bclz", q0, fold_b1_theta0).flatten(1, 2)
+        fold_b1_theta1 = self.fold_b1_weight[:, 784 * c_in : 1568 * c_in].view(-1, c_in, 784)
+        # [bW](1)(3,0) = b1 Psi' [W](3,0): Psi' [W](L,0)
+        fold_b1_r1 = q0_psi[..., 1 : 2, :].squeeze(-2)
+        # [bW](1)(3,0) = b1 Psi' [W](3,0): factor A per row
+        fold_b1_a1 = b1.permute(0, 2, 1)
+        # factor R contracted with the mixing weights
+        fold_b1_g1 = torch.einsum("bcu,zcu->bcz", fold_b1_r1, fold_b1_theta1)
+        fold_b1_a = torch.cat([fold_b1_a0, fold_b1_a1], dim=-1)
+        fold_b1_g = torch.cat([fold_b1_g0, fold_b1_g1], dim=1)
+        fold_b1 = torch.bmm(fold_b1_a, fold_b1_g)
+        out_b1 = out_b1 + fold_b1.view(batch, 64, c_out).permute(0, 2, 1)
+        fold_b2_theta0 = self.fold_b2_weight[:, : 784 * c_in].view(-1, c_in, 784)
+        # [WW](2,0)(3,0) = [W](2,0) Psi [W](3,0): factor A per row
+        fold_b2_a0 = p2_psi[..., 10 : 20].permute(0, 2, 1, 3).reshape(batch, 64, -1)
+        # factor R contracted with the mixing weights
+        fold_b2_g0 = torch.einsum("bclu,zcu->bclz", q0, fold_b2_theta0).flatten(1, 2)
+        fold_b2_theta1 = self.fold_b2_weight[:, 784 * c_in : 1568 * c_in].view(-1, c_in, 784)
+        # [bW](2)(3,0) = b2 Psi' [W](3,0): Psi' [W](L,0)
+        fold_b2_r1 = q0_psi[..., 2 : 3, :].squeeze(-2)
+        # [bW](2)(3,0) = b2 Psi' [W](3,0): factor A per row
+        fold_b2_a1 = b2.permute(0, 2, 1)
+        # factor R contracted with the mixing weights
+        fold_b2_g1 = torch.einsum("bcu,zcu->bcz", fold_b2_r1, fold_b2_theta1)
+        fold_b2_a = torch.cat([fold_b2_a0, fold_b2_a1], dim=-1)
+        fold_b2_g = torch.cat([fold_b2_g0, fold_b2_g1], dim=1)
+        fold_b2 = torch.bmm(fold_b2_a, fold_b2_g)
+        out_b2 = out_b2 + fold_b2.view(batch, 64, c_out).permute(0, 2, 1)
         return WeightSpace((out_w1, out_w2, out_w3), (out_b1, out_b2, out_b3))
 
     def extra_repr(self) -> str:

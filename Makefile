@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/derive_time.py
 	$(BIN)/python benchmarks/layer_speed.py
 	$(BIN)/python benchmarks/codegen_size.py
+	$(BIN)/python benchmarks/poly_speed.py
 
 ## rewrite generated/ from generated/specs
 regenerate: $(STAMP)

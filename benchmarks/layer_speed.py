@@ -115,6 +115,11 @@ class FixedAxesFloor(nn.Module):
         return WeightSpace(tuple(out[0::2]), tuple(out[1::2]))
 
 
+def _backward(outputs: tuple[Tensor, ...], gradients: tuple[Tensor, ...]) -> None:
+    """Backpropagate fixed dense output gradients (as a downstream network would send)."""
+    torch.autograd.backward(outputs, gradients)
+
+
 def _generated(
     widths: tuple[int, ...], permute: str, scaling: str, channels: int, layer: str = "linear"
 ) -> nn.Module:
@@ -134,6 +139,9 @@ def build(
     x = random_weight_space(layout, batch, channels, torch.float32).map(
         lambda t: t.requires_grad_()
     )
+    # fixed dense output gradients, as a downstream network sends (the gradient of a plain
+    # ``sum()`` loss is a stride-0 expanded tensor, which would make every view copy)
+    gradient = x.map(lambda t: torch.randn(t.shape, generator=torch.Generator().manual_seed(5)))
     layer: nn.Module
     if name == "floor":
         layer = PointwiseFloor(2 * (len(widths) - 1), channels, channels)
@@ -160,15 +168,13 @@ def build(
 
         def step_nfn() -> None:
             out = layer(x_nfn)
-            loss: Tensor = sum(t.sum() for t in (*out.weights, *out.biases))  # type: ignore[assignment]
-            loss.backward()
+            _backward((*out.weights, *out.biases), (*gradient.weights, *gradient.biases))
 
         return (lambda: None), step_nfn
 
     def step() -> None:
         out = layer(x)
-        loss: Tensor = sum(t.sum() for t in out.tensors())  # type: ignore[assignment]
-        loss.backward()
+        _backward(out.tensors(), gradient.tensors())
 
     return (lambda: None), step
 

@@ -20,7 +20,8 @@ from math import prod
 
 from derive.basis import BasisMap
 from derive.features import tensor_var
-from derive.magep import MagepPlan, MagepTerm
+from derive.magep import MagepTerm
+from derive.magep_plan import MagepPlan
 from derive.model import WeightSpaceSpec
 from derive.plan import MapSlot
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass, replace
 from derive import codefmt
 from derive.basis import enumerate_block
 from derive.features import PRODUCT, Feature, feature_for, tensor_var
-from derive.magep import MagepPlan, magep_invariants, virtual_name
+from derive.magep import virtual_name
+from derive.magep_plan import MagepPlan, magep_invariants
 from derive.model import Scaling, TensorSpec, WeightSpaceSpec
-from derive.render import PsiDecl, Statement, split_long
+from derive.render import PsiDecl
+from derive.render_ops import Statement, split_long
 
 __all__ = [
     "Canonicalization",

@@ -3,7 +3,7 @@
 Every MAGEP term is a sum of monomials with index identifications: a path product
 ``W_s ... W_{t+1}`` chains row and column indices, Psi glues the fixed input and output axes,
 traces close a path on itself. Written as :class:`derive.polynomial.PolyMap` diagrams they are
-proved with symbolic scales (:func:`derive.polynomial.verify_poly_map`) like every other term,
+proved with symbolic scales (:func:`derive.poly_formulas.verify_poly_map`) like every other term,
 and :func:`diagram_signature` (canonical up to relabelling identical factors) tells which
 complete degree-d terms the MAGEP family contains and which it lacks.
 """

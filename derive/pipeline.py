@@ -125,7 +125,7 @@ def generate(
         )
     if layer == "polynomial":
         from derive.poly_plan import polynomial_plan
-        from derive.render import polynomial_view
+        from derive.render_poly import polynomial_view
 
         pplan = polynomial_plan(
             derivation.basis, family, degree, trainable_psi, max_terms, max_params

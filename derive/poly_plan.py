@@ -20,7 +20,8 @@ from typing import Any
 from derive.basis import LinearBasis
 from derive.errors import GenerationError
 from derive.fold import FoldGroup, fold_groups, fold_slots
-from derive.magep import MagepPlan, Psi, magep_plan
+from derive.magep import Psi
+from derive.magep_plan import MagepPlan, magep_plan
 from derive.model import WeightSpaceSpec
 from derive.plan import LinearPlan, assemble_plan
 

@@ -14,13 +14,8 @@ from derive.errors import GenerationError
 from derive.magep import MagepTerm, magep_terms
 from derive.magep_diagrams import magep_coverage, term_diagrams
 from derive.pipeline import Derivation
-from derive.polynomial import (
-    PolyMap,
-    count_polynomial,
-    enumerate_polynomial,
-    poly_formula_latex,
-    poly_formula_text,
-)
+from derive.poly_formulas import poly_formula_latex, poly_formula_text
+from derive.polynomial import PolyMap, count_polynomial, enumerate_polynomial
 
 __all__ = ["polynomial_data", "polynomial_json", "polynomial_table"]
 

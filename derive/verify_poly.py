@@ -23,7 +23,8 @@ from derive.numeric_poly import sym_power_dimension
 from derive.pipeline import Derivation, derive, generate
 from derive.poly_plan import polynomial_plan
 from derive.polynomial import count_block
-from derive.reference import ReferenceInvariant, ReferencePolynomial, load_into_generated
+from derive.reference import ReferenceInvariant, load_into_generated
+from derive.reference_poly import ReferencePolynomial
 from derive.spec import MLPSpec
 from nfn_runtime import equivariance_error, invariance_error, random_weight_space
 

@@ -14,17 +14,11 @@ from nfn_runtime.convert import (
     weight_space_from_state_dicts,
 )
 from nfn_runtime.group import (
-    OUTSIDE_GROUP_KINDS,
-    AxisTransform,
     GroupElement,
-    OutsideGroupTransform,
-    apply_axis_transform,
     apply_group_element,
     identity_element,
     inverse_permutation,
-    outside_group_kinds,
     sample_group_element,
-    sample_outside_group,
 )
 from nfn_runtime.layout import (
     SCALING_KINDS,
@@ -40,6 +34,14 @@ from nfn_runtime.nonlinearity import (
     NonlinearityKind,
     allowed_nonlinearities,
     gated_nonlinearity,
+)
+from nfn_runtime.outside import (
+    OUTSIDE_GROUP_KINDS,
+    AxisTransform,
+    OutsideGroupTransform,
+    apply_axis_transform,
+    outside_group_kinds,
+    sample_outside_group,
 )
 from nfn_runtime.testing import (
     EquivariantLayer,

@@ -11,6 +11,12 @@ import pytest
 from derive.basis import linear_basis
 from derive.errors import GenerationError
 from derive.pipeline import derive
+from derive.poly_formulas import (
+    poly_formula_latex,
+    poly_formula_text,
+    scaling_signature,
+    verify_poly_map,
+)
 from derive.polynomial import (
     PolyBlock,
     PolyMap,
@@ -18,10 +24,6 @@ from derive.polynomial import (
     count_polynomial,
     enumerate_block_poly,
     enumerate_polynomial,
-    poly_formula_latex,
-    poly_formula_text,
-    scaling_signature,
-    verify_poly_map,
 )
 from derive.spec import mlp_spec
 

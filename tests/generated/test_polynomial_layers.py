@@ -5,7 +5,7 @@ sensitivity, stable scale at initialization, shared path products, options."""
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -15,12 +15,8 @@ from derive.invariant import invariant_plan
 from derive.magep import magep_terms
 from derive.pipeline import derive, generate
 from derive.poly_plan import polynomial_plan
-from derive.reference import (
-    ReferenceInvariant,
-    ReferencePolynomial,
-    load_into_generated,
-    magep_term_value,
-)
+from derive.reference import ReferenceInvariant, load_into_generated
+from derive.reference_poly import ReferencePolynomial, magep_term_value
 from derive.spec import mlp_spec
 from derive.verify import load_generated
 from derive.verify_poly import load_invariant_reference, output_scale
@@ -54,7 +50,7 @@ CASES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _case(name: str):
     widths, activation, scaling, family, degree = CASES[name]
     act = tuple(activation) if isinstance(activation, list) else activation

@@ -17,6 +17,9 @@ ACTIVATION_SCALING: dict[str, Scaling] = {
     "sin": Scaling.SIGN,
     "softsign": Scaling.SIGN,
     "hardtanh": Scaling.SIGN,
+    "tanhshrink": Scaling.SIGN,
+    "softshrink": Scaling.SIGN,
+    "hardshrink": Scaling.SIGN,
     # no activation: every invertible diagonal map passes through
     "identity": Scaling.NONZERO,
     # neither: permutations only
@@ -31,6 +34,9 @@ ACTIVATION_SCALING: dict[str, Scaling] = {
     "relu6": Scaling.NONE,
     "hardswish": Scaling.NONE,
     "hardsigmoid": Scaling.NONE,
+    "logsigmoid": Scaling.NONE,
+    "cos": Scaling.NONE,
+    "hardtanh_asymmetric": Scaling.NONE,
 }
 
 ACTIVATION_REASON: dict[Scaling, str] = {

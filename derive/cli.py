@@ -17,6 +17,7 @@ from derive.errors import GenerationError, SpecError
 from derive.spec import (
     PERMUTE_CHOICES,
     SCALING_CHOICES,
+    ArchitectureSpec,
     MLPSpec,
     check_name,
     load_spec,
@@ -42,6 +43,17 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", help="architecture spec file (.yaml, .yml or .json)")
     parser.add_argument(
         "--mlp", metavar="WIDTHS", help="MLP widths, e.g. 784,64,64,10 (instead of a spec file)"
+    )
+    parser.add_argument(
+        "--torch",
+        metavar="MODULE:ATTR",
+        help="a PyTorch nn.Module (or a factory returning one) to trace, e.g. "
+        "nfn_runtime.architectures:small_cnn",
+    )
+    parser.add_argument(
+        "--input-shape",
+        metavar="SHAPE",
+        help="with --torch: one input without the batch axis, e.g. 1,28,28",
     )
     parser.add_argument(
         "--activation",
@@ -132,9 +144,39 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _spec_from_args(args: argparse.Namespace) -> MLPSpec:
-    if args.spec and args.mlp:
-        raise SpecError("give either a spec file or --mlp, not both", "arguments")
+def _spec_from_args(args: argparse.Namespace) -> ArchitectureSpec:
+    given = [
+        flag
+        for flag, value in (
+            ("a spec file", args.spec),
+            ("--mlp", args.mlp),
+            ("--torch", args.torch),
+        )
+        if value
+    ]
+    if len(given) > 1:
+        raise SpecError(f"give one architecture, not {' and '.join(given)}", "arguments")
+    if args.input_shape is not None and not args.torch:
+        raise SpecError("--input-shape applies to --torch only", "arguments")
+    if args.torch:
+        if args.activation is not None:
+            raise SpecError(
+                "--activation applies to --mlp; a traced module has its own", "arguments"
+            )
+        if args.input_shape is None:
+            raise SpecError(
+                "--torch needs --input-shape (one input without the batch axis)", "arguments"
+            )
+        from derive.torch_spec import parse_input_shape, torch_spec
+
+        return torch_spec(
+            args.torch,
+            parse_input_shape(args.input_shape),
+            permute=args.permute or "hidden",
+            scaling=args.scaling or "auto",
+            name=args.name,
+            source="--torch",
+        )
     if args.spec:
         if args.activation is not None:
             raise SpecError(
@@ -164,7 +206,9 @@ def _spec_from_args(args: argparse.Namespace) -> MLPSpec:
             name=args.name,
             source="--mlp",
         )
-    raise SpecError("no architecture given: pass a spec file or --mlp WIDTHS", "arguments")
+    raise SpecError(
+        "no architecture given: pass a spec file, --mlp WIDTHS or --torch MODULE:ATTR", "arguments"
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -230,7 +274,8 @@ def _verify(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     if args.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {args.samples}", "arguments")
-    print(f"Verifying the generated layers of {spec.name} ({'-'.join(map(str, spec.widths))})")
+    what = "-".join(map(str, spec.widths)) if isinstance(spec, MLPSpec) else spec.summary()
+    print(f"Verifying the generated layers of {spec.name} ({what})")
     _check_polynomial_options(args)
     report = verify(
         spec, samples=args.samples, seed=args.seed, degree=args.degree, family=args.family

@@ -2,17 +2,32 @@
 
 Nodes are ``("space", name)`` and ``("tensor", name)``. A tensor node has one edge per axis
 to the space that axis indexes (key = axis position, attribute ``character``). Space nodes
-record the operations that touch them (``activations``: the activation applied to the space,
-``role``: input, hidden or output), from which :mod:`derive.group` reads the symmetry.
+record the operations that touch them (``activations``: the activations applied to the space;
+``constraints``: the scaling other operations allow, with the reason; ``role``: input,
+hidden, output or fixed; ``origin`` and ``ties``: where the space comes from), from which
+:mod:`derive.group` reads the symmetry. Tensor nodes of kind ``buffer`` (running statistics)
+are acted on by the group but are not features of the weight space.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import networkx as nx
 
 from derive.spec import MLPSpec
 
-__all__ = ["space_node", "tensor_node", "mlp_graph", "graph_spaces", "graph_tensors"]
+if TYPE_CHECKING:
+    from derive.trace import TracedNetwork
+
+__all__ = [
+    "space_node",
+    "tensor_node",
+    "mlp_graph",
+    "network_graph",
+    "graph_spaces",
+    "graph_tensors",
+]
 
 
 def space_node(name: str) -> tuple[str, str]:
@@ -45,7 +60,10 @@ def mlp_graph(spec: MLPSpec) -> nx.MultiDiGraph:
             size=width,
             role=role,
             activations=activations,
+            constraints=[],
             order=index,
+            origin="",
+            ties=[],
         )
     order = 0
     for layer in range(1, num_layers + 1):
@@ -71,6 +89,71 @@ def mlp_graph(spec: MLPSpec) -> nx.MultiDiGraph:
                 graph.add_edge(
                     tensor_node(name), space_node(space), key=position, character=character
                 )
+    return graph
+
+
+_BUFFER_NAMES = {"running_mean": "mean", "running_var": "var"}
+
+
+def network_graph(traced: TracedNetwork, name: str, source: str) -> nx.MultiDiGraph:
+    """The weight-space graph of a traced network (tied spaces merged into one node).
+
+    Spaces are named ``in``, ``out`` and ``h1, h2, ...`` in the order the forward pass creates
+    them; fixed axes ``k<n>`` (kernel offsets), ``p<n>`` (flattened positions) and ``x<n>``
+    (spatial positions). Tensors are ``W<k>`` and ``b<k>`` for the k-th layer with parameters.
+    """
+    graph = nx.MultiDiGraph(name=name, source=source)
+    roots = sorted({traced.root(key) for key in traced.spaces})
+    names: dict[int, str] = {}
+    hidden = 0
+    for order, root in enumerate(roots):
+        record = traced.spaces[root]
+        if record.is_input:
+            names[root], role = "in", "input"
+        elif record.is_output:
+            names[root], role = "out", "output"
+        else:
+            hidden += 1
+            names[root], role = f"h{hidden}", "hidden"
+        graph.add_node(
+            space_node(names[root]),
+            size=record.size,
+            role=role,
+            activations=list(record.activations),
+            constraints=list(record.constraints),
+            order=order,
+            origin=record.origin,
+            ties=list(record.ties),
+        )
+    for offset, (fixed, (size, what)) in enumerate(sorted(traced.fixed.items())):
+        graph.add_node(
+            space_node(fixed),
+            size=size,
+            role="fixed",
+            activations=[],
+            constraints=[],
+            order=len(roots) + offset,
+            origin=what,
+            ties=[],
+        )
+    for order, param in enumerate(traced.params):
+        if param.kind == "buffer":
+            tensor = f"{_BUFFER_NAMES.get(param.attr, param.attr)}{param.layer}"
+        else:
+            tensor = f"{'W' if param.kind == 'weight' else 'b'}{param.layer}"
+        graph.add_node(
+            tensor_node(tensor),
+            kind=param.kind,
+            layer=param.layer,
+            order=order,
+            source_key=param.source_key,
+            source_shape=param.shape,
+        )
+        for position, (space, character) in enumerate(param.axes):
+            target = space if isinstance(space, str) else names[traced.root(space)]
+            graph.add_edge(
+                tensor_node(tensor), space_node(target), key=position, character=character
+            )
     return graph
 
 

@@ -17,7 +17,9 @@ from derive.model import Axis, NeuronSpace, Scaling, TensorSpec, WeightSpaceSpec
 __all__ = ["derive_spaces", "weight_space_from_graph"]
 
 
-def _hidden_symmetry(activations: list[tuple[str, str]], override: str) -> tuple[Scaling, str]:
+def _hidden_symmetry(
+    activations: list[tuple[str, str]], constraints: list[tuple[Scaling, str]], override: str
+) -> tuple[Scaling, str]:
     if override != "auto":
         return Scaling(override), f"--scaling {override} (override)"
     scaling = Scaling.NONZERO
@@ -26,9 +28,21 @@ def _hidden_symmetry(activations: list[tuple[str, str]], override: str) -> tuple
         allowed = scaling_of(activation)
         scaling = scaling.meet(allowed)
         reasons.append(f"{activation} ({ACTIVATION_REASON[allowed]}) at {origin}")
-    if not activations:
+    for allowed, why in constraints:
+        scaling = scaling.meet(allowed)
+        reasons.append(f"{allowed.value} scaling only: {why}")
+    if not reasons:
         return scaling, "no activation (linear)"
     return scaling, "; ".join(reasons)
+
+
+def _origin(data: dict[str, object]) -> str:
+    """Where a space comes from, and which spaces are tied into it."""
+    origin = str(data.get("origin", ""))
+    ties = list(data.get("ties", []))  # type: ignore[call-overload]
+    if ties:
+        origin += "; tied with " + ", ".join(str(t) for t in ties)
+    return origin
 
 
 def derive_spaces(graph: nx.MultiDiGraph, permute: str, scaling: str) -> tuple[NeuronSpace, ...]:
@@ -37,14 +51,25 @@ def derive_spaces(graph: nx.MultiDiGraph, permute: str, scaling: str) -> tuple[N
     for name in graph_spaces(graph):
         data = graph.nodes[space_node(name)]
         role = data["role"]
-        if role == "hidden":
-            kind, reason = _hidden_symmetry(data["activations"], scaling)
-            spaces.append(NeuronSpace(name, data["size"], True, kind, f"hidden space; {reason}"))
+        origin = _origin(data)
+        if role == "fixed":
+            spaces.append(NeuronSpace(name, data["size"], False, Scaling.NONE, f"fixed: {origin}"))
+        elif role == "hidden":
+            kind, reason = _hidden_symmetry(
+                data["activations"], data.get("constraints", []), scaling
+            )
+            where = f" ({origin})" if origin else ""
+            spaces.append(
+                NeuronSpace(name, data["size"], True, kind, f"hidden space{where}; {reason}")
+            )
         else:
             permuted = permute == "all"
             setting = "NP setting: permuted" if permuted else "HNP setting: fixed"
+            where = f"; {origin}" if origin else ""
             spaces.append(
-                NeuronSpace(name, data["size"], permuted, Scaling.NONE, f"{role} space ({setting})")
+                NeuronSpace(
+                    name, data["size"], permuted, Scaling.NONE, f"{role} space ({setting}){where}"
+                )
             )
     return tuple(spaces)
 
@@ -54,7 +79,8 @@ def weight_space_from_graph(
 ) -> WeightSpaceSpec:
     """The typed weight space with its group, from the graph and the symmetry options."""
     spaces = derive_spaces(graph, permute, scaling)
-    tensors = []
+    tensors: list[TensorSpec] = []
+    buffers: list[TensorSpec] = []
     for name in graph_tensors(graph):
         node = tensor_node(name)
         data = graph.nodes[node]
@@ -63,7 +89,7 @@ def weight_space_from_graph(
             for _, target, key, attrs in graph.out_edges(node, keys=True, data=True)
         )
         axes = tuple(Axis(space, character) for _, space, character in edges)
-        tensors.append(
+        (buffers if data["kind"] == "buffer" else tensors).append(
             TensorSpec(
                 name=name,
                 kind=data["kind"],
@@ -74,5 +100,8 @@ def weight_space_from_graph(
             )
         )
     return WeightSpaceSpec(
-        name=graph.graph.get("name", "weights"), spaces=spaces, tensors=tuple(tensors)
+        name=graph.graph.get("name", "weights"),
+        spaces=spaces,
+        tensors=tuple(tensors),
+        buffers=tuple(buffers),
     )

@@ -76,6 +76,12 @@ def chain_of(space: WeightSpaceSpec) -> Chain:
                 f"but the previous layer writes {spaces[-1]}"
             )
         spaces.append(axes[0].space)
+    repeated = sorted({s for s in spaces if spaces.count(s) > 1})
+    if repeated:
+        raise GenerationError(
+            f"MAGEP terms need a chain of distinct spaces, but {', '.join(repeated)} occurs more "
+            "than once (tied by a residual connection); use --family complete"
+        )
     biases: list[str | None] = []
     for k, tensor in enumerate(weights):
         bias = next(

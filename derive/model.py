@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
+from typing import Literal
 
 from nfn_runtime.layout import AxisLayout, SpaceLayout, TensorLayout, WeightSpaceLayout
 
@@ -83,7 +84,7 @@ class TensorSpec:
     """One tensor of the weight space, described only by its axis labels."""
 
     name: str
-    kind: str  # "weight" or "bias"
+    kind: str  # "weight", "bias", "buffer" or "virtual"
     layer: int
     axes: tuple[Axis, ...]
     source_key: str = ""
@@ -92,11 +93,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class WeightSpaceSpec:
-    """A weight space with its symmetry group: the input of every derivation step."""
+    """A weight space with its symmetry group: the input of every derivation step.
+
+    ``buffers`` (e.g. BatchNorm running statistics) are acted on by the group like tensors,
+    so that a group element maps a network to one computing the same function, but they are
+    not features of the weight space (no layer reads or writes them).
+    """
 
     name: str
     spaces: tuple[NeuronSpace, ...]
     tensors: tuple[TensorSpec, ...]
+    buffers: tuple[TensorSpec, ...] = ()
 
     @cached_property
     def _spaces(self) -> dict[str, NeuronSpace]:
@@ -120,19 +127,23 @@ class WeightSpaceSpec:
 
     def to_layout(self) -> WeightSpaceLayout:
         """The torch-free runtime description of this weight space."""
+
+        def tensor_layout(t: TensorSpec, kind: Literal["weight", "bias", "buffer"]) -> TensorLayout:
+            return TensorLayout(
+                name=t.name,
+                kind=kind,
+                layer=t.layer,
+                axes=tuple(AxisLayout(a.space, a.character) for a in t.axes),
+                source_key=t.source_key,
+                source_shape=t.source_shape,
+            )
+
         return WeightSpaceLayout(
             spaces=tuple(
                 SpaceLayout(s.name, s.size, s.permuted, s.scaling.value) for s in self.spaces
             ),
             tensors=tuple(
-                TensorLayout(
-                    name=t.name,
-                    kind="weight" if t.kind == "weight" else "bias",
-                    layer=t.layer,
-                    axes=tuple(AxisLayout(a.space, a.character) for a in t.axes),
-                    source_key=t.source_key,
-                    source_shape=t.source_shape,
-                )
-                for t in self.tensors
+                tensor_layout(t, "weight" if t.kind == "weight" else "bias") for t in self.tensors
             ),
+            buffers=tuple(tensor_layout(t, "buffer") for t in self.buffers),
         )

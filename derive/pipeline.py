@@ -6,22 +6,35 @@ Every step is a function whose result can be printed and tested on its own;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import networkx as nx
 
 from derive.basis import LinearBasis, linear_basis
 from derive.codegen import ModuleMeta, render
-from derive.graph import mlp_graph
+from derive.errors import SpecError
+from derive.graph import mlp_graph, network_graph
 from derive.group import weight_space_from_graph
 from derive.model import WeightSpaceSpec
 from derive.naming import class_name, comment_text, identifier
 from derive.plan import LinearPlan, linear_plan
 from derive.render import layout_literal, linear_view
-from derive.spec import MLPSpec
+from derive.spec import ArchitectureSpec, MLPSpec
+from derive.torch_spec import TorchSpec, torch_spec
 
-__all__ = ["Derivation", "derive", "generate", "LAYER_KINDS", "spec_command"]
+__all__ = [
+    "Derivation",
+    "derive",
+    "generate",
+    "architecture_graph",
+    "proxy_derivation",
+    "space_sizes",
+    "LAYER_KINDS",
+    "spec_command",
+]
 
 LAYER_KINDS = ("linear", "invariant")
 POLYNOMIAL_LAYER_KINDS = ("polynomial", "polynomial-invariant")
@@ -31,7 +44,7 @@ POLYNOMIAL_LAYER_KINDS = ("polynomial", "polynomial-invariant")
 class Derivation:
     """The inspectable intermediate values of one run of the pipeline."""
 
-    spec: MLPSpec
+    spec: ArchitectureSpec
     graph: nx.MultiDiGraph
     space: WeightSpaceSpec
 
@@ -44,27 +57,68 @@ class Derivation:
         return linear_plan(self.basis)
 
 
-def derive(spec: MLPSpec) -> Derivation:
-    """Build the weight-space graph and its symmetry group (the basis follows lazily)."""
-    graph = mlp_graph(spec)
+def architecture_graph(spec: ArchitectureSpec) -> nx.MultiDiGraph:
+    """The weight-space graph of an MLP spec, or of a traced PyTorch module."""
+    if isinstance(spec, MLPSpec):
+        return mlp_graph(spec)
+    from derive.trace import trace_network
+
+    traced = trace_network(spec.build(), spec.input_shape, spec.source)
+    return network_graph(traced, spec.name, spec.source)
+
+
+def derive(
+    spec: ArchitectureSpec | Any,
+    input_shape: Sequence[int] | None = None,
+    permute: str = "hidden",
+    scaling: str = "auto",
+    name: str | None = None,
+) -> Derivation:
+    """Build the weight-space graph and its symmetry group (the basis follows lazily).
+
+    ``spec`` is an :class:`MLPSpec`, a :class:`TorchSpec`, or an ``nn.Module`` to trace on
+    inputs of shape ``(batch, *input_shape)`` (then ``permute``, ``scaling`` and ``name``
+    apply; specs carry their own).
+    """
+    if not isinstance(spec, (MLPSpec, TorchSpec)):
+        if input_shape is None:
+            raise SpecError("pass input_shape (one input without the batch axis)", "derive()")
+        spec = torch_spec(spec, input_shape, permute, scaling, name)
+    graph = architecture_graph(spec)
     space = weight_space_from_graph(graph, spec.permute, spec.scaling)
     return Derivation(spec=spec, graph=graph, space=space)
 
 
-def spec_command(spec: MLPSpec) -> str:
-    """The ``--mlp`` options that reproduce ``spec`` (used in generated headers)."""
-    acts = (
-        ",".join(dict.fromkeys(spec.activations))
-        if len(set(spec.activations)) == 1
-        else ",".join(spec.activations)
-    )
-    parts = [f"--mlp {','.join(str(w) for w in spec.widths)}"]
-    if spec.activations:
-        parts.append(f"--activation {acts}")
-    parts.append(f"--permute {spec.permute}")
-    parts.append(f"--scaling {spec.scaling}")
-    parts.append(f"--name {identifier(spec.name)}")
-    return " ".join(parts)
+def proxy_derivation(derivation: Derivation, hidden: int = 3, other: int = 2) -> Derivation:
+    """The same tensors, axis labels and group with every space capped: hidden spaces at
+    ``hidden`` neurons, input, output and fixed axes at ``other``. Numeric checks whose cost
+    grows with the widths (null spaces, Jacobian spans) run on it."""
+    graph = derivation.graph.copy()
+    for node, data in graph.nodes(data=True):
+        if node[0] == "space":
+            data["size"] = min(data["size"], hidden if data["role"] == "hidden" else other)
+        else:
+            data["source_shape"] = ()
+    spec = derivation.spec
+    if isinstance(spec, MLPSpec):
+        capped = [
+            min(w, hidden if 0 < k < spec.num_layers else other) for k, w in enumerate(spec.widths)
+        ]
+        spec = replace(spec, widths=tuple(capped), name=f"{spec.name}_proxy")
+    else:
+        spec = replace(spec, name=f"{spec.name}_proxy")
+    space = weight_space_from_graph(graph, spec.permute, spec.scaling)
+    return Derivation(spec=spec, graph=graph, space=space)
+
+
+def space_sizes(space: WeightSpaceSpec) -> str:
+    """``in=2 h1=3 h2=3 out=2``: the sizes of a weight space's spaces, for reports."""
+    return " ".join(f"{s.name}={s.size}" for s in space.spaces)
+
+
+def spec_command(spec: ArchitectureSpec) -> str:
+    """The options that reproduce ``spec`` (used in generated headers)."""
+    return spec.options()
 
 
 def _group_lines(space: WeightSpaceSpec) -> tuple[str, ...]:
@@ -82,16 +136,13 @@ def _group_lines(space: WeightSpaceSpec) -> tuple[str, ...]:
 
 def _meta(derivation: Derivation, layer: str) -> ModuleMeta:
     spec = derivation.spec
-    widths = "-".join(str(w) for w in spec.widths)
-    acts = ",".join(spec.activations) or "none"
     summary = comment_text(
-        f"{identifier(spec.name)}: mlp {widths}, activations {acts}; "
-        f"permute {spec.permute}; scaling {spec.scaling}"
+        f"{identifier(spec.name)}: {spec.summary()}; permute {spec.permute}; scaling {spec.scaling}"
     )
     return ModuleMeta(
         name=identifier(spec.name),
         spec_summary=summary,
-        regenerate=f"nfn-derive generate {spec_command(spec)} --layer {layer} -o FILE",
+        regenerate=comment_text(f"nfn-derive generate {spec.options()} --layer {layer} -o FILE"),
         group_lines=_group_lines(derivation.space),
         dim=derivation.basis.dim,
         constant_dim=derivation.basis.constant_dim,

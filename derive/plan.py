@@ -16,11 +16,12 @@ can load the slow reference's parameters into the generated module.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Any
 
 from derive.basis import BasisMap, LinearBasis
+from derive.errors import GenerationError
 from derive.features import (
     PRODUCT,
     Feature,
@@ -79,10 +80,31 @@ class Placement:
         return frozenset(i for i, (role, _) in enumerate(self.roles) if role != "broadcast")
 
     @property
+    def merged(self) -> tuple[tuple[int, ...], ...]:
+        """Groups of output axes that take one index (a write to a diagonal), in axis order."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        for position, role in enumerate(self.roles):
+            if role[0] != "fixed":
+                groups.setdefault(role, []).append(position)
+        return tuple(tuple(g) for g in groups.values() if len(g) > 1)
+
+    @property
     def is_diagonal(self) -> bool:
         """True when two output axes share one kept or broadcast group."""
-        seen = [r for r in self.roles if r[0] != "fixed"]
-        return len(seen) != len(set(seen))
+        return bool(self.merged)
+
+    def compact(self) -> Placement:
+        """This placement onto the output with each merged group kept once (its first axis).
+
+        The diagonal write is then: place into the compact axes, embed on the diagonal.
+        """
+        drop = {p for group in self.merged for p in group[1:]}
+        keep = [p for p in range(len(self.roles)) if p not in drop]
+        return replace(
+            self,
+            roles=tuple(self.roles[p] for p in keep),
+            axis_sizes=tuple(self.axis_sizes[p] for p in keep),
+        )
 
 
 @dataclass(frozen=True)
@@ -157,6 +179,19 @@ class LinearPlan:
 
     def feature(self, name: str) -> Feature:
         return next(f for f in self.features if f.name == name)
+
+
+#: output axis groups that share one index (diagonal writes), sorted
+Merge = tuple[tuple[int, ...], ...]
+
+
+def _key_merge(key: PlacementKey) -> Merge:
+    _, kept, broadcast = key
+    return tuple(sorted(g for g in (*kept, *broadcast) if len(g) > 1))
+
+
+def _constant_merge(basis_map: BasisMap) -> Merge:
+    return tuple(sorted(b.outputs for b in basis_map.blocks if len(b.outputs) > 1))
 
 
 def _kept_blocks(basis_map: BasisMap) -> list[int]:
@@ -239,26 +274,29 @@ def assemble_plan(
             feature = feature_key(basis_map, kept_blocks)
         by_placement.setdefault(placement, {})[feature] = basis_map
 
-    # Constants without diagonals join the output's term with the fewest kept axes.
-    constant_targets: dict[str, BasisMap] = {}
-    diagonal_constants: list[BasisMap] = []
+    # A constant joins, as a matmul bias, the term of its output with the same diagonal
+    # pattern (none for a plain constant; delta_ij for one on a diagonal) and the fewest kept
+    # axes: the bias is constant over the term's kept axes, so it places as the constant does.
+    constant_targets: dict[tuple[str, Merge], BasisMap] = {}
     for basis_map in constants:
-        if any(len(b.outputs) > 1 for b in basis_map.blocks):
-            diagonal_constants.append(basis_map)
-        else:
-            assert basis_map.output is not None
-            constant_targets[basis_map.output] = basis_map
-    if diagonal_constants:
-        raise NotImplementedError("constants on diagonals of tied spaces are not generated yet")
+        assert basis_map.output is not None
+        constant_targets[(basis_map.output, _constant_merge(basis_map))] = basis_map
 
     placements = sorted(by_placement, key=lambda k: (tensor_order[k[0]], -len(k[1]), k))
-    constant_term: dict[str, PlacementKey] = {}
+    constant_term: dict[tuple[str, Merge], PlacementKey] = {}
     for key in placements:
-        output = key[0]
-        if output in constant_targets and (
-            output not in constant_term or len(key[1]) < len(constant_term[output][1])
+        target = (key[0], _key_merge(key))
+        if target in constant_targets and (
+            target not in constant_term or len(key[1]) < len(constant_term[target][1])
         ):
-            constant_term[output] = key
+            constant_term[target] = key
+    homeless = [target for target in constant_targets if target not in constant_term]
+    if homeless:
+        merge = homeless[0][1]
+        raise GenerationError(
+            f"constant {constant_targets[homeless[0]].key} on the diagonal {merge} has no term "
+            "with the same placement to carry it"
+        )
 
     def feature_sort(key: FeatureKey) -> tuple[Any, ...]:
         if is_product_key(key):
@@ -301,11 +339,20 @@ def assemble_plan(
         op_names.add(name)
         terms = []
         row = 0
+        term_names: set[str] = set()
         for key in groups[feature_tuple]:
             where = _placement(space, space.tensor(key[0]), key)
-            has_constant = constant_term.get(key[0]) == key
+            constant_key = (key[0], _key_merge(key))
+            has_constant = constant_term.get(constant_key) == key
+            # one op may write one output with several placements (tied spaces: rows,
+            # columns, diagonal); later ones are numbered
+            term_name = f"{name}_{tensor_var(key[0])}"
+            suffix = 2
+            while term_name in term_names:
+                term_name, suffix = f"{name}_{tensor_var(key[0])}_{suffix}", suffix + 1
+            term_names.add(term_name)
             term = Term(
-                name=f"{name}_{tensor_var(key[0])}",
+                name=term_name,
                 placement=where,
                 features=tuple(f.name for f in used),
                 has_constant=has_constant,
@@ -319,7 +366,9 @@ def assemble_plan(
                 )
                 col += used_feature.factor
             if has_constant:
-                constant_slots[constant_targets[key[0]]] = MapSlot(name, row, where.factor, 0, 1)
+                constant_slots[constant_targets[constant_key]] = MapSlot(
+                    name, row, where.factor, 0, 1
+                )
             row += where.factor
         ops.append(
             MixOp(

@@ -107,22 +107,25 @@ def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
             f"permuted={s.permuted}, scaling={safe_string(s.scaling.value)}),"
         )
     lines.append(f"{pad}    ),")
-    lines.append(f"{pad}    tensors=(")
-    for t in space.tensors:
-        axes = ", ".join(f"AxisLayout({safe_string(a.space)}, {a.character})" for a in t.axes)
-        axes_tuple = f"({axes},)" if len(t.axes) == 1 else f"({axes})"
-        shape = ", ".join(str(n) for n in t.source_shape)
-        shape_tuple = f"({shape},)" if len(t.source_shape) == 1 else f"({shape})"
-        args = [
-            safe_string(t.name),
-            safe_string(t.kind),
-            str(t.layer),
-            axes_tuple,
-            safe_string(t.source_key),
-            shape_tuple,
-        ]
-        lines.append(codefmt.call("TensorLayout", args, indent + 8, prefix=f"{pad}        ") + ",")
-    lines.append(f"{pad}    ),")
+    groups = [("tensors", space.tensors)] + ([("buffers", space.buffers)] if space.buffers else [])
+    for field_name, tensors in groups:
+        lines.append(f"{pad}    {field_name}=(")
+        for t in tensors:
+            axes = ", ".join(f"AxisLayout({safe_string(a.space)}, {a.character})" for a in t.axes)
+            axes_tuple = f"({axes},)" if len(t.axes) == 1 else f"({axes})"
+            shape = ", ".join(str(n) for n in t.source_shape)
+            shape_tuple = f"({shape},)" if len(t.source_shape) == 1 else f"({shape})"
+            args = [
+                safe_string(t.name),
+                safe_string(t.kind),
+                str(t.layer),
+                axes_tuple,
+                safe_string(t.source_key),
+                shape_tuple,
+            ]
+            call = codefmt.call("TensorLayout", args, indent + 8, prefix=f"{pad}        ")
+            lines.append(call + ",")
+        lines.append(f"{pad}    ),")
     lines.append(f"{pad})")
     return "\n".join(lines)
 

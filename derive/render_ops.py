@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from derive import codefmt
+from derive.errors import GenerationError
 from derive.plan import LinearPlan, MixOp, Placement, Term
 
 __all__ = [
@@ -46,7 +47,7 @@ def placed_code(var: str, placement: Placement, layout: str = "channels_first") 
     ``(B, *kept, c_out * factor)``. Rows are ordered (c_out, fixed axes...).
     """
     if placement.is_diagonal:
-        raise NotImplementedError("writing to diagonals of tied spaces is not generated yet")
+        raise ValueError("place the compact form of a diagonal term (Placement.compact)")
     fixed = [str(n) for n in placement.fixed_sizes]
     kept = [str(n) for n in placement.kept_sizes]
     expr = var
@@ -240,7 +241,67 @@ def output_statements(
     fused: set[str],
     outer: dict[str, tuple[str, str]],
 ) -> list[Statement]:
-    """Add the terms of one output, nesting small broadcasts into larger ones first."""
+    """Add the terms of one output, nesting small broadcasts into larger ones first.
+
+    Terms that write a diagonal (tied spaces) are summed in their compact form and embedded
+    once per diagonal pattern, then added.
+    """
+    regular = tuple(t for t in terms if not t.placement.is_diagonal)
+    diagonal = tuple(t for t in terms if t.placement.is_diagonal)
+    statements, diagonals = _diagonal_statements(out_var, diagonal, op_of)
+    if not regular:
+        statements.append(Statement(f"{out_var} = {' + '.join(diagonals)}"))
+        return statements
+    statements = _regular_statements(out_var, regular, op_of, fused, outer) + statements
+    for name in diagonals:
+        statements.append(Statement(f"{out_var} = {out_var} + {name}"))
+    return statements
+
+
+def _diagonal_statements(
+    out_var: str, terms: tuple[Term, ...], op_of: dict[str, MixOp]
+) -> tuple[list[Statement], list[str]]:
+    """Diagonal terms summed per merge pattern in compact form, then ``torch.diag_embed``."""
+    by_merge: dict[tuple[tuple[int, ...], ...], list[Term]] = {}
+    for term in terms:
+        by_merge.setdefault(term.placement.merged, []).append(term)
+    statements: list[Statement] = []
+    names: list[str] = []
+    stem = f"diag_{out_var.removeprefix('out_')}"
+    for index, (merged, group) in enumerate(sorted(by_merge.items())):
+        if len(merged) != 1 or len(merged[0]) != 2:
+            raise GenerationError(
+                f"output {group[0].placement.output}: writing to the diagonal {merged} (more "
+                "than two axes of one space, or two tied pairs) is not generated"
+            )
+        first, second = merged[0]
+        compact = {t.name: t.placement.compact() for t in group}
+        ordered = sorted(group, key=lambda t: (-compact[t.name].numel, t.name))
+        var = stem if index == 0 else f"{stem}_{index}"
+        parts = [placed_code(t.name, compact[t.name], op_of[t.name].layout) for t in ordered]
+        comment = f"{group[0].placement.output}: terms on the diagonal of axes {first} and {second}"
+        statements.append(Statement(f"{var} = {parts[0]}", comment))
+        for part in parts[1:]:
+            statements.append(Statement(f"{var} = {var} + {part}"))
+        sizes = compact[ordered[0].name].axis_sizes
+        if not any(len(c.varying_axes) == len(c.roles) for c in compact.values()):
+            shape = ", ".join(str(n) for n in sizes)
+            statements.append(Statement(f"{var} = {var}.expand(batch, c_out, {shape})"))
+        moved = var if first == len(sizes) - 1 else f"{var}.movedim({2 + first}, -1)"
+        statements.append(
+            Statement(f"{var} = torch.diag_embed({moved}, dim1={2 + first}, dim2={2 + second})")
+        )
+        names.append(var)
+    return statements, names
+
+
+def _regular_statements(
+    out_var: str,
+    terms: tuple[Term, ...],
+    op_of: dict[str, MixOp],
+    fused: set[str],
+    outer: dict[str, tuple[str, str]],
+) -> list[Statement]:
     ordered = sorted(
         terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name)
     )
@@ -321,11 +382,11 @@ def fused_terms(plan: LinearPlan) -> set[str]:
     fused = set()
     for _, _, terms in plan.outputs:
         ordered = sorted(
-            terms, key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name)
+            (t for t in terms if not t.placement.is_diagonal),
+            key=lambda t: (t.placement.numel, len(t.placement.varying_axes), t.name),
         )
-        base = ordered[-1]
-        if len(ordered) > 1 and _fusable(op_of[base.name], base):
-            fused.add(base.name)
+        if len(ordered) > 1 and _fusable(op_of[ordered[-1].name], ordered[-1]):
+            fused.add(ordered[-1].name)
     return fused
 
 

@@ -12,6 +12,7 @@ from derive.basis import BlockBasis, LinearBasis
 from derive.expressions import formula_text, map_formula
 from derive.model import WeightSpaceSpec
 from derive.pipeline import Derivation
+from derive.spec import MLPSpec
 
 __all__ = ["report_json", "report_table", "report_data"]
 
@@ -71,13 +72,7 @@ def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
     spec = derivation.spec
     return {
         "name": spec.name,
-        "architecture": {
-            "kind": "mlp",
-            "widths": list(spec.widths),
-            "activations": list(spec.activations),
-            "permute": spec.permute,
-            "scaling": spec.scaling,
-        },
+        "architecture": spec.architecture_data(),
         "spaces": [
             {
                 "name": s.name,
@@ -126,10 +121,13 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
     space = derivation.space
     basis = derivation.basis
     spec = derivation.spec
-    widths = "-".join(str(w) for w in spec.widths)
+    if isinstance(spec, MLPSpec):
+        widths = "-".join(str(w) for w in spec.widths)
+        summary = f"mlp {widths}, activations {', '.join(spec.activations) or 'none'}"
+    else:
+        summary = spec.summary()
     lines = [
-        f"Weight space {spec.name}: mlp {widths}, activations {', '.join(spec.activations) or 'none'}; "
-        f"permute {spec.permute}; scaling {spec.scaling}",
+        f"Weight space {spec.name}: {summary}; permute {spec.permute}; scaling {spec.scaling}",
         "",
         "Group (per neuron space)",
     ]

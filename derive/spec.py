@@ -18,12 +18,16 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import yaml
 
 from derive.activations import canonical_activation, known_activations
 from derive.errors import SpecError
+from derive.naming import identifier
+
+if TYPE_CHECKING:
+    from derive.torch_spec import TorchSpec
 
 __all__ = [
     "MLPSpec",
@@ -35,6 +39,8 @@ __all__ = [
     "parse_widths",
     "parse_activations",
     "check_name",
+    "check_choice",
+    "ArchitectureSpec",
 ]
 
 PERMUTE_CHOICES = ("hidden", "all")
@@ -57,8 +63,36 @@ class MLPSpec:
     def num_layers(self) -> int:
         return len(self.widths) - 1
 
+    def summary(self) -> str:
+        widths = "-".join(str(w) for w in self.widths)
+        return f"mlp {widths}, activations {','.join(self.activations) or 'none'}"
 
-def _check_choice(value: object, choices: Sequence[str], field: str, where: str) -> str:
+    def options(self) -> str:
+        """The command-line options that reproduce this spec."""
+        acts = (
+            ",".join(dict.fromkeys(self.activations))
+            if len(set(self.activations)) == 1
+            else ",".join(self.activations)
+        )
+        parts = [f"--mlp {','.join(str(w) for w in self.widths)}"]
+        if self.activations:
+            parts.append(f"--activation {acts}")
+        parts.append(f"--permute {self.permute}")
+        parts.append(f"--scaling {self.scaling}")
+        parts.append(f"--name {identifier(self.name)}")
+        return " ".join(parts)
+
+    def architecture_data(self) -> dict[str, Any]:
+        return {
+            "kind": "mlp",
+            "widths": list(self.widths),
+            "activations": list(self.activations),
+            "permute": self.permute,
+            "scaling": self.scaling,
+        }
+
+
+def check_choice(value: object, choices: Sequence[str], field: str, where: str) -> str:
     if not isinstance(value, str) or value not in choices:
         raise SpecError(f"field '{field}': {value!r} is not one of {', '.join(choices)}", where)
     return value
@@ -145,21 +179,31 @@ def mlp_spec(
         else "mlp_" + "_".join(str(w) for w in checked),
         widths=checked,
         activations=acts,
-        permute=_check_choice(permute, PERMUTE_CHOICES, "permute", source),
-        scaling=_check_choice(scaling, SCALING_CHOICES, "scaling", source),
+        permute=check_choice(permute, PERMUTE_CHOICES, "permute", source),
+        scaling=check_choice(scaling, SCALING_CHOICES, "scaling", source),
         source=source,
     )
 
 
-def spec_from_mapping(data: Mapping[str, Any], where: str, default_name: str) -> MLPSpec:
-    """Build a spec from a parsed YAML/JSON mapping."""
+#: every kind of architecture the pipeline accepts
+ArchitectureSpec = Union[MLPSpec, "TorchSpec"]
+
+
+def spec_from_mapping(
+    data: Mapping[str, Any], where: str, default_name: str
+) -> MLPSpec | TorchSpec:
+    """Build a spec from a parsed YAML/JSON mapping (``architecture: mlp`` or ``torch``)."""
+    architecture = data.get("architecture", "mlp")
+    check_choice(architecture, ("mlp", "torch"), "architecture", where)
+    if architecture == "torch":
+        from derive.torch_spec import torch_spec_from_mapping
+
+        return torch_spec_from_mapping(data, where, default_name)
     unknown = sorted((key for key in data if key not in _FIELDS), key=str)
     if unknown:
         raise SpecError(
             f"unknown field {str(unknown[0])!r} (valid fields: {', '.join(_FIELDS)})", where
         )
-    architecture = data.get("architecture", "mlp")
-    _check_choice(architecture, ("mlp",), "architecture", where)
     if "widths" not in data:
         raise SpecError("field 'widths' is missing (an MLP spec needs its layer widths)", where)
     name = check_name(data.get("name", default_name), where)
@@ -169,13 +213,13 @@ def spec_from_mapping(data: Mapping[str, Any], where: str, default_name: str) ->
         name=name,
         widths=widths,
         activations=_check_activations(activation, len(widths) - 2, where),
-        permute=_check_choice(data.get("permute", "hidden"), PERMUTE_CHOICES, "permute", where),
-        scaling=_check_choice(data.get("scaling", "auto"), SCALING_CHOICES, "scaling", where),
+        permute=check_choice(data.get("permute", "hidden"), PERMUTE_CHOICES, "permute", where),
+        scaling=check_choice(data.get("scaling", "auto"), SCALING_CHOICES, "scaling", where),
         source=where,
     )
 
 
-def load_spec(path: str | Path) -> MLPSpec:
+def load_spec(path: str | Path) -> MLPSpec | TorchSpec:
     """Read a YAML or JSON spec file."""
     file = Path(path)
     where = str(file)

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -26,15 +25,15 @@ from derive.basis import LinearBasis
 from derive.checklist import Check, VerifyReport, layer_class, load_generated, sensitivity_check
 from derive.expressions import verify_map
 from derive.partitions import partition_count
-from derive.pipeline import Derivation, derive, generate
+from derive.pipeline import Derivation, derive, generate, proxy_derivation, space_sizes
 from derive.reference import ReferenceInvariant, ReferenceLinear, load_into_generated
-from derive.spec import MLPSpec
+from derive.spec import ArchitectureSpec
 from nfn_runtime import (
     equivariance_error,
     invariance_error,
 )
 
-__all__ = ["Check", "VerifyReport", "verify", "load_generated", "proxy_spec", "PROXY_LIMIT"]
+__all__ = ["Check", "VerifyReport", "verify", "load_generated", "PROXY_LIMIT"]
 
 #: a weight space with more entries than this is checked for completeness on a proxy
 PROXY_LIMIT = 80
@@ -95,13 +94,6 @@ def _partition_formula(basis: LinearBasis, output: str | None, input: str | None
             else:
                 positions[s.name] = positions.get(s.name, 0) + 1
     return fixed * math.prod(partition_count(k, space.space(n).size) for n, k in positions.items())
-
-
-def proxy_spec(spec: MLPSpec) -> MLPSpec:
-    """The same architecture and group with widths capped (hidden 3, input/output 2)."""
-    widths = list(spec.widths)
-    capped = [min(w, 2) if k in (0, len(widths) - 1) else min(w, 3) for k, w in enumerate(widths)]
-    return replace(spec, widths=tuple(capped), name=f"{spec.name}_proxy")
 
 
 def _generated_layers(derivation: Derivation) -> tuple[type[nn.Module], type[nn.Module]]:
@@ -239,16 +231,20 @@ def _completeness(
 
 
 def verify(
-    spec: MLPSpec,
+    spec: ArchitectureSpec | Derivation,
     samples: int = 3,
     seed: int = 0,
     degree: int | None = None,
     family: str = "magep",
 ) -> VerifyReport:
-    """Run every check on the layers generated for ``spec`` (linear, invariant, polynomial)."""
+    """Run every check on the layers generated for ``spec`` (linear, invariant, polynomial);
+    for a traced PyTorch module also the group check on the network itself."""
     report = VerifyReport()
-    derivation = derive(spec)
+    derivation = spec if isinstance(spec, Derivation) else derive(spec)
     _symbolic(derivation, report)
+    from derive.verify_network import network_checks
+
+    network_checks(derivation, report, samples, seed)
     linear_cls, invariant_cls = _generated_layers(derivation)
     _reference_agreement(derivation, linear_cls, report)
     _invariant_agreement(derivation, invariant_cls, report)
@@ -256,10 +252,10 @@ def verify(
     if derivation.space.to_layout().num_params() <= PROXY_LIMIT:
         _completeness(derivation, linear_cls, report, "")
     else:
-        proxy = derive(proxy_spec(spec))
+        proxy = proxy_derivation(derivation)
         proxy_linear, _ = _generated_layers(proxy)
-        widths = "-".join(str(w) for w in proxy.spec.widths)
-        _completeness(proxy, proxy_linear, report, f" (on proxy widths {widths}, same group)")
+        sizes = space_sizes(proxy.space)
+        _completeness(proxy, proxy_linear, report, f" (on a proxy with sizes {sizes}, same group)")
     from derive.verify_poly import polynomial_checks
 
     polynomial_checks(derivation, report, degree, family, samples, seed)

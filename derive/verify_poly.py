@@ -20,7 +20,7 @@ from derive.errors import GenerationError
 from derive.invariant import invariant_plan
 from derive.magep import chain_of
 from derive.numeric_poly import sym_power_dimension
-from derive.pipeline import Derivation, derive, generate
+from derive.pipeline import Derivation, derive, generate, proxy_derivation, space_sizes
 from derive.poly_plan import polynomial_plan
 from derive.polynomial import count_block
 from derive.reference import ReferenceInvariant, load_into_generated
@@ -78,9 +78,9 @@ def polynomial_checks(
         add(f"{label} layer", True, f"not applicable: {exc}")
         return
     if family == "complete" and sum(m.num_params for m in pplan.terms) > CHECK_PARAMS_LIMIT:
-        derivation = derive(polynomial_proxy(derivation.spec))
+        derivation = polynomial_proxy(derivation)
         pplan = polynomial_plan(derivation.basis, family, degree)
-        label += f" (proxy {'-'.join(str(w) for w in derivation.spec.widths)})"
+        label += f" (proxy {space_sizes(derivation.space)})"
     source = generate(derivation, "polynomial", family=family, degree=degree)
     cls = layer_class(load_generated(source, "nfn_generated_polynomial"))
     layout = derivation.space.to_layout()
@@ -172,10 +172,14 @@ def _invariant_checks(
     sensitivity_check(layout, cls(2, 3), reference_check, "polynomial invariant", report, generator)
 
 
-def polynomial_proxy(spec: MLPSpec) -> MLPSpec:
-    """At most 4 layers (first, middle and last hidden activations kept) and widths capped at
-    3 (hidden) and 2 (input, output): every kind of degree-2 block, at widths where no diagram
-    is dropped (a degree-2 block has at most 3 positions per space)."""
+def polynomial_proxy(derivation: Derivation) -> Derivation:
+    """For an MLP: at most 4 layers (first, middle and last hidden activations kept) and widths
+    capped at 3 (hidden) and 2 (input, output): every kind of degree-2 block, at widths where no
+    diagram is dropped (a degree-2 block has at most 3 positions per space). Other architectures
+    keep their tensors, with every space capped the same way."""
+    spec = derivation.spec
+    if not isinstance(spec, MLPSpec):
+        return proxy_derivation(derivation)
     acts = list(spec.activations)
     if len(acts) > 3:
         acts = [acts[0], acts[len(acts) // 2], acts[-1]]
@@ -184,13 +188,15 @@ def polynomial_proxy(spec: MLPSpec) -> MLPSpec:
         *(min(w, 3) for w in spec.widths[1 : 1 + len(acts)]),
         min(spec.widths[-1], 2),
     ]
-    return replace(spec, widths=tuple(widths), activations=tuple(acts), name=f"{spec.name}_proxy")
+    return derive(
+        replace(spec, widths=tuple(widths), activations=tuple(acts), name=f"{spec.name}_proxy")
+    )
 
 
 def _degree2_completeness(derivation: Derivation, report: VerifyReport) -> None:
     """The numeric dimension of equivariant maps Sym^2(U) -> U equals the enumeration's count,
     block by block (every output, invariants included, and every pair of factors)."""
-    proxy = derive(polynomial_proxy(derivation.spec))
+    proxy = polynomial_proxy(derivation)
     names = [t.name for t in proxy.space.tensors]
     mismatches = []
     checked = total = 0
@@ -202,11 +208,11 @@ def _degree2_completeness(derivation: Derivation, report: VerifyReport) -> None:
             total += symbolic
             if symbolic != numeric:
                 mismatches.append(f"{output}<-{'*'.join(factors)}: {symbolic} vs {numeric}")
-    widths = "-".join(str(w) for w in proxy.spec.widths)
     report.add(
         "polynomial degree-2 completeness",
         not mismatches,
-        f"{checked} blocks: numeric dim of Sym^2(U) -> U = enumeration ({total}) on proxy {widths}"
+        f"{checked} blocks: numeric dim of Sym^2(U) -> U = enumeration ({total}) on proxy "
+        f"{space_sizes(proxy.space)}"
         if not mismatches
         else "; ".join(mismatches[:3]),
     )

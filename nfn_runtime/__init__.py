@@ -28,6 +28,11 @@ from nfn_runtime.layout import (
     TensorLayout,
     WeightSpaceLayout,
 )
+from nfn_runtime.network import (
+    network_symmetry_error,
+    transform_buffers,
+    transform_network_state,
+)
 from nfn_runtime.nonlinearity import (
     NONLINEARITY_KINDS,
     EquivariantNonlinearity,
@@ -52,7 +57,6 @@ from nfn_runtime.testing import (
     default_tolerances,
     equivariance_error,
     invariance_error,
-    network_symmetry_error,
     random_weight_space,
     sensitivity_error,
 )
@@ -98,5 +102,7 @@ __all__ = [
     "sensitivity_error",
     "state_dicts_from_weight_space",
     "to_nfn",
+    "transform_buffers",
+    "transform_network_state",
     "weight_space_from_state_dicts",
 ]

@@ -60,13 +60,14 @@ class TensorLayout:
     """One tensor of the weight space.
 
     ``kind`` and ``layer`` place it in :class:`nfn_runtime.WeightSpace`
-    (``weights[layer - 1]`` or ``biases[layer - 1]``). ``source_key`` and ``source_shape``
+    (``weights[layer - 1]`` or ``biases[layer - 1]``); a ``buffer`` (e.g. BatchNorm running
+    statistics) is not a feature but is acted on by the group. ``source_key`` and ``source_shape``
     name the matching entry of the network's ``state_dict`` (whose shape may be a reshape of
     the axis shape, e.g. a linear layer after ``flatten``).
     """
 
     name: str
-    kind: Literal["weight", "bias"]
+    kind: Literal["weight", "bias", "buffer"]
     layer: int
     axes: tuple[AxisLayout, ...]
     source_key: str = ""
@@ -75,14 +76,20 @@ class TensorLayout:
 
 @dataclass(frozen=True)
 class WeightSpaceLayout:
-    """All spaces and tensors of one weight space, in a fixed order."""
+    """All spaces and tensors of one weight space, in a fixed order.
+
+    ``buffers`` are network state the group acts on (running statistics) but no layer reads.
+    """
 
     spaces: tuple[SpaceLayout, ...]
     tensors: tuple[TensorLayout, ...]
+    buffers: tuple[TensorLayout, ...] = ()
 
     def __post_init__(self) -> None:
         names = {space.name for space in self.spaces}
-        for tensor in self.tensors:
+        for tensor in (*self.tensors, *self.buffers):
+            if (tensor.kind == "buffer") != (tensor in self.buffers):
+                raise ValueError(f"tensor {tensor.name!r}: buffers go in 'buffers', only there")
             for axis in tensor.axes:
                 if axis.space not in names:
                     raise ValueError(f"tensor {tensor.name!r} names unknown space {axis.space!r}")

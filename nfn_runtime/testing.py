@@ -20,8 +20,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from nfn_runtime.convert import state_dicts_from_weight_space, weight_space_from_state_dicts
-from nfn_runtime.group import GroupElement, apply_group_element, sample_group_element
+from nfn_runtime.group import apply_group_element, sample_group_element
 from nfn_runtime.layout import WeightSpaceLayout
 from nfn_runtime.weight_space import WeightSpace
 
@@ -34,7 +33,6 @@ __all__ = [
     "default_tolerances",
     "equivariance_error",
     "invariance_error",
-    "network_symmetry_error",
     "random_weight_space",
     "sensitivity_error",
 ]
@@ -333,32 +331,3 @@ def assert_sensitive(
             "it is equivariant under a transform outside the group, so it is over-constrained"
         )
     return error
-
-
-def network_symmetry_error(
-    model: nn.Module,
-    layout: WeightSpaceLayout,
-    inputs: Tensor,
-    g: GroupElement | Callable[[WeightSpace], WeightSpace] | None = None,
-    generator: torch.Generator | None = None,
-    scale_range: tuple[float, float] = (1e-2, 1e2),
-) -> float:
-    """``||f(x; g.theta) - f(x; theta)|| / ||f(x; theta)||`` on the real network ``model``.
-
-    The ground-truth check of a derived group (MATH.md section 2): acting on the parameters
-    with a group element must not change the function. ``g`` is a group element, any transform
-    ``WeightSpace -> WeightSpace`` (e.g. one outside the group, which should change outputs)
-    or ``None`` to sample one. Assumes fixed input and output spaces (the HNP setting); the
-    model is called through ``torch.func.functional_call`` and left unchanged.
-    """
-    state = {key: value.detach() for key, value in model.state_dict().items()}
-    theta = weight_space_from_state_dicts(state, layout)
-    if g is None:
-        g = sample_group_element(layout, generator, scale_range)
-    moved = apply_group_element(theta, layout, g) if isinstance(g, GroupElement) else g(theta)
-    new_state = dict(state)
-    new_state.update(state_dicts_from_weight_space(moved, layout)[0])
-    with torch.no_grad():
-        reference = model(inputs)
-        output = torch.func.functional_call(model, new_state, (inputs,))
-    return _relative(output - reference, reference, 0.0, 0.0)[0]

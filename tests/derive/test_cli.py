@@ -365,7 +365,7 @@ BAD_CASES = {
     "missing-spec-file": Bad(("{tmp}/nope.yaml",), ("nope.yaml", "cannot read spec file")),
     "spec-file-and-mlp": Bad(
         ("{tmp}/ok.yaml", "--mlp", "2,3,2"),
-        ("spec file", "--mlp", "not both"),
+        ("spec file", "--mlp", "give one architecture"),
         files={"ok.yaml": "widths: [2, 3, 2]\n"},
     ),
     "activation-with-spec-file": Bad(

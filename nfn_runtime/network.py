@@ -1,0 +1,120 @@
+"""The group acting on a real network: its parameters, its buffers, its inputs and outputs.
+
+The ground truth for a derived group (MATH.md section 2): for every group element ``g``,
+``f(pi_in x; g.theta) = pi_out f(x; theta)``, where ``pi_in`` and ``pi_out`` permute the input
+and output spaces (the identity in the HNP setting, where those spaces are fixed). Buffers
+that the layout lists (BatchNorm running statistics) are transformed with the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from nfn_runtime.convert import state_dicts_from_weight_space, weight_space_from_state_dicts
+from nfn_runtime.group import (
+    GroupElement,
+    _transform_axis,
+    apply_group_element,
+    inverse_permutation,
+    sample_group_element,
+)
+from nfn_runtime.layout import TensorLayout, WeightSpaceLayout
+from nfn_runtime.weight_space import WeightSpace
+
+__all__ = ["network_symmetry_error", "transform_buffers", "transform_network_state"]
+
+
+def _source_shape(layout: WeightSpaceLayout, spec: TensorLayout) -> tuple[int, ...]:
+    return tuple(spec.source_shape) or layout.shape(spec)
+
+
+def transform_buffers(
+    state: Mapping[str, Tensor], layout: WeightSpaceLayout, g: GroupElement
+) -> dict[str, Tensor]:
+    """``g`` applied to the buffers the layout lists (keys of ``state``; others are left out)."""
+    out: dict[str, Tensor] = {}
+    for spec in layout.buffers:
+        key = spec.source_key or spec.name
+        value = state[key].reshape(layout.shape(spec)).unsqueeze(0)
+        for index, axis in enumerate(spec.axes):
+            factor = None if axis.character == 0 else g.factor(axis.space, axis.character)
+            value = _transform_axis(value, 1 + index, g.permutations[axis.space], factor)
+        out[key] = value.reshape(_source_shape(layout, spec))
+    return out
+
+
+def transform_network_state(
+    state: Mapping[str, Tensor],
+    layout: WeightSpaceLayout,
+    transform: GroupElement | Callable[[WeightSpace], WeightSpace],
+) -> dict[str, Tensor]:
+    """A copy of a network's ``state_dict`` with ``transform`` applied to its weight space.
+
+    A group element also acts on the layout's buffers; any other transform (e.g. one outside
+    the group) acts on the parameters only. Keys the layout does not name are kept.
+    """
+    theta = weight_space_from_state_dicts(state, layout)
+    if isinstance(transform, GroupElement):
+        moved = apply_group_element(theta, layout, transform)
+    else:
+        moved = transform(theta)
+    new_state = dict(state)
+    new_state.update(state_dicts_from_weight_space(moved, layout)[0])
+    if isinstance(transform, GroupElement):
+        new_state.update(transform_buffers(state, layout, transform))
+    return new_state
+
+
+def _permute_channels(value: Tensor, size: int, perm: Tensor) -> Tensor:
+    """Move entries of the channel axis (axis 1, possibly flattened with positions behind it)."""
+    batch = value.shape[0]
+    blocks = value.reshape(batch, size, -1)
+    return blocks.index_select(1, inverse_permutation(perm)).reshape(value.shape)
+
+
+def network_symmetry_error(
+    model: nn.Module,
+    layout: WeightSpaceLayout,
+    inputs: Tensor,
+    g: GroupElement | Callable[[WeightSpace], WeightSpace] | None = None,
+    generator: torch.Generator | None = None,
+    scale_range: tuple[float, float] = (1e-2, 1e2),
+    input_space: str = "in",
+    output_space: str = "out",
+) -> float:
+    """``||pi_out^-1 f(pi_in x; g.theta) - f(x; theta)|| / ||f(x; theta)||`` on ``model``.
+
+    ``g`` is a group element, any transform ``WeightSpace -> WeightSpace`` (e.g. one outside
+    the group, which should change the outputs) or ``None`` to sample one. When the layout
+    permutes ``input_space`` and ``output_space`` (the NP setting), the inputs are permuted
+    along their channel axis and the outputs permuted back. The model runs in eval mode
+    through ``torch.func.functional_call``; it is left unchanged (its mode is restored).
+    """
+    state = {key: value.detach() for key, value in model.state_dict().items()}
+    if g is None:
+        g = sample_group_element(layout, generator, scale_range)
+    new_state = transform_network_state(state, layout, g)
+    names = {space.name for space in layout.spaces}
+    moved_inputs = inputs
+    if isinstance(g, GroupElement) and input_space in names:
+        size = layout.space(input_space).size
+        moved_inputs = _permute_channels(inputs, size, g.permutations[input_space])
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = model(inputs)
+            output = torch.func.functional_call(model, new_state, (moved_inputs,))
+    finally:
+        model.train(training)
+    if isinstance(g, GroupElement) and output_space in names:
+        size = layout.space(output_space).size
+        perm = g.permutations[output_space]
+        output = _permute_channels(output, size, inverse_permutation(perm))
+    difference = float((output - reference).norm())
+    scale = float(reference.norm())
+    return difference / scale if scale > 0 else (0.0 if difference == 0 else math.inf)

@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/layer_speed.py
 	$(BIN)/python benchmarks/codegen_size.py
 	$(BIN)/python benchmarks/poly_speed.py
+	$(BIN)/python benchmarks/trace_time.py
 
 ## rewrite generated/ from generated/specs
 regenerate: $(STAMP)

@@ -271,14 +271,17 @@ def _generate(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from derive.verify import verify
 
+    from derive.pipeline import derive
+
     spec = _spec_from_args(args)
     if args.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {args.samples}", "arguments")
+    _check_polynomial_options(args)
+    derivation = derive(spec)  # bad input is reported here, before anything is printed
     what = "-".join(map(str, spec.widths)) if isinstance(spec, MLPSpec) else spec.summary()
     print(f"Verifying the generated layers of {spec.name} ({what})")
-    _check_polynomial_options(args)
     report = verify(
-        spec, samples=args.samples, seed=args.seed, degree=args.degree, family=args.family
+        derivation, samples=args.samples, seed=args.seed, degree=args.degree, family=args.family
     )
     sys.stdout.write(report.text())
     return 0 if report.ok else 1

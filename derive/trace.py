@@ -235,12 +235,13 @@ class _Walker:
                 result = self.call(node)
                 if result is not None:
                     self.labels[node] = result
-                elif self.tensor_args(node):
+                elif self.tensor_args(node) and "tensor_meta" in node.meta:
+                    # (queries such as x.size(0) or x.shape return no tensor and pass)
                     raise self.fail(node, "is not a supported operation on network activations")
 
     def placeholder(self, node: fx.Node) -> None:
         if self.input_key >= 0:
-            raise self.fail(node, "the network takes more than one input; one tensor is supported")
+            raise self.fail(node, "only networks with one tensor input are supported")
         shape = _shape(node)
         assert shape is not None
         if len(shape) < 2:
@@ -566,6 +567,40 @@ class _Walker:
         return None
 
 
+def _supported_module(module: nn.Module) -> bool:
+    return (
+        isinstance(module, (nn.Linear, nn.Flatten, *ops.NORM_MODULES, *ops.PASSTHROUGH_MODULES))
+        or type(module) in ops.CONV_MODULES
+        or type(module) in ops.POOL_MODULES
+        or isinstance(module, ops.SOFTMAX_MODULES)
+        or ops.module_activation(module) is not None
+    )
+
+
+def _check_graph(graph_module: fx.GraphModule, where: str) -> None:
+    """Errors that need no shapes: several inputs, unsupported modules."""
+    inputs = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise SpecError(
+            f"the network takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); "
+            "only networks with one tensor input are supported",
+            where,
+        )
+    modules = dict(graph_module.named_modules())
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = modules[str(node.target)]
+        if isinstance(module, nn.PReLU):
+            raise SpecError(
+                f"PReLU at '{node.target}': learned activation slopes are not supported", where
+            )
+        if not _supported_module(module):
+            raise SpecError(
+                f"{type(module).__name__} at '{node.target}': this module is not supported", where
+            )
+
+
 def trace_network(module: nn.Module, input_shape: Sequence[int], where: str) -> TracedNetwork:
     """Trace ``module`` on inputs of shape ``(batch, *input_shape)`` into a :class:`TracedNetwork`.
 
@@ -584,6 +619,7 @@ def trace_network(module: nn.Module, input_shape: Sequence[int], where: str) -> 
     except Exception as exc:  # fx raises many kinds; the message is what the user needs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"torch.fx cannot trace the module: {first}", where) from None
+    _check_graph(graph_module, where)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     example = torch.randn(
         (2, *input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype

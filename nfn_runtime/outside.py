@@ -66,6 +66,7 @@ OUTSIDE_GROUP_KINDS: tuple[str, ...] = (
     "decoupled_scale",
     "negative_scale",
     "scale_on_sign_space",
+    "positive_scale",
     "permute_fixed",
 )
 
@@ -124,6 +125,8 @@ def _applies(layout: WeightSpaceLayout, kind: str, space: SpaceLayout) -> bool:
         return space.scaling in ("positive", "none") and len(scaled_axes) >= 1
     if kind == "scale_on_sign_space":
         return space.scaling == "sign" and len(scaled_axes) >= 1
+    if kind == "positive_scale":
+        return space.scaling == "none" and space.permuted and len(scaled_axes) >= 1
     if kind == "permute_fixed":
         return not space.permuted and space.size >= 2 and len(axes) >= 1
     raise ValueError(f"unknown outside-group kind {kind!r}; valid kinds: {OUTSIDE_GROUP_KINDS}")
@@ -179,6 +182,8 @@ def sample_outside_group(
       of one neuron);
     - ``"negative_scale"``: ``d_s = -1`` on a space whose scaling is "positive" or "none";
     - ``"scale_on_sign_space"``: ``d_s = 2`` on a space whose scaling is "sign";
+    - ``"positive_scale"``: ``d_s = 2`` on a permuted space whose scaling is "none" (catches a
+      group that misses the positive scaling of a ReLU space);
     - ``"permute_fixed"``: a non-identity permutation of a non-permuted space of size >= 2.
 
     The space is drawn with ``generator`` among those where the kind applies, preferring
@@ -218,7 +223,7 @@ def sample_outside_group(
     elif kind == "negative_scale":
         scale = torch.full((chosen.size,), -1.0, dtype=torch.float64)
         steps = _group_like_steps(layout, chosen.name, None, scale)
-    elif kind == "scale_on_sign_space":
+    elif kind in ("scale_on_sign_space", "positive_scale"):
         scale = torch.full((chosen.size,), 2.0, dtype=torch.float64)
         steps = _group_like_steps(layout, chosen.name, None, scale)
     else:

@@ -51,3 +51,36 @@ def build() -> Builder:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[Any, str, str]]:
+    """``cli(*argv)`` runs ``nfn-derive`` in-process -> (exit code, stdout, stderr)."""
+    from derive.cli import main
+
+    def run(*argv: Any) -> tuple[Any, str, str]:
+        capsys.readouterr()
+        try:
+            code: Any = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def check_one_line_error(code: Any, out: str, err: str, fragments: list[str]) -> None:
+    """Exit code 2, one ``nfn-derive: error:`` line on stderr naming every fragment, no stdout."""
+    assert code == 2, f"exit code {code!r}, stderr {err!r}"
+    assert "Traceback" not in out and "Traceback" not in err
+    assert err.endswith("\n") and err.count("\n") == 1, f"stderr is not one line: {err!r}"
+    assert err.startswith("nfn-derive: error: "), err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in {err!r}"
+    assert out == ""
+
+
+@pytest.fixture
+def one_line_error() -> Callable[[Any, str, str, list[str]], None]:
+    return check_one_line_error

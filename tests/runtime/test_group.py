@@ -155,7 +155,7 @@ def test_axis_transform_touches_one_axis_only(zoo: Any, generator: torch.Generat
             ["decoupled_permutation", "decoupled_scale", "negative_scale", "scale_on_sign_space",
              "permute_fixed"],
         ),
-        ("np-L1", ["decoupled_permutation", "decoupled_scale", "negative_scale"]),
+        ("np-L1", ["decoupled_permutation", "decoupled_scale", "negative_scale", "positive_scale"]),
         ("hnp-width1", ["decoupled_scale", "negative_scale", "permute_fixed"]),
     ],
     ids=["hnp-L1", "hnp-L3-relu-tanh", "np-L1", "hnp-width1"],

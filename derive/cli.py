@@ -269,9 +269,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from derive.verify import verify
-
     from derive.pipeline import derive
+    from derive.verify import verify
 
     spec = _spec_from_args(args)
     if args.samples < 1:

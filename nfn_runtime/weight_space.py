@@ -18,8 +18,11 @@ __all__ = ["WeightSpace"]
 class WeightSpace:
     """Features over a weight space, in the layout of the ``nfn`` package.
 
-    ``weights[i]`` has shape ``(B, C, n_out, n_in, *kernel)`` and ``biases[i]`` has shape
-    ``(B, C, n_out)``, for layer ``i + 1``. A layer without a bias holds ``None``.
+    ``weights[i]`` and ``biases[i]`` belong to the ``i + 1``-th layer with parameters, each of
+    shape ``(B, C, *axes)`` with the axis shape its layout gives: ``(n_out, n_in, *kernel)`` for
+    linear and conv weights, ``(n_out, n_channel, n_positions)`` for a linear layer after
+    ``flatten``, ``(n,)`` for a normalization's scale; biases ``(n_out,)``. A layer without a bias
+    holds ``None``.
     """
 
     weights: tuple[Tensor, ...]

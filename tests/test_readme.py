@@ -59,3 +59,31 @@ def test_pipeline_example_runs():
     assert (
         "class TanhMlpLinear" in namespace["source"] or "Linear(nn.Module)" in namespace["source"]
     )
+
+
+def test_traced_module_example_runs():
+    example = next(block for block in _python_blocks() if "import SmallCNN" in block)
+    namespace: dict[str, object] = {}
+    exec(compile(example, "README traced example", "exec"), namespace)
+    assert (
+        "class SmallcnnLinear" in namespace["source"] or "Linear(nn.Module)" in namespace["source"]
+    )
+    derivation = namespace["d"]
+    assert {s.scaling.value for s in derivation.space.spaces} == {"none", "sign"}
+
+
+def test_readme_torch_commands_run(capsys, tmp_path):
+    block = re.search(r"```bash\n(nfn-derive inspect  --torch.*?)```", README, flags=re.S)
+    assert block is not None
+    ran = []
+    for line in block.group(1).strip().splitlines():
+        argv = line.split()[1:]
+        if argv[0] == "verify":
+            continue  # the same checks run in tests/generated (test_traced_layers)
+        if argv[0] == "generate":
+            argv[argv.index("-o") + 1] = str(tmp_path / "layer.py")
+        assert main(argv) == 0
+        ran.append(argv[0])
+    assert ran == ["inspect", "generate"]
+    assert (tmp_path / "layer.py").exists()
+    capsys.readouterr()

@@ -54,16 +54,6 @@ def import_path(path: Path, module_name: str):
     return module
 
 
-def assert_one_line_error(code, out: str, err: str, fragments: list[str]) -> None:
-    assert code == 2, f"exit code {code!r}, stderr {err!r}"
-    assert "Traceback" not in out and "Traceback" not in err
-    assert err.endswith("\n") and err.count("\n") == 1, f"stderr is not one line: {err!r}"
-    assert err.startswith("nfn-derive: error: "), err
-    for fragment in fragments:
-        assert fragment in err, f"{fragment!r} not in {err!r}"
-    assert out == ""
-
-
 SPEC_YAML = (
     "name: yaml_net\nwidths: [2, 3, 3, 2]\nactivation: tanh\npermute: hidden\nscaling: auto\n"
 )
@@ -411,12 +401,12 @@ def _bad_argv(case: Bad, command: str, tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(("name", "command"), BAD_PARAMS)
-def test_bad_input(capsys, tmp_path, name, command):
+def test_bad_input(capsys, one_line_error, tmp_path, name, command):
     case = BAD_CASES[name]
     before = sorted(p.name for p in tmp_path.iterdir())
     argv = _bad_argv(case, command, tmp_path)
     code, out, err = run(argv, capsys)
-    assert_one_line_error(code, out, err, list(case.fragments))
+    one_line_error(code, out, err, list(case.fragments))
     if command == "generate":
         assert list((tmp_path / "out").iterdir()) == [], "generate left a file in the output folder"
         assert not (tmp_path / "nowhere").exists()
@@ -424,12 +414,12 @@ def test_bad_input(capsys, tmp_path, name, command):
         assert after == sorted(set(before) | set(case.files) | {"out"})
 
 
-def test_output_is_an_existing_folder(capsys, tmp_path):
+def test_output_is_an_existing_folder(capsys, one_line_error, tmp_path):
     folder = tmp_path / "model.py"
     folder.mkdir()
     # regression: os.replace onto the folder used to escape as an IsADirectoryError traceback
     code, out, err = run(["generate", "--mlp", "2,3,2", "-o", folder], capsys)
-    assert_one_line_error(code, out, err, ["-o", "model.py", "folder"])
+    one_line_error(code, out, err, ["-o", "model.py", "folder"])
     assert list(folder.iterdir()) == []
 
 
@@ -440,11 +430,11 @@ def test_output_is_an_existing_folder(capsys, tmp_path):
         pytest.param(["{spec}", "--name", "  "], id="spec-file-blank-name"),
     ],
 )
-def test_empty_name_is_rejected(capsys, spec_file, argv):
+def test_empty_name_is_rejected(capsys, one_line_error, spec_file, argv):
     argv = [str(spec_file) if a == "{spec}" else a for a in argv]
     # regression: --name '' used to be accepted (the report printed "Weight space : mlp ...")
     code, out, err = run(["inspect", *argv], capsys)
-    assert_one_line_error(code, out, err, ["name", "non-empty string"])
+    one_line_error(code, out, err, ["name", "non-empty string"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,9 +562,9 @@ def test_weird_yaml_name_is_sanitized(capsys, tmp_path, layer):
 
 
 @pytest.mark.parametrize("name", list(SUBPROCESS_CASES))
-def test_subprocess_exit_code_and_no_traceback(_subprocesses, name):
+def test_subprocess_exit_code_and_no_traceback(_subprocesses, one_line_error, name):
     tmp, result = _subprocesses
     code, out, err = result(name)
-    assert_one_line_error(code, out, err, [SUBPROCESS_CASES[name][1]])
+    one_line_error(code, out, err, [SUBPROCESS_CASES[name][1]])
     assert list((tmp / "out").iterdir()) == []
     assert not (tmp / "nowhere").exists()

@@ -92,9 +92,6 @@ def mlp_graph(spec: MLPSpec) -> nx.MultiDiGraph:
     return graph
 
 
-_BUFFER_NAMES = {"running_mean": "mean", "running_var": "var"}
-
-
 def network_graph(traced: TracedNetwork, name: str, source: str) -> nx.MultiDiGraph:
     """The weight-space graph of a traced network (tied spaces merged into one node).
 
@@ -137,8 +134,8 @@ def network_graph(traced: TracedNetwork, name: str, source: str) -> nx.MultiDiGr
             ties=[],
         )
     for order, param in enumerate(traced.params):
-        if param.kind == "buffer":
-            tensor = f"{_BUFFER_NAMES.get(param.attr, param.attr)}{param.layer}"
+        if param.kind == "buffer":  # named by its state-dict key (unique, never a feature)
+            tensor = param.source_key
         else:
             tensor = f"{'W' if param.kind == 'weight' else 'b'}{param.layer}"
         graph.add_node(

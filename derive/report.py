@@ -10,15 +10,14 @@ from typing import Any
 
 from derive.basis import BlockBasis, LinearBasis
 from derive.expressions import formula_text, map_formula
-from derive.model import WeightSpaceSpec
+from derive.model import TensorSpec, WeightSpaceSpec
 from derive.pipeline import Derivation
 from derive.spec import MLPSpec
 
 __all__ = ["report_json", "report_table", "report_data"]
 
 
-def _axes_text(space: WeightSpaceSpec, tensor_name: str) -> str:
-    tensor = space.tensor(tensor_name)
+def _axes_text(tensor: TensorSpec) -> str:
     parts = []
     for axis in tensor.axes:
         sign = {1: "+1", -1: "-1", 0: "0"}.get(axis.character, str(axis.character))
@@ -93,6 +92,15 @@ def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
             }
             for t in space.tensors
         ],
+        "buffers": [
+            {
+                "name": t.name,
+                "shape": list(space.shape(t)),
+                "axes": [a.space for a in t.axes],
+                "characters": [a.character for a in t.axes],
+            }
+            for t in space.buffers
+        ],
         "linear": {
             "dim": basis.dim,
             "num_maps": basis.num_maps,
@@ -138,10 +146,19 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
         )
     lines += _table(rows)
     lines += ["", "Tensors"]
-    rows = [["tensor", "shape", "axes (space and scaling character)"]]
+    traced = not isinstance(spec, MLPSpec)  # show where each tensor lives in the state dict
+    header = ["tensor", "shape", "axes (space and scaling character)"]
+    rows = [[*header, "state-dict key"] if traced else header]
     for t in space.tensors:
-        rows.append([t.name, "x".join(str(n) for n in space.shape(t)), _axes_text(space, t.name)])
+        row = [t.name, "x".join(str(n) for n in space.shape(t)), _axes_text(t)]
+        rows.append([*row, t.source_key] if traced else row)
     lines += _table(rows)
+    if space.buffers:
+        lines += ["", "Buffers (acted on by the group with the tensors; not features)"]
+        rows = [["buffer", "shape", "axes (space and scaling character)"]]
+        for t in space.buffers:
+            rows.append([t.name, "x".join(str(n) for n in space.shape(t)), _axes_text(t)])
+        lines += _table(rows)
     sections = (
         ("Equivariant linear maps", basis.blocks, basis.dim),
         ("Equivariant constants", basis.constants, basis.constant_dim),

@@ -298,6 +298,8 @@ class _Walker:
             return self.pool(node, x, ops.POOL_MODULES[type(module)], f"{type(module).__name__}")
         if isinstance(module, ops.SOFTMAX_MODULES):
             return self.softmax(node, x, f"{type(module).__name__} at '{path}'")
+        if isinstance(module, ops.SPATIAL_MODULES):
+            return self.spatial(node, x, ops.pad_value(module, (), {}), type(module).__name__)
         if isinstance(module, nn.Flatten):
             return self.reshape(node, x)
         if isinstance(module, nn.PReLU):
@@ -432,6 +434,14 @@ class _Walker:
             )
         return Label(x.space, out_shape[2:])
 
+    def spatial(self, node: fx.Node, x: Label, pad_value: float, what: str) -> Label:
+        """Resampling or padding of the spatial positions, channel by channel."""
+        if pad_value != 0:
+            self.record(x.space).constraints.append(
+                (Scaling.NONE, f"{what} in '{_where(node)}' pads with the constant {pad_value:g}")
+            )
+        return self.pool(node, x, False, what)
+
     def reshape(self, node: fx.Node, x: Label) -> Label:
         out_shape = _shape(node)
         in_shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
@@ -479,12 +489,14 @@ class _Walker:
             )
         return x
 
-    def scale(self, node: fx.Node, operands: Sequence[Any]) -> Label:
+    def scale(self, node: fx.Node, operands: Sequence[Any], divides: bool) -> Label:
         labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
         if len(labelled) != 1 or any(isinstance(a, fx.Node) for a in operands if a not in labelled):
             raise self.fail(
                 node, "multiplies network activations by a tensor; only constants are supported"
             )
+        if divides and operands[0] is not labelled[0]:
+            raise self.fail(node, "divides by network activations (not a linear map)")
         return self.labels[labelled[0]]
 
     def reduce(self, node: fx.Node, x: Label, is_max: bool) -> Label:
@@ -533,12 +545,17 @@ class _Walker:
             )
         if target in ops.RESHAPE_FUNCTIONS:
             return self.reshape(node, self.label(node, first, "its input"))
+        if target in ops.SPATIAL_FUNCTIONS:
+            value = ops.pad_value(target, tuple(args), dict(node.kwargs))
+            return self.spatial(
+                node, self.label(node, first, "its input"), value, ops.target_name(target)
+            )
         if target in ops.SOFTMAX_FUNCTIONS:
             return self.softmax(node, self.label(node, first, "its input"), _describe(node))
         if target in ops.ADD_FUNCTIONS:
             return self.add(node, [*args[:2], node.kwargs.get("other", 0)][:2])
         if target in ops.SCALE_FUNCTIONS:
-            return self.scale(node, list(args[:2]))
+            return self.scale(node, list(args[:2]), target in ops.DIVIDE_FUNCTIONS)
         return None
 
     def call_method(self, node: fx.Node, method: str) -> Label | None:
@@ -561,7 +578,7 @@ class _Walker:
         if method in ops.ADD_METHODS:
             return self.add(node, list(node.args[:2]))
         if method in ops.SCALE_METHODS:
-            return self.scale(node, list(node.args[:2]))
+            return self.scale(node, list(node.args[:2]), method.startswith("div"))
         if method == "size":
             return None
         return None
@@ -572,6 +589,7 @@ def _supported_module(module: nn.Module) -> bool:
         isinstance(module, (nn.Linear, nn.Flatten, *ops.NORM_MODULES, *ops.PASSTHROUGH_MODULES))
         or type(module) in ops.CONV_MODULES
         or type(module) in ops.POOL_MODULES
+        or isinstance(module, ops.SPATIAL_MODULES)
         or isinstance(module, ops.SOFTMAX_MODULES)
         or ops.module_activation(module) is not None
     )

@@ -24,6 +24,8 @@ __all__ = [
     "PASSTHROUGH_METHODS",
     "POOL_MODULES",
     "POOL_FUNCTIONS",
+    "SPATIAL_MODULES",
+    "SPATIAL_FUNCTIONS",
     "REDUCE_FUNCTIONS",
     "REDUCE_METHODS",
     "RESHAPE_FUNCTIONS",
@@ -32,6 +34,7 @@ __all__ = [
     "ADD_METHODS",
     "SCALE_FUNCTIONS",
     "SCALE_METHODS",
+    "DIVIDE_FUNCTIONS",
     "SOFTMAX_FUNCTIONS",
     "SOFTMAX_METHODS",
     "CONV_MODULES",
@@ -157,6 +160,24 @@ POOL_FUNCTIONS: dict[Callable[..., Any], bool] = {
     F.max_pool2d: True,
     F.max_pool3d: True,
 }
+#: per-channel linear maps of the spatial positions (resampling, padding): every scaling passes
+SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+)
+SPATIAL_FUNCTIONS: tuple[Callable[..., Any], ...] = (F.interpolate, F.pad)
+
 #: reductions over spatial dims -> True when they take a maximum
 REDUCE_FUNCTIONS: dict[Callable[..., Any], bool] = {
     torch.mean: False,
@@ -195,6 +216,12 @@ SCALE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     torch.neg,
 )
 SCALE_METHODS: frozenset[str] = frozenset({"mul", "mul_", "div", "div_", "neg"})
+#: of the scalings above, those that divide (the activation must be the numerator)
+DIVIDE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    operator.truediv,
+    operator.itruediv,
+    torch.div,
+)
 
 SOFTMAX_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     F.softmax,
@@ -212,6 +239,17 @@ NORM_MODULES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm3d,
     nn.LayerNorm,
 )
+
+
+def pad_value(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+    """The constant a padding call or module writes (0 for reflect/replicate/circular)."""
+    if isinstance(target, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)):
+        return float(target.value)
+    if target is F.pad:
+        mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+        value = kwargs.get("value", args[3] if len(args) > 3 else None)
+        return float(value or 0.0) if mode == "constant" else 0.0
+    return 0.0
 
 
 def module_activation(module: nn.Module) -> str | None:

@@ -164,6 +164,28 @@ def test_pooling(pool, activation):
         assert "max" in space.decided_by
 
 
+SPATIAL = {
+    "upsample": (nn.Upsample(scale_factor=2), "positive"),
+    "interpolate": (lambda x: F.interpolate(x, size=(5, 5), mode="bilinear"), "positive"),
+    "zero-pad": (nn.ZeroPad2d(1), "positive"),
+    "reflect-pad": (lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"), "positive"),
+    "constant-pad-0": (nn.ConstantPad2d(2, 0.0), "positive"),
+    "constant-pad-1": (lambda x: F.pad(x, (1, 1, 1, 1), value=1.0), "none"),
+}
+
+
+@pytest.mark.parametrize("op", list(SPATIAL))
+def test_spatial_resampling_and_padding(op):
+    fn, expected = SPATIAL[op]
+    module = fn if isinstance(fn, nn.Module) else _Fn(fn)
+    pool = _Fn(lambda x: x.mean((2, 3)))
+    derivation = derive(Pooled(nn.ReLU(), nn.Sequential(module, pool)), (1, 4, 4))
+    space = derivation.space.space("h1")
+    assert space.scaling.value == expected
+    if expected == "none":
+        assert "pads with the constant 1" in space.decided_by
+
+
 FLATTENS = {
     "torch.flatten": lambda x: torch.flatten(x, 1),
     "method-flatten": lambda x: x.flatten(1),
@@ -383,6 +405,7 @@ BAD_MODULES = {
     "direct-parameter": (DirectParam(), (3,), "uses the parameter or buffer 'weight' directly"),
     "unused-parameter": (Unused(), (3,), "parameter 'spare.weight' is not used"),
     "gating-product": (Gate(), (3,), "multiplies network activations by a tensor"),
+    "reciprocal": (Lambda(_Fn(lambda x: 1.0 / x)), (3,), "divides by network activations"),
     "grouped-conv": (nn.Sequential(nn.Conv1d(2, 4, 1, groups=2)), (2, 3), "grouped convolutions"),
     "embedding": (nn.Sequential(nn.Embedding(4, 3)), (2,), "Embedding at '0'"),
     "prelu": (

@@ -327,8 +327,8 @@ def _parent_key(
     if is_product_key(key):
         return None
     source, kept, reduced = key
-    if not reduced or _has_diagonal(key) or key_factor(space, key) != 1:
-        return None
+    if not reduced or _has_diagonal(key) or _fixed_positions(space, key):
+        return None  # a parent merges fixed axes into its channels (even axes of size 1)
     best = None
     for cand in candidates:
         if is_product_key(cand):

@@ -36,6 +36,9 @@ CASES = {
     "L3-width1": ((2, 1, 1, 2), "relu", "hidden", "none"),
     "L3-width1-tanh": ((2, 1, 3, 2), "tanh", "hidden", "auto"),
     "L3-width1-np": ((1, 1, 2, 1), "relu", "all", "none"),
+    # a fixed space of size 1 (a SIREN's output, a scalar input) under HNP
+    "L3-out1-hnp-perm": ((2, 4, 4, 1), "sin", "hidden", "none"),
+    "L3-in1-hnp-perm": ((1, 3, 4, 2), "relu", "hidden", "none"),
     "L6-hnp-perm": ((3, 4, 3, 4, 3, 4, 2), "relu", "hidden", "none"),
     "L6-hnp-relu": ((3, 4, 3, 4, 3, 4, 2), "relu", "hidden", "auto"),
     "L5-np-tanh": ((2, 3, 2, 3, 2, 3), "tanh", "all", "auto"),

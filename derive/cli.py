@@ -141,6 +141,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-o", "--output-dir", default="nfn_demo", help="folder for the generated modules"
     )
+    from nfn_tasks.commands import add_task_commands
+
+    add_task_commands(commands)
     return parser
 
 
@@ -319,7 +322,10 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    from nfn_tasks.commands import TASK_COMMANDS
+
     handlers = {"inspect": _inspect, "generate": _generate, "verify": _verify, "demo": _demo}
+    handlers.update(TASK_COMMANDS)
     try:
         return handlers[args.command](args)
     except SpecError as exc:

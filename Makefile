@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench regenerate clean
+.PHONY: demo test results bench regenerate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## model zoos, every NFN and baseline on every task, the robustness experiment (small setting)
+results: $(STAMP)
+	$(BIN)/nfn-derive experiment --setting small --out results/small
+
 ## the benchmarks reported in README.md (minutes, not part of the tests)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/derive_time.py
@@ -29,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/codegen_size.py
 	$(BIN)/python benchmarks/poly_speed.py
 	$(BIN)/python benchmarks/trace_time.py
+	$(BIN)/python benchmarks/zoo_time.py
 
 ## rewrite generated/ from generated/specs
 regenerate: $(STAMP)

@@ -192,7 +192,3 @@ def residual_mlp() -> ResidualMLP:
     """The generated example: 16 -> 32 (stream) with two ReLU blocks (hidden 32) -> 10."""
     return ResidualMLP(16, 32, 32, 2, 10, "relu")
 
-
-def siren_shallow() -> Siren:
-    """A SIREN 2 -> 32 -> 1 with omega 30 (one hidden layer)."""
-    return Siren(2, (32,), 1, 30.0)

@@ -89,8 +89,8 @@ SETTINGS: dict[str, ExperimentSettings] = {
         name="full",
         cnn={a: CNNZooSettings(activation=a) for a in ("relu", "tanh")},
         inr=INRZooSettings(),
-        train=TrainConfig(epochs=60, batch_size=32, lr=1e-3),
-        inr_train=TrainConfig(epochs=60, batch_size=32, lr=1e-3),
+        train=TrainConfig(epochs=30, batch_size=32, lr=2e-3),
+        inr_train=TrainConfig(epochs=30, batch_size=32, lr=2e-3),
         model=ModelConfig(channels=16, layers=2, invariant_dim=64, head_hidden=128),
     ),
 }

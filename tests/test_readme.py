@@ -87,3 +87,14 @@ def test_readme_torch_commands_run(capsys, tmp_path):
     assert ran == ["inspect", "generate"]
     assert (tmp_path / "layer.py").exists()
     capsys.readouterr()
+
+
+def test_readme_shows_the_measured_experiment():
+    root = Path(__file__).resolve().parent.parent
+    table = (root / "results" / "small" / "results.md").read_text().strip()
+    assert table in README
+    assert (root / "results" / "small" / "robustness.png").exists()
+    assert "](results/small/robustness.png)" in README
+    makefile = (root / "Makefile").read_text()
+    assert "nfn-derive experiment --setting small --out results/small" in makefile
+    assert "make results    # = nfn-derive experiment --setting small --out results/small" in README

@@ -100,6 +100,9 @@ def _zoo(args: argparse.Namespace) -> int:
 
     zoo, _, _ = load_task(args.task, _settings(args.setting), _cache(args), not args.no_progress)
     print(f"{args.task}: {len(zoo)} networks of {zoo.architecture} ({zoo.kind} zoo)")
+    if zoo.kind == "inr":
+        psnr = sorted(float(p) for p in zoo.info["psnr"])
+        print(f"fit PSNR: min {psnr[0]:.1f} dB, median {statistics.median(psnr):.1f} dB")
     if zoo.kind == "cnn":
         accuracies = sorted(float(a) for a in zoo.targets)
         quartiles = statistics.quantiles(accuracies, n=4)
@@ -124,6 +127,8 @@ def _init_distributed() -> tuple[int, int]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from nfn_tasks.experiment import load_task
     from nfn_tasks.train import task_data, train_model
 
@@ -134,9 +139,13 @@ def _train(args: argparse.Namespace) -> int:
             raise SpecError(f"must be a positive integer, got {value}", option)
     rank, size = _init_distributed()
     task_name = "inr" if args.task == "inr" else f"generalization-{args.activation}"
+    if size > 1 and rank != 0:  # rank 0 builds (or loads) the zoo, the others then load it
+        dist.barrier()
     zoo, task, config = load_task(
         task_name, settings, _cache(args), rank == 0 and not args.no_progress
     )
+    if size > 1 and rank == 0:
+        dist.barrier()
     overrides = {
         key: value
         for key, value in (
@@ -196,8 +205,6 @@ def _train(args: argparse.Namespace) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if size > 1:
-        import torch.distributed as dist
-
         dist.destroy_process_group()
     return 0
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,12 +27,16 @@ from torch import Tensor, nn
 from nfn_runtime import EquivariantNonlinearity, WeightSpace, WeightSpaceLayout, to_nfn
 from nfn_tasks.kinds import EQUIVARIANT_KINDS, MODEL_KINDS
 
+if TYPE_CHECKING:
+    from derive.pipeline import Derivation
+
 __all__ = [
     "MODEL_KINDS",
     "EQUIVARIANT_KINDS",
     "ModelConfig",
     "GeneratedLayers",
     "generated_layers",
+    "weight_space_layout",
     "build_model",
     "calibrate",
     "count_parameters",
@@ -71,6 +75,23 @@ def _group_options(kind: str) -> tuple[str, str]:
 
 
 @cache
+def _derivation(architecture: str, input_shape: tuple[int, ...], kind: str) -> Derivation:
+    from derive.pipeline import derive
+    from derive.torch_spec import torch_spec
+
+    permute, scaling = _group_options(kind)
+    return derive(torch_spec(architecture, input_shape, permute, scaling, name="zoo"))
+
+
+def weight_space_layout(
+    architecture: str, input_shape: tuple[int, ...], kind: str = "hnp"
+) -> WeightSpaceLayout:
+    """The layout of an architecture's weight space under the group of ``kind`` (derived
+    without generating any layer code; the tensors are the same for every kind)."""
+    return _derivation(architecture, tuple(input_shape), kind).space.to_layout()
+
+
+@cache
 def generated_layers(
     architecture: str, input_shape: tuple[int, ...], kind: str, degree: int = 2
 ) -> GeneratedLayers:
@@ -78,11 +99,9 @@ def generated_layers(
     from derive.checklist import layer_class, load_generated
     from derive.errors import GenerationError
     from derive.magep import chain_of
-    from derive.pipeline import derive, generate
-    from derive.torch_spec import torch_spec
+    from derive.pipeline import generate
 
-    permute, scaling = _group_options(kind)
-    derivation = derive(torch_spec(architecture, input_shape, permute, scaling, name="zoo"))
+    derivation = _derivation(architecture, tuple(input_shape), kind)
 
     def load(layer: str, **options: Any) -> type[nn.Module]:
         source = generate(derivation, layer, **options)
@@ -260,7 +279,7 @@ def build_model(
     if kind in EQUIVARIANT_KINDS:
         layers = generated_layers(architecture, tuple(input_shape), kind, config.polynomial_degree)
         return EquivariantNFN(layers, config, outputs, permutation_only=kind in ("hnp", "np"))
-    layout = generated_layers(architecture, tuple(input_shape), "hnp").layout
+    layout = weight_space_layout(architecture, tuple(input_shape))
     if kind == "statnn":
         return StatNN(layout, config, outputs)
     if kind == "mlp":

@@ -25,7 +25,7 @@ from nfn_runtime import (
     state_dicts_from_weight_space,
 )
 from nfn_tasks.data import digits, pixel_grid
-from nfn_tasks.models import generated_layers
+from nfn_tasks.models import weight_space_layout
 from nfn_tasks.train import TaskData, predict, task_metric
 
 __all__ = [
@@ -64,7 +64,7 @@ def transformations(zoo_activation: str) -> tuple[Transformation, ...]:
 def group_layout(data: TaskData) -> WeightSpaceLayout:
     """The zoo's full group: hidden permutations and the scaling its activation allows."""
     zoo = data.zoo
-    return generated_layers(zoo.architecture, tuple(zoo.input_shape), "monomial").layout
+    return weight_space_layout(zoo.architecture, tuple(zoo.input_shape), "monomial")
 
 
 def transform_test_networks(

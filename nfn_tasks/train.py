@@ -29,7 +29,7 @@ from nfn_tasks.models import (
     build_model,
     calibrate,
     count_parameters,
-    generated_layers,
+    weight_space_layout,
 )
 from nfn_tasks.zoo import Zoo
 
@@ -129,7 +129,7 @@ def task_data(zoo: Zoo, task: str, config: TrainConfig) -> TaskData:
     expected = "cnn" if task == "generalization" else "inr"
     if zoo.kind != expected:
         raise ValueError(f"task {task!r} needs a {expected} zoo, got a {zoo.kind} zoo")
-    layout = generated_layers(zoo.architecture, tuple(zoo.input_shape), "hnp").layout
+    layout = weight_space_layout(zoo.architecture, tuple(zoo.input_shape))
     rest, test = zoo.split(config.test_fraction, config.split_seed)
     inner_train, inner_val = zoo.subset(rest).split(config.val_fraction, config.split_seed + 1)
     targets = zoo.targets.float() if task == "generalization" else zoo.targets.long()

@@ -165,11 +165,9 @@ def _run_task(
                 kind, data, replace(train, seed=seed), settings.model, progress=progress
             )
             run = result.summary()
-            run["transformed"] = {}
-            for label, networks in moved.items():
-                clean, shifted = evaluate_transformed(result.model, data, networks)
-                run["clean_float64"] = clean
-                run["transformed"][label] = shifted
+            run["clean_float64"], run["transformed"] = evaluate_transformed(
+                result.model, data, moved
+            )
             record.runs.append(run)
             log(
                 f"{task_name} {kind:>10s} seed {seed}: {record.metric} {result.test_metric:.3f} "

@@ -12,6 +12,7 @@ predictions up to float64 rounding.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ from nfn_tasks.train import TaskData, predict, task_metric
 __all__ = [
     "Transformation",
     "transformations",
+    "held_out_networks",
     "transform_test_networks",
     "function_change",
     "evaluate_transformed",
@@ -67,13 +69,18 @@ def group_layout(data: TaskData) -> WeightSpaceLayout:
     return weight_space_layout(zoo.architecture, tuple(zoo.input_shape), "monomial")
 
 
+def held_out_networks(data: TaskData) -> WeightSpace:
+    """The (normalized) test networks in float64."""
+    return data.weights.map(lambda t: t.index_select(0, data.test).double())
+
+
 def transform_test_networks(
     data: TaskData, transformation: Transformation, seed: int
 ) -> WeightSpace:
     """The test networks (float64), each moved by its own random group element."""
     layout = group_layout(data)
     generator = torch.Generator().manual_seed(seed)
-    original = data.weights.map(lambda t: t.index_select(0, data.test).double())
+    original = held_out_networks(data)
     moved: list[dict[str, Tensor]] = []
     for index in range(len(data.test)):
         one = original.map(lambda t: t.narrow(0, index, 1))  # noqa: B023
@@ -102,8 +109,7 @@ def _unnormalized(data: TaskData, ws: WeightSpace) -> WeightSpace:
 def function_change(data: TaskData, moved: WeightSpace) -> float:
     """Largest relative change of a test network's outputs under its transformation."""
     layout = data.layout
-    original = data.weights.map(lambda t: t.index_select(0, data.test).double())
-    before = state_dicts_from_weight_space(_unnormalized(data, original), layout)
+    before = state_dicts_from_weight_space(_unnormalized(data, held_out_networks(data)), layout)
     after = state_dicts_from_weight_space(_unnormalized(data, moved), layout)
     inputs = _inputs(data)
     network = data.zoo.network(0).double().eval()
@@ -118,13 +124,14 @@ def function_change(data: TaskData, moved: WeightSpace) -> float:
 
 
 def evaluate_transformed(
-    model: nn.Module, data: TaskData, moved: WeightSpace
-) -> tuple[float, float]:
-    """(metric on the original test networks, metric on the transformed ones), in float64."""
+    model: nn.Module, data: TaskData, moved: Mapping[str, WeightSpace]
+) -> tuple[float, dict[str, float]]:
+    """In float64: the metric on the original test networks, and on each transformed set."""
     model64 = copy.deepcopy(model).double().eval()
     targets = data.targets[data.test]
     index = torch.arange(len(data.test))
-    original = data.weights.map(lambda t: t.index_select(0, data.test).double())
-    clean = task_metric(data.task, predict(model64, original, index), targets)
-    shifted = task_metric(data.task, predict(model64, moved, index), targets)
-    return clean, shifted
+
+    def metric(networks: WeightSpace) -> float:
+        return task_metric(data.task, predict(model64, networks, index), targets)
+
+    return metric(held_out_networks(data)), {label: metric(ws) for label, ws in moved.items()}

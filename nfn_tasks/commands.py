@@ -129,8 +129,8 @@ def _init_distributed() -> tuple[int, int]:
 def _train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from nfn_tasks.experiment import load_task
-    from nfn_tasks.train import task_data, train_model
+    from nfn_tasks.experiment import load_task, mean_std
+    from nfn_tasks.train import metric_name, task_data, train_model
 
     settings = _settings(args.setting)
     seeds = _ints(args.seeds, "--seeds")
@@ -180,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
         runs.append(result.summary())
         if rank == 0:
             print(
-                f"{task_name} {args.model} seed {seed}: test {_metric_name(task)} "
+                f"{task_name} {args.model} seed {seed}: test {metric_name(task)} "
                 f"{result.test_metric:.4f} (best epoch {result.best_epoch}, "
                 f"{result.parameters} parameters, {result.train_seconds:.1f} s, {size} process"
                 f"{'es' if size > 1 else ''})"
@@ -191,9 +191,8 @@ def _train(args: argparse.Namespace) -> int:
         "model": args.model,
         "setting": args.setting,
         "processes": size,
-        "metric": _metric_name(task),
-        "mean": statistics.fmean(metrics),
-        "std": statistics.stdev(metrics) if len(metrics) > 1 else 0.0,
+        "metric": metric_name(task),
+        **mean_std(metrics),
         "parameters": runs[0]["parameters"],
         "runs": runs,
     }
@@ -207,10 +206,6 @@ def _train(args: argparse.Namespace) -> int:
     if size > 1:
         dist.destroy_process_group()
     return 0
-
-
-def _metric_name(task: str) -> str:
-    return "kendall_tau" if task == "generalization" else "accuracy"
 
 
 def _experiment(args: argparse.Namespace) -> int:

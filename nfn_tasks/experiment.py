@@ -25,7 +25,7 @@ from nfn_tasks.robustness import (
     transform_test_networks,
     transformations,
 )
-from nfn_tasks.train import TaskData, TrainConfig, task_data, train_model
+from nfn_tasks.train import TaskData, TrainConfig, metric_name, task_data, train_model
 from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, Zoo, build_zoo
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ExperimentSettings",
     "SETTINGS",
     "load_task",
+    "mean_std",
     "run_experiment",
     "results_table",
     "plot_results",
@@ -110,7 +111,8 @@ def load_task(
     return zoo, "generalization", settings.train
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": mean, "std": std}
@@ -137,7 +139,7 @@ def _run_task(
     data: TaskData = task_data(zoo, task, train)
     record = _TaskRecord(
         name=task_name,
-        metric="kendall_tau" if task == "generalization" else "accuracy",
+        metric=metric_name(task),
         zoo_size=len(zoo),
         splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
     )
@@ -182,12 +184,12 @@ def _aggregate(record: _TaskRecord) -> dict[str, Any]:
         runs = [r for r in record.runs if r["kind"] == kind]
         labels = list(runs[0]["transformed"])
         models[kind] = {
-            "test_metric": _mean_std([r["test_metric"] for r in runs]),
-            "clean_float64": _mean_std([r["clean_float64"] for r in runs]),
+            "test_metric": mean_std([r["test_metric"] for r in runs]),
+            "clean_float64": mean_std([r["clean_float64"] for r in runs]),
             "parameters": runs[0]["parameters"],
-            "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
+            "train_seconds": mean_std([r["train_seconds"] for r in runs]),
             "transformed": {
-                label: _mean_std([r["transformed"][label] for r in runs]) for label in labels
+                label: mean_std([r["transformed"][label] for r in runs]) for label in labels
             },
         }
     return {

@@ -41,6 +41,7 @@ __all__ = [
     "task_data",
     "zoo_weight_space",
     "kendall_tau",
+    "metric_name",
     "task_metric",
     "task_loss",
     "predict",
@@ -168,6 +169,11 @@ def task_loss(task: str, outputs: Tensor, targets: Tensor) -> Tensor:
     if task == "generalization":
         return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.to(outputs.dtype))
     return F.cross_entropy(outputs, targets)
+
+
+def metric_name(task: str) -> str:
+    """The name of :func:`task_metric` for ``task``."""
+    return "kendall_tau" if task == "generalization" else "accuracy"
 
 
 def task_metric(task: str, outputs: Tensor, targets: Tensor) -> float:

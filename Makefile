@@ -37,7 +37,7 @@ bench: $(STAMP)
 
 ## rewrite generated/ from generated/specs
 regenerate: $(STAMP)
-	$(BIN)/python -m derive.regenerate
+	$(BIN)/python -m derive.codegen.regenerate
 
 clean:
 	rm -rf $(VENV) nfn_demo .pytest_cache

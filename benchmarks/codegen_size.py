@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from derive.pipeline import derive, generate
-from derive.spec import mlp_spec
+from derive.frontend.spec import mlp_spec
 
 SETTINGS = {
     "perm (HNP)": {"activation": "relu", "scaling": "none"},

@@ -13,13 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from derive import basis as basis_module
-from derive import partitions
-from derive.numeric import completeness_report
+from derive.basis import linear as basis_module
+from derive.basis import partitions
+from derive.verify.numeric import completeness_report
 from derive.pipeline import derive
-from derive.polynomial import count_polynomial, enumerate_polynomial
-from derive.report import report_table
-from derive.spec import mlp_spec
+from derive.basis.polynomial import count_polynomial, enumerate_polynomial
+from derive.cli.report import report_table
+from derive.frontend.spec import mlp_spec
 
 GROUPS = {
     "perm (HNP)": {"activation": "relu", "scaling": "none"},

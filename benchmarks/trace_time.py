@@ -16,13 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from torch import nn
 
-from derive import basis as basis_module
-from derive import partitions
-from derive.graph import network_graph
-from derive.group import weight_space_from_graph
+from derive.basis import linear as basis_module
+from derive.basis import partitions
+from derive.weightspace.graph import network_graph
+from derive.symmetry.group import weight_space_from_graph
 from derive.pipeline import Derivation, generate
-from derive.torch_spec import torch_spec
-from derive.trace import trace_network
+from derive.frontend.torch_spec import torch_spec
+from derive.frontend.trace import trace_network
 from nfn_runtime.architectures import activation_module
 
 

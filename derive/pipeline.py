@@ -13,17 +13,17 @@ from typing import Any
 
 import networkx as nx
 
-from derive.basis import LinearBasis, linear_basis
-from derive.codegen import ModuleMeta, render
+from derive.basis.linear import LinearBasis, linear_basis
+from derive.codegen.emit import ModuleMeta, render
 from derive.errors import SpecError
-from derive.graph import mlp_graph, network_graph
-from derive.group import weight_space_from_graph
-from derive.model import WeightSpaceSpec
+from derive.weightspace.graph import mlp_graph, network_graph
+from derive.symmetry.group import weight_space_from_graph
+from derive.weightspace.model import WeightSpaceSpec
 from derive.naming import class_name, comment_text, identifier
-from derive.plan import LinearPlan, linear_plan
-from derive.render import layout_literal, linear_view
-from derive.spec import ArchitectureSpec, MLPSpec
-from derive.torch_spec import TorchSpec, torch_spec
+from derive.plan.linear import LinearPlan, linear_plan
+from derive.codegen.views import layout_literal, linear_view
+from derive.frontend.spec import ArchitectureSpec, MLPSpec
+from derive.frontend.torch_spec import TorchSpec, torch_spec
 
 __all__ = [
     "Derivation",
@@ -61,7 +61,7 @@ def architecture_graph(spec: ArchitectureSpec) -> nx.MultiDiGraph:
     """The weight-space graph of an MLP spec, or of a traced PyTorch module."""
     if isinstance(spec, MLPSpec):
         return mlp_graph(spec)
-    from derive.trace import trace_network
+    from derive.frontend.trace import trace_network
 
     traced = trace_network(spec.build(), spec.input_shape, spec.source)
     return network_graph(traced, spec.name, spec.source)
@@ -175,8 +175,8 @@ def generate(
             view=linear_view(derivation.linear_plan),
         )
     if layer == "polynomial":
-        from derive.poly_plan import polynomial_plan
-        from derive.render_poly import polynomial_view
+        from derive.plan.polynomial import polynomial_plan
+        from derive.codegen.polynomial_view import polynomial_view
 
         pplan = polynomial_plan(
             derivation.basis, family, degree, trainable_psi, max_terms, max_params
@@ -192,7 +192,7 @@ def generate(
             view=polynomial_view(pplan),
         )
     if layer in ("invariant", "polynomial-invariant"):
-        from derive.invariant import invariant_plan, invariant_view
+        from derive.plan.invariant import invariant_plan, invariant_view
 
         polynomial = layer == "polynomial-invariant"
         plan = invariant_plan(

@@ -1,6 +1,6 @@
 """``nfn-derive zoo``, ``train`` and ``experiment``: the task commands of the command line.
 
-``train`` runs unchanged under ``torchrun --nproc_per_node=N -m derive.cli train ...``: with
+``train`` runs unchanged under ``torchrun --nproc_per_node=N -m derive.cli.main train ...``: with
 more than one process it joins a gloo process group and trains with DistributedDataParallel;
 rank 0 alone prints, writes the results and the checkpoints.
 """

@@ -77,7 +77,7 @@ def _group_options(kind: str) -> tuple[str, str]:
 @cache
 def _derivation(architecture: str, input_shape: tuple[int, ...], kind: str) -> Derivation:
     from derive.pipeline import derive
-    from derive.torch_spec import torch_spec
+    from derive.frontend.torch_spec import torch_spec
 
     permute, scaling = _group_options(kind)
     return derive(torch_spec(architecture, input_shape, permute, scaling, name="zoo"))
@@ -96,9 +96,9 @@ def generated_layers(
     architecture: str, input_shape: tuple[int, ...], kind: str, degree: int = 2
 ) -> GeneratedLayers:
     """Derive, generate and load the layers of ``kind`` for an architecture (cached)."""
-    from derive.checklist import layer_class, load_generated
+    from derive.verify.checklist import layer_class, load_generated
     from derive.errors import GenerationError
-    from derive.magep import chain_of
+    from derive.basis.magep import chain_of
     from derive.pipeline import generate
 
     derivation = _derivation(architecture, tuple(input_shape), kind)

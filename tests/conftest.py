@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from derive.pipeline import Derivation, derive, generate
-from derive.spec import mlp_spec
-from derive.verify import load_generated
+from derive.frontend.spec import mlp_spec
+from derive.verify.runner import load_generated
 
 
 @cache
@@ -56,7 +56,7 @@ def _seed() -> None:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[Any, str, str]]:
     """``cli(*argv)`` runs ``nfn-derive`` in-process -> (exit code, stdout, stderr)."""
-    from derive.cli import main
+    from derive.cli.main import main
 
     def run(*argv: Any) -> tuple[Any, str, str]:
         capsys.readouterr()

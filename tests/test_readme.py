@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from derive.cli import main
+from derive.cli.main import main
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from derive.basis import linear_basis
-from derive.partitions import partition_count, set_partitions
+from derive.basis.linear import linear_basis
+from derive.basis.partitions import partition_count, set_partitions
 from derive.pipeline import derive
-from derive.spec import mlp_spec
+from derive.frontend.spec import mlp_spec
 
 
 def _dim(widths, activation="relu", permute="hidden", scaling="auto"):

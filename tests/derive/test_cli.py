@@ -1,4 +1,4 @@
-"""``nfn-derive``: inspect, generate and verify through ``derive.cli.main``, and one-line errors
+"""``nfn-derive``: inspect, generate and verify through ``derive.cli.main.main``, and one-line errors
 with exit code 2 for every kind of bad input (a few end to end in a real subprocess)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import yaml
 from torch import nn
 
-from derive.cli import main
+from derive.cli.main import main
 
 # ---------------------------------------------------------------------------------------------
 # Helpers

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from derive.cli import main
+from derive.cli.main import main
 from nfn_runtime import WeightSpace, random_weight_space
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from derive.numeric import completeness_report, equivariant_dimension, generators, layer_jacobians
+from derive.verify.numeric import completeness_report, equivariant_dimension, generators, layer_jacobians
 from derive.pipeline import derive
-from derive.spec import mlp_spec
+from derive.frontend.spec import mlp_spec
 
 SETTINGS = {
     "perm-2332": ((2, 3, 3, 2), "relu", "hidden", "none"),
@@ -68,7 +68,7 @@ def test_generators_cover_each_kind():
 def test_a_missing_map_is_detected():
     """Dropping one basis map from the generated layer leaves the Jacobian span short."""
     derivation = derive(mlp_spec((2, 3, 3, 2), "tanh"))
-    from derive.reference import ReferenceLinear
+    from derive.verify.reference import ReferenceLinear
 
     reference = ReferenceLinear(derivation.basis, 1, 1).double()
     dropped = next(i for i, m in enumerate(reference.maps) if m.key == "W3<-b2")

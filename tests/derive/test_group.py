@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from derive.graph import graph_spaces, graph_tensors, mlp_graph, space_node, tensor_node
-from derive.model import NeuronSpace, Scaling
+from derive.weightspace.graph import graph_spaces, graph_tensors, mlp_graph, space_node, tensor_node
+from derive.weightspace.model import NeuronSpace, Scaling
 from derive.pipeline import derive
-from derive.spec import mlp_spec
+from derive.frontend.spec import mlp_spec
 
 WIDTHS = (2, 3, 3, 2)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from derive.errors import GenerationError
-from derive.magep import chain_of, magep_terms
-from derive.magep_diagrams import diagram_signature, magep_coverage, term_diagrams
+from derive.basis.magep import chain_of, magep_terms
+from derive.basis.magep_diagrams import diagram_signature, magep_coverage, term_diagrams
 from derive.pipeline import derive
-from derive.poly_formulas import poly_formula_text, verify_poly_map
-from derive.polynomial import enumerate_polynomial
-from derive.spec import mlp_spec
+from derive.basis.poly_formulas import poly_formula_text, verify_poly_map
+from derive.basis.polynomial import enumerate_polynomial
+from derive.frontend.spec import mlp_spec
 
 
 @pytest.mark.parametrize(

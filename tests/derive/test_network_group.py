@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from derive.checklist import VerifyReport
+from derive.verify.checklist import VerifyReport
 from derive.pipeline import derive
-from derive.verify_network import network_checks
+from derive.verify.network import network_checks
 from nfn_runtime import (
     architectures as arch,
 )

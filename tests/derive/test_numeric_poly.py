@@ -8,10 +8,10 @@ import itertools
 import pytest
 import torch
 
-from derive.numeric_poly import product_action, sym_power_dimension, symmetric_basis
+from derive.verify.numeric_poly import product_action, sym_power_dimension, symmetric_basis
 from derive.pipeline import derive
-from derive.polynomial import count_block
-from derive.spec import mlp_spec
+from derive.basis.polynomial import count_block
+from derive.frontend.spec import mlp_spec
 
 SETTINGS = {
     "relu-232": ((2, 3, 2), "relu", "hidden", "auto"),

@@ -8,16 +8,16 @@ import time
 
 import pytest
 
-from derive.basis import linear_basis
+from derive.basis.linear import linear_basis
 from derive.errors import GenerationError
 from derive.pipeline import derive
-from derive.poly_formulas import (
+from derive.basis.poly_formulas import (
     poly_formula_latex,
     poly_formula_text,
     scaling_signature,
     verify_poly_map,
 )
-from derive.polynomial import (
+from derive.basis.polynomial import (
     PolyBlock,
     PolyMap,
     count_block,
@@ -25,7 +25,7 @@ from derive.polynomial import (
     enumerate_block_poly,
     enumerate_polynomial,
 )
-from derive.spec import mlp_spec
+from derive.frontend.spec import mlp_spec
 
 SETTINGS = {
     "relu-2332": ((2, 3, 3, 2), "relu", "hidden", "auto"),

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from derive.activations import known_activations
+from derive.symmetry.activations import known_activations
 from derive.errors import SpecError
-from derive.spec import MLPSpec, load_spec, mlp_spec
+from derive.frontend.spec import MLPSpec, load_spec, mlp_spec
 
 
 def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:

@@ -9,7 +9,7 @@ from torch import nn
 
 from derive.errors import SpecError
 from derive.pipeline import derive
-from derive.spec import mlp_spec
+from derive.frontend.spec import mlp_spec
 from nfn_runtime import architectures as arch
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from derive.reference import ReferenceInvariant, ReferenceLinear, load_into_generated
+from derive.verify.reference import ReferenceInvariant, ReferenceLinear, load_into_generated
 from nfn_runtime import (
     assert_equivariant,
     assert_invariant,

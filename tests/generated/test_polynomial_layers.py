@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from derive.errors import GenerationError
-from derive.invariant import invariant_plan
-from derive.magep import magep_terms
+from derive.plan.invariant import invariant_plan
+from derive.basis.magep import magep_terms
 from derive.pipeline import derive, generate
-from derive.poly_plan import polynomial_plan
-from derive.reference import ReferenceInvariant, load_into_generated
-from derive.reference_poly import ReferencePolynomial, magep_term_value
-from derive.spec import mlp_spec
-from derive.verify import load_generated
-from derive.verify_poly import load_invariant_reference, output_scale
+from derive.plan.polynomial import polynomial_plan
+from derive.verify.reference import ReferenceInvariant, load_into_generated
+from derive.verify.reference_poly import ReferencePolynomial, magep_term_value
+from derive.frontend.spec import mlp_spec
+from derive.verify.runner import load_generated
+from derive.verify.polynomial import load_invariant_reference, output_scale
 from nfn_runtime import (
     assert_equivariant,
     assert_invariant,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from derive.regenerate import GENERATED_DIR, expected_files
+from derive.codegen.regenerate import GENERATED_DIR, expected_files
 
 
 def test_generated_files_are_in_sync(tmp_path):
@@ -29,7 +29,7 @@ def test_generated_files_are_in_sync(tmp_path):
             )
             stale.append(diff)
     assert not stale, (
-        "generated/ is stale; run `python -m derive.regenerate`:\n" + "\n".join(stale)[:20000]
+        "generated/ is stale; run `python -m derive.codegen.regenerate`:\n" + "\n".join(stale)[:20000]
     )
 
 

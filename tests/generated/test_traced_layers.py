@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from derive.pipeline import derive
-from derive.verify import verify
+from derive.verify.runner import verify
 from nfn_runtime import architectures as arch
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from derive.codegen import template_dir
+from derive.codegen.emit import template_dir
 from derive.pipeline import derive, generate
-from derive.spec import mlp_spec
+from derive.frontend.spec import mlp_spec
 
 SPECS = [
     ((784, 64, 64, 10), "relu", "hidden", "auto"),
@@ -79,7 +79,7 @@ def test_code_size_grows_linearly_with_depth():
 
 def test_templates_found_outside_the_checkout(tmp_path):
     """The installed package (editable or wheel) finds its templates from any working directory."""
-    code = "from derive.codegen import template_dir; print(template_dir())"
+    code = "from derive.codegen.emit import template_dir; print(template_dir())"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
     )

@@ -39,7 +39,7 @@ def test_wheel_contains_templates_and_generates_outside_checkout(tmp_path):
         archive.extractall(tmp_path / "site")
     # the extracted wheel comes first on sys.path, ahead of the editable checkout
     script = (
-        "import derive.codegen as c, derive.cli as cli, sys;"
+        "import derive.codegen.emit as c, derive.cli.main as cli, sys;"
         "assert 'site' in str(c.template_dir()), c.template_dir();"
         f"sys.exit(cli.main(['generate', '--mlp', '3,4,2', '-o', {str(tmp_path / 'out.py')!r}]))"
     )

@@ -1,0 +1,1 @@
+"""The complete bases: equivariant linear maps, invariant functionals and polynomial terms (sympy)."""

@@ -1,0 +1,1 @@
+"""The ``nfn-derive`` command line and its reports."""

@@ -1,0 +1,7 @@
+"""``python -m derive.cli``: the ``nfn-derive`` command."""
+
+import sys
+
+from derive.cli.main import main
+
+sys.exit(main())

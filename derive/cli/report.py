@@ -1,0 +1,195 @@
+"""What ``nfn-derive inspect`` prints: the group, the weight space and the sharing patterns.
+
+Three renderings of one :class:`Report`: a readable table, LaTeX formulas, and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from derive.basis.linear import BlockBasis, LinearBasis
+from derive.basis.expressions import formula_text, map_formula
+from derive.weightspace.model import TensorSpec, WeightSpaceSpec
+from derive.pipeline import Derivation
+from derive.frontend.spec import MLPSpec
+
+__all__ = ["report_json", "report_table", "report_data"]
+
+
+def _axes_text(tensor: TensorSpec) -> str:
+    parts = []
+    for axis in tensor.axes:
+        sign = {1: "+1", -1: "-1", 0: "0"}.get(axis.character, str(axis.character))
+        parts.append(f"{axis.space}({sign})")
+    return " ".join(parts)
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _blocks_dict(blocks: tuple[BlockBasis, ...]) -> dict[str, int]:
+    return {b.key: b.dim for b in blocks}
+
+
+def _maps(
+    space: WeightSpaceSpec, blocks: tuple[BlockBasis, ...], latex: bool
+) -> list[dict[str, Any]]:
+    out = []
+    for block in blocks:
+        for basis_map in block.maps:
+            item: dict[str, Any] = {
+                "block": block.key,
+                "formula": formula_text(space, basis_map),
+                "params": basis_map.num_params,
+                "pattern": [
+                    {
+                        "space": b.space,
+                        "outputs": list(b.outputs),
+                        "inputs": list(b.inputs),
+                        "role": b.role,
+                    }
+                    for b in basis_map.blocks
+                ],
+            }
+            if latex:
+                item["latex"] = map_formula(space, basis_map).latex
+            out.append(item)
+    return out
+
+
+def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
+    """The machine-readable report (see README for the fields)."""
+    space = derivation.space
+    basis: LinearBasis = derivation.basis
+    spec = derivation.spec
+    return {
+        "name": spec.name,
+        "architecture": spec.architecture_data(),
+        "spaces": [
+            {
+                "name": s.name,
+                "size": s.size,
+                "permuted": s.permuted,
+                "scaling": s.scaling.value,
+                "decided_by": s.decided_by,
+            }
+            for s in space.spaces
+        ],
+        "tensors": [
+            {
+                "name": t.name,
+                "shape": list(space.shape(t)),
+                "axes": [a.space for a in t.axes],
+                "characters": [a.character for a in t.axes],
+                "source_key": t.source_key,
+            }
+            for t in space.tensors
+        ],
+        "buffers": [
+            {
+                "name": t.name,
+                "shape": list(space.shape(t)),
+                "axes": [a.space for a in t.axes],
+                "characters": [a.character for a in t.axes],
+            }
+            for t in space.buffers
+        ],
+        "linear": {
+            "dim": basis.dim,
+            "num_maps": basis.num_maps,
+            "blocks": _blocks_dict(basis.blocks),
+            "maps": _maps(space, basis.blocks, latex),
+        },
+        "constants": {
+            "dim": basis.constant_dim,
+            "blocks": _blocks_dict(basis.constants),
+            "maps": _maps(space, basis.constants, latex),
+        },
+        "invariants": {
+            "dim": basis.invariant_dim,
+            "blocks": _blocks_dict(basis.invariants),
+            "maps": _maps(space, basis.invariants, latex),
+        },
+    }
+
+
+def report_json(derivation: Derivation, latex: bool = False) -> str:
+    return json.dumps(report_data(derivation, latex), indent=2)
+
+
+def report_table(derivation: Derivation, latex: bool = False) -> str:
+    """The readable report: spaces, tensors, then every block with each map's formula."""
+    space = derivation.space
+    basis = derivation.basis
+    spec = derivation.spec
+    if isinstance(spec, MLPSpec):
+        widths = "-".join(str(w) for w in spec.widths)
+        summary = f"mlp {widths}, activations {', '.join(spec.activations) or 'none'}"
+    else:
+        summary = spec.summary()
+    lines = [
+        f"Weight space {spec.name}: {summary}; permute {spec.permute}; scaling {spec.scaling}",
+        "",
+        "Group (per neuron space)",
+    ]
+    rows = [["space", "size", "permuted", "scaling", "decided by"]]
+    for s in space.spaces:
+        rows.append(
+            [s.name, str(s.size), "yes" if s.permuted else "no", s.scaling.value, s.decided_by]
+        )
+    lines += _table(rows)
+    lines += ["", "Tensors"]
+    traced = not isinstance(spec, MLPSpec)  # show where each tensor lives in the state dict
+    header = ["tensor", "shape", "axes (space and scaling character)"]
+    rows = [[*header, "state-dict key"] if traced else header]
+    for t in space.tensors:
+        row = [t.name, "x".join(str(n) for n in space.shape(t)), _axes_text(t)]
+        rows.append([*row, t.source_key] if traced else row)
+    lines += _table(rows)
+    if space.buffers:
+        lines += ["", "Buffers (acted on by the group with the tensors; not features)"]
+        rows = [["buffer", "shape", "axes (space and scaling character)"]]
+        for t in space.buffers:
+            rows.append([t.name, "x".join(str(n) for n in space.shape(t)), _axes_text(t)])
+        lines += _table(rows)
+    sections = (
+        ("Equivariant linear maps", basis.blocks, basis.dim),
+        ("Equivariant constants", basis.constants, basis.constant_dim),
+        ("Invariant linear functionals", basis.invariants, basis.invariant_dim),
+    )
+    for title, blocks, dim in sections:
+        nonzero = [b for b in blocks if b.maps]
+        lines += [
+            "",
+            f"{title}: dimension {dim} per channel pair, {sum(len(b.maps) for b in blocks)} maps",
+        ]
+        if not nonzero:
+            continue
+        rows = [["block", "dim", "params", "formula"]]
+        for block in nonzero:
+            for k, basis_map in enumerate(block.maps):
+                text = (
+                    map_formula(space, basis_map).latex if latex else formula_text(space, basis_map)
+                )
+                rows.append(
+                    [
+                        block.key if k == 0 else "",
+                        str(block.dim) if k == 0 else "",
+                        str(basis_map.num_params),
+                        text,
+                    ]
+                )
+        lines += _table(rows)
+    lines += [
+        "",
+        "Indices: i,j,k output neurons; p,q averaged neurons (mean over the whole space); "
+        "x,y output and u,v input fixed axes; theta is each map's own parameter.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Code generation: plans become template views, Jinja renders PyTorch modules, files are written safely."""

@@ -1,0 +1,73 @@
+"""Regenerate the checked-in modules of ``generated/`` from ``generated/specs/*.yaml``.
+
+python -m derive.codegen.regenerate           # rewrite generated/*.py
+python -m derive.codegen.regenerate --check   # exit 1 with a unified diff if anything is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+
+from derive.codegen.emit import write_atomic
+from derive.errors import GenerationError
+from derive.basis.magep import chain_of
+from derive.pipeline import LAYER_KINDS, POLYNOMIAL_LAYER_KINDS, derive, generate
+from derive.frontend.spec import load_spec
+
+__all__ = ["GENERATED_DIR", "expected_files", "main"]
+
+GENERATED_DIR = Path(__file__).resolve().parents[2] / "generated"
+
+
+def expected_files(folder: Path = GENERATED_DIR) -> dict[str, str]:
+    """File name -> source, for every spec in ``folder/specs`` and every layer kind."""
+    files = {}
+    for spec_path in sorted((folder / "specs").glob("*.yaml")):
+        derivation = derive(load_spec(spec_path))
+        for layer in LAYER_KINDS:
+            files[f"{spec_path.stem}_{layer}.py"] = generate(derivation, layer)
+        try:  # MAGEP polynomial layers where the group allows them (HNP: fixed input and output)
+            chain_of(derivation.space)
+        except GenerationError:
+            continue
+        for layer in POLYNOMIAL_LAYER_KINDS:
+            name = f"{spec_path.stem}_{layer.replace('-', '_')}.py"
+            files[name] = generate(derivation, layer)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 on any difference"
+    )
+    args = parser.parse_args(argv)
+    stale = 0
+    for name, source in expected_files().items():
+        path = GENERATED_DIR / name
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current == source:
+            continue
+        stale += 1
+        if args.check:
+            diff = difflib.unified_diff(
+                current.splitlines(keepends=True),
+                source.splitlines(keepends=True),
+                f"generated/{name}",
+                "regenerated",
+            )
+            sys.stdout.writelines(diff)
+        else:
+            write_atomic(path, source)
+            print(f"wrote generated/{name}")
+    if args.check and stale:
+        print(f"{stale} generated file(s) are stale: run python -m derive.codegen.regenerate")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

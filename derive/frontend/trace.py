@@ -1,0 +1,679 @@
+"""Capture a PyTorch module with ``torch.fx`` and read off its weight space.
+
+The module is traced symbolically, run once on an example input to learn every shape
+(``ShapeProp``), and walked node by node. Every tensor value that carries neurons gets a
+:class:`Label`: the neuron space of its channel axis and its fixed spatial positions (or, once
+flattened, the positions folded behind the channel). Layers create spaces and record their
+parameters as axis labels; activations, pooling and normalizations record what scaling they
+allow on the space they touch; additions tie two spaces into one. The result is a
+:class:`TracedNetwork` of plain records, turned into the weight-space graph by
+:func:`derive.weightspace.graph.network_graph`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from derive.frontend import trace_ops as ops
+from derive.errors import SpecError
+from derive.weightspace.model import Scaling
+
+__all__ = ["Label", "SpaceRecord", "ParamRecord", "TracedNetwork", "trace_network"]
+
+
+@dataclass
+class SpaceRecord:
+    """A neuron space met while tracing (several records may be tied into one space)."""
+
+    key: int
+    size: int
+    origin: str
+    activations: list[tuple[str, str]] = field(default_factory=list)  # (activation, where)
+    constraints: list[tuple[Scaling, str]] = field(default_factory=list)  # (allowed, why)
+    ties: list[str] = field(default_factory=list)
+    is_input: bool = False
+    is_output: bool = False
+
+
+@dataclass(frozen=True)
+class ParamRecord:
+    """A parameter or buffer of a traced layer, as axis labels.
+
+    ``axes`` are ``(space key, character)`` for neuron axes and ``(fixed space name, 0)`` for
+    kernel axes and flattened or spatial positions.
+    """
+
+    module: str
+    attr: str
+    kind: str  # weight | bias | buffer
+    layer: int
+    axes: tuple[tuple[int | str, int], ...]
+    shape: tuple[int, ...]
+
+    @property
+    def source_key(self) -> str:
+        return f"{self.module}.{self.attr}" if self.module else self.attr
+
+
+@dataclass(frozen=True)
+class Label:
+    """The neurons of a traced value: channel space ``space`` and spatial ``positions``.
+
+    Unflattened values have shape ``(B, n_space, *positions)``; flattened ones
+    ``(B, n_space * prod(positions))`` with the channel as the slow index.
+    """
+
+    space: int
+    positions: tuple[int, ...]
+    flat: bool = False
+
+
+@dataclass
+class TracedNetwork:
+    """What tracing found: spaces (with union-find ties), parameters, buffers, fixed spaces."""
+
+    spaces: dict[int, SpaceRecord]
+    parent: dict[int, int]
+    params: list[ParamRecord]
+    fixed: dict[str, tuple[int, str]]  # fixed space name -> (size, what it indexes)
+    input_key: int
+    output_key: int
+
+    def root(self, key: int) -> int:
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+
+def _where(node: fx.Node) -> str:
+    """The module path of a node, for messages."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        return str(next(reversed(stack)))
+    return "the top-level forward"
+
+
+def _describe(node: fx.Node, module: nn.Module | None = None) -> str:
+    if module is not None:
+        return f"{type(module).__name__} at '{node.target}'"
+    return f"{ops.target_name(node.target)} in '{_where(node)}' (fx node {node.name})"
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(int(n) for n in shape) if shape is not None else None
+
+
+def _flat_args(value: Any) -> Iterator[Any]:
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _flat_args(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _flat_args(item)
+    else:
+        yield value
+
+
+class _Walker:
+    """Applies :mod:`derive.frontend.trace_ops` to every node of a traced graph."""
+
+    def __init__(self, root: nn.Module, where: str) -> None:
+        self.root = root
+        self.where = where
+        self.modules = dict(root.named_modules())
+        self.labels: dict[fx.Node, Label] = {}
+        self.spaces: dict[int, SpaceRecord] = {}
+        self.parent: dict[int, int] = {}
+        self.params: list[ParamRecord] = []
+        self.fixed: dict[str, tuple[int, str]] = {}
+        self.called: set[str] = set()
+        self.layer = 0
+        self.input_key = -1
+        self.output_key = -1
+
+    # -- errors and bookkeeping ---------------------------------------------------------
+    def fail(self, node: fx.Node, message: str, module: nn.Module | None = None) -> SpecError:
+        return SpecError(f"{_describe(node, module)}: {message}", self.where)
+
+    def new_space(self, size: int, origin: str) -> int:
+        key = len(self.spaces)
+        self.spaces[key] = SpaceRecord(key, size, origin)
+        self.parent[key] = key
+        return key
+
+    def root_of(self, key: int) -> int:
+        while self.parent[key] != key:
+            key = self.parent[key]
+        return key
+
+    def record(self, key: int) -> SpaceRecord:
+        return self.spaces[self.root_of(key)]
+
+    def tie(self, a: int, b: int, why: str) -> None:
+        ra, rb = self.root_of(a), self.root_of(b)
+        if ra == rb:
+            return
+        first, second = sorted((ra, rb))
+        self.parent[second] = first
+        keep, gone = self.spaces[first], self.spaces[second]
+        keep.activations += gone.activations
+        keep.constraints += gone.constraints
+        keep.ties += [*gone.ties, f"{gone.origin} (tied by {why})"]
+        keep.is_input |= gone.is_input
+        keep.is_output |= gone.is_output
+
+    def fixed_space(self, prefix: str, size: int, what: str) -> str:
+        name = f"{prefix}{size}"
+        self.fixed.setdefault(name, (size, what))
+        return name
+
+    def add_param(
+        self, module_path: str, attr: str, kind: str, axes: list[tuple[int | str, int]]
+    ) -> None:
+        value = getattr(self.modules[module_path], attr)
+        self.params.append(
+            ParamRecord(
+                module=module_path,
+                attr=attr,
+                kind=kind,
+                layer=self.layer,
+                axes=tuple(axes),
+                shape=tuple(int(n) for n in value.shape),
+            )
+        )
+
+    def label(self, node: fx.Node, value: Any, what: str) -> Label:
+        if isinstance(value, fx.Node) and value in self.labels:
+            return self.labels[value]
+        raise self.fail(node, f"{what} does not come from the network input")
+
+    def tensor_args(self, node: fx.Node) -> list[fx.Node]:
+        return [
+            a
+            for a in _flat_args((node.args, node.kwargs))
+            if isinstance(a, fx.Node) and a in self.labels
+        ]
+
+    def check_attrs(self, node: fx.Node) -> None:
+        for arg in _flat_args((node.args, node.kwargs)):
+            if isinstance(arg, fx.Node) and arg.op == "get_attr":
+                raise self.fail(
+                    node,
+                    f"uses the parameter or buffer '{arg.target}' directly; only parameters "
+                    "of nn.Linear, nn.Conv1d/2d/3d, BatchNorm and LayerNorm modules are supported",
+                )
+
+    def vector_size(self, label: Label) -> int:
+        return self.record(label.space).size * math.prod(label.positions)
+
+    # -- the walk -----------------------------------------------------------------------
+    def run(self, graph: fx.Graph) -> None:
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                self.placeholder(node)
+            elif node.op == "get_attr":
+                continue
+            elif node.op == "output":
+                self.output(node)
+            else:
+                self.check_attrs(node)
+                result = self.call(node)
+                if result is not None:
+                    self.labels[node] = result
+                elif self.tensor_args(node) and "tensor_meta" in node.meta:
+                    # (queries such as x.size(0) or x.shape return no tensor and pass)
+                    raise self.fail(node, "is not a supported operation on network activations")
+
+    def placeholder(self, node: fx.Node) -> None:
+        if self.input_key >= 0:
+            raise self.fail(node, "only networks with one tensor input are supported")
+        shape = _shape(node)
+        assert shape is not None
+        if len(shape) < 2:
+            raise self.fail(node, "the input needs a batch axis and a feature or channel axis")
+        key = self.new_space(shape[1], "network input")
+        self.spaces[key].is_input = True
+        self.input_key = key
+        self.labels[node] = Label(key, shape[2:])
+
+    def output(self, node: fx.Node) -> None:
+        value = node.args[0]
+        if not (isinstance(value, fx.Node) and value in self.labels):
+            raise self.fail(node, "the network must return one tensor computed from its input")
+        self.output_key = self.labels[value].space
+        self.record(self.output_key).is_output = True
+
+    def call(self, node: fx.Node) -> Label | None:
+        if node.op == "call_module":
+            return self.call_module(node)
+        target = node.target
+        if node.op == "call_method":
+            assert isinstance(target, str)
+            return self.call_method(node, target)
+        return self.call_function(node, target)
+
+    # -- modules ------------------------------------------------------------------------
+    def call_module(self, node: fx.Node) -> Label | None:
+        path = str(node.target)
+        module = self.modules[path]
+        if not self.tensor_args(node):
+            return None
+        if any(True for _ in module.parameters(recurse=False)) or isinstance(
+            module, ops.NORM_MODULES
+        ):
+            if path in self.called:
+                raise self.fail(node, "is called twice; shared weights are not supported", module)
+            self.called.add(path)
+        x = self.label(node, node.args[0] if node.args else None, "its input")
+        if isinstance(module, nn.Linear):
+            return self.linear(node, module, path, x)
+        if type(module) in ops.CONV_MODULES:
+            assert isinstance(module, nn.modules.conv._ConvNd)
+            return self.conv(node, module, path, x, ops.CONV_MODULES[type(module)])
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            return self.batch_norm(node, module, path, x)
+        if isinstance(module, nn.LayerNorm):
+            return self.layer_norm(node, module, path, x)
+        activation = ops.module_activation(module)
+        if activation is not None:
+            return self.activation(node, x, activation, f"{type(module).__name__} at '{path}'")
+        if isinstance(module, ops.PASSTHROUGH_MODULES):
+            return x
+        if type(module) in ops.POOL_MODULES:
+            return self.pool(node, x, ops.POOL_MODULES[type(module)], f"{type(module).__name__}")
+        if isinstance(module, ops.SOFTMAX_MODULES):
+            return self.softmax(node, x, f"{type(module).__name__} at '{path}'")
+        if isinstance(module, ops.SPATIAL_MODULES):
+            return self.spatial(node, x, ops.pad_value(module, (), {}), type(module).__name__)
+        if isinstance(module, nn.Flatten):
+            return self.reshape(node, x)
+        if isinstance(module, nn.PReLU):
+            raise self.fail(node, "learned activation slopes are not supported", module)
+        raise self.fail(node, "this module is not supported", module)
+
+    def linear(self, node: fx.Node, module: nn.Linear, path: str, x: Label) -> Label:
+        shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        if shape is None or len(shape) != 2:
+            raise self.fail(
+                node,
+                f"acts on a tensor of shape {shape}; only (batch, features) is supported",
+                module,
+            )
+        if x.positions and not x.flat:
+            raise self.fail(node, "acts on an unflattened feature map; flatten it first", module)
+        self.layer += 1
+        out = self.new_space(module.out_features, f"output of {path} (Linear)")
+        axes: list[tuple[int | str, int]] = [(out, 1), (x.space, -1)]
+        if x.positions:
+            count = math.prod(x.positions)
+            axes.append((self.fixed_space("p", count, "flattened spatial positions"), 0))
+        self.add_param(path, "weight", "weight", axes)
+        if module.bias is not None:
+            self.add_param(path, "bias", "bias", [(out, 1)])
+        return Label(out, ())
+
+    def conv(
+        self, node: fx.Node, module: nn.modules.conv._ConvNd, path: str, x: Label, dims: int
+    ) -> Label:
+        if x.flat or len(x.positions) != dims:
+            raise self.fail(
+                node,
+                f"expects (batch, channels, {dims} spatial axes) from the layer before",
+                module,
+            )
+        if module.groups != 1:
+            raise self.fail(
+                node, f"grouped convolutions (groups={module.groups}) are not supported", module
+            )
+        self.layer += 1
+        out_shape = _shape(node)
+        assert out_shape is not None
+        out = self.new_space(module.out_channels, f"output of {path} ({type(module).__name__})")
+        kernel = [(self.fixed_space("k", int(k), "kernel offsets"), 0) for k in module.kernel_size]
+        self.add_param(path, "weight", "weight", [(out, 1), (x.space, -1), *kernel])
+        if module.bias is not None:
+            self.add_param(path, "bias", "bias", [(out, 1)])
+        return Label(out, out_shape[2:])
+
+    def batch_norm(
+        self, node: fx.Node, module: nn.modules.batchnorm._BatchNorm, path: str, x: Label
+    ) -> Label:
+        if x.flat:
+            raise self.fail(node, "acts on a flattened feature map", module)
+        space = self.record(x.space)
+        space.constraints.append(
+            (
+                Scaling.SIGN,
+                f"{type(module).__name__} at '{path}' (eps in sqrt(var + eps) breaks positive "
+                "scaling; sign flips pass with the running mean flipped)",
+            )
+        )
+        if module.affine:
+            self.layer += 1
+            self.add_param(path, "weight", "weight", [(x.space, 0)])
+            self.add_param(path, "bias", "bias", [(x.space, 1)])
+        if module.track_running_stats:
+            self.add_param(path, "running_mean", "buffer", [(x.space, 1)])
+            self.add_param(path, "running_var", "buffer", [(x.space, 0)])
+        return x
+
+    def layer_norm(self, node: fx.Node, module: nn.LayerNorm, path: str, x: Label) -> Label:
+        shape = _shape(node)
+        assert shape is not None
+        if tuple(module.normalized_shape) != shape[1:]:
+            raise self.fail(
+                node,
+                f"normalizes over {tuple(module.normalized_shape)}; only a LayerNorm over all "
+                f"non-batch axes {shape[1:]} (the whole neuron space) is supported",
+                module,
+            )
+        self.record(x.space).constraints.append(
+            (
+                Scaling.NONE,
+                f"LayerNorm at '{path}' (its mean and variance mix the neurons of the space, "
+                "so no per-neuron scaling passes)",
+            )
+        )
+        if module.elementwise_affine:
+            self.layer += 1
+            rest: list[tuple[int | str, int]]
+            if x.flat and x.positions:
+                rest = [
+                    (
+                        self.fixed_space(
+                            "p", math.prod(x.positions), "flattened spatial positions"
+                        ),
+                        0,
+                    )
+                ]
+            else:
+                rest = [(self.fixed_space("x", n, "spatial positions"), 0) for n in x.positions]
+            self.add_param(path, "weight", "weight", [(x.space, 0), *rest])
+            if module.bias is not None:
+                self.add_param(path, "bias", "bias", [(x.space, 1), *rest])
+        return x
+
+    # -- shared by modules, functions and methods ---------------------------------------
+    def activation(self, node: fx.Node, x: Label, name: str, where: str) -> Label:
+        self.record(x.space).activations.append((name, where))
+        return x
+
+    def softmax(self, node: fx.Node, x: Label, where: str) -> Label:
+        self.record(x.space).constraints.append(
+            (Scaling.NONE, f"{where} (normalizes across neurons; no scaling passes)")
+        )
+        return x
+
+    def pool(self, node: fx.Node, x: Label, is_max: bool, what: str) -> Label:
+        out_shape = _shape(node)
+        in_shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        if x.flat or out_shape is None or in_shape is None or out_shape[:2] != in_shape[:2]:
+            raise self.fail(node, "pools over something other than spatial positions")
+        if is_max:
+            self.record(x.space).constraints.append(
+                (
+                    Scaling.POSITIVE,
+                    f"{what} in '{_where(node)}' (max commutes with positive scaling; "
+                    "a sign flip turns max into min)",
+                )
+            )
+        return Label(x.space, out_shape[2:])
+
+    def spatial(self, node: fx.Node, x: Label, pad_value: float, what: str) -> Label:
+        """Resampling or padding of the spatial positions, channel by channel."""
+        if pad_value != 0:
+            self.record(x.space).constraints.append(
+                (Scaling.NONE, f"{what} in '{_where(node)}' pads with the constant {pad_value:g}")
+            )
+        return self.pool(node, x, False, what)
+
+    def reshape(self, node: fx.Node, x: Label) -> Label:
+        out_shape = _shape(node)
+        in_shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        assert out_shape is not None and in_shape is not None
+        size = self.record(x.space).size
+        if x.flat:
+            if out_shape == in_shape:
+                return x
+        elif (
+            len(out_shape) == 2
+            and out_shape[0] == in_shape[0]
+            and out_shape[1] == size * math.prod(x.positions)
+        ):
+            return (
+                Label(x.space, x.positions, flat=True)
+                if math.prod(x.positions) > 1
+                else Label(x.space, ())
+            )
+        elif out_shape[:2] == in_shape[:2] and math.prod(out_shape[2:]) == math.prod(x.positions):
+            return Label(x.space, out_shape[2:])
+        raise self.fail(
+            node,
+            f"reshapes {in_shape} to {out_shape}; only flattening (batch, channels, ...) into "
+            "(batch, features) or reshaping the spatial axes is supported",
+        )
+
+    def add(self, node: fx.Node, operands: Sequence[Any]) -> Label:
+        labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
+        others = [a for a in operands if not (isinstance(a, fx.Node) and a in self.labels)]
+        if len(labelled) == 2:
+            a, b = (self.labels[n] for n in labelled)
+            shapes = {_shape(n) for n in labelled}
+            if len(shapes) != 1 or a.positions != b.positions or a.flat != b.flat:
+                raise self.fail(
+                    node, f"adds tensors of different shapes {sorted(map(str, shapes))}"
+                )
+            self.tie(a.space, b.space, f"the addition in '{_where(node)}'")
+            return a
+        (x,) = (self.labels[n] for n in labelled)
+        if any(isinstance(o, fx.Node) for o in others):
+            raise self.fail(node, "adds a tensor that does not come from the network input")
+        if any(o != 0 for o in others):
+            self.record(x.space).constraints.append(
+                (Scaling.NONE, f"the constant added in '{_where(node)}' (shifts break scaling)")
+            )
+        return x
+
+    def scale(self, node: fx.Node, operands: Sequence[Any], divides: bool) -> Label:
+        labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
+        if len(labelled) != 1 or any(isinstance(a, fx.Node) for a in operands if a not in labelled):
+            raise self.fail(
+                node, "multiplies network activations by a tensor; only constants are supported"
+            )
+        if divides and operands[0] is not labelled[0]:
+            raise self.fail(node, "divides by network activations (not a linear map)")
+        return self.labels[labelled[0]]
+
+    def reduce(self, node: fx.Node, x: Label, is_max: bool) -> Label:
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        rank = 2 + len(x.positions)
+        if dims is None or x.flat:
+            raise self.fail(
+                node, "reduces over neurons; only reductions over spatial axes are supported"
+            )
+        listed = (
+            [dims]
+            if isinstance(dims, int)
+            else list(dims)
+            if isinstance(dims, (list, tuple))
+            else [None]
+        )
+        if any(not isinstance(d, int) or d % rank < 2 for d in listed):
+            raise self.fail(
+                node, f"reduces over dims {dims}; only spatial axes (2 and up) are supported"
+            )
+        return self.pool(node, x, is_max, ops.target_name(node.target))
+
+    # -- functions and methods ----------------------------------------------------------
+    def call_function(self, node: fx.Node, target: Any) -> Label | None:
+        if not self.tensor_args(node):
+            return None
+        args = node.args
+        first = args[0] if args else None
+        name = ops.function_activation(target, tuple(args), dict(node.kwargs))
+        if name is not None:
+            return self.activation(
+                node, self.label(node, first, "its input"), name, _describe(node)
+            )
+        if target in ops.PASSTHROUGH_FUNCTIONS:
+            return self.label(node, first, "its input")
+        if target in ops.POOL_FUNCTIONS:
+            return self.pool(
+                node,
+                self.label(node, first, "its input"),
+                ops.POOL_FUNCTIONS[target],
+                ops.target_name(target),
+            )
+        if target in ops.REDUCE_FUNCTIONS:
+            return self.reduce(
+                node, self.label(node, first, "its input"), ops.REDUCE_FUNCTIONS[target]
+            )
+        if target in ops.RESHAPE_FUNCTIONS:
+            return self.reshape(node, self.label(node, first, "its input"))
+        if target in ops.SPATIAL_FUNCTIONS:
+            value = ops.pad_value(target, tuple(args), dict(node.kwargs))
+            return self.spatial(
+                node, self.label(node, first, "its input"), value, ops.target_name(target)
+            )
+        if target in ops.SOFTMAX_FUNCTIONS:
+            return self.softmax(node, self.label(node, first, "its input"), _describe(node))
+        if target in ops.ADD_FUNCTIONS:
+            return self.add(node, [*args[:2], node.kwargs.get("other", 0)][:2])
+        if target in ops.SCALE_FUNCTIONS:
+            return self.scale(node, list(args[:2]), target in ops.DIVIDE_FUNCTIONS)
+        return None
+
+    def call_method(self, node: fx.Node, method: str) -> Label | None:
+        if not self.tensor_args(node):
+            return None
+        first = node.args[0]
+        if not (isinstance(first, fx.Node) and first in self.labels):
+            return None
+        x = self.labels[first]
+        if method in ops.ACTIVATION_METHODS:
+            return self.activation(node, x, ops.ACTIVATION_METHODS[method], _describe(node))
+        if method in ops.PASSTHROUGH_METHODS:
+            return x
+        if method in ops.REDUCE_METHODS:
+            return self.reduce(node, x, ops.REDUCE_METHODS[method])
+        if method in ops.RESHAPE_METHODS:
+            return self.reshape(node, x)
+        if method in ops.SOFTMAX_METHODS:
+            return self.softmax(node, x, _describe(node))
+        if method in ops.ADD_METHODS:
+            return self.add(node, list(node.args[:2]))
+        if method in ops.SCALE_METHODS:
+            return self.scale(node, list(node.args[:2]), method.startswith("div"))
+        if method == "size":
+            return None
+        return None
+
+
+def _supported_module(module: nn.Module) -> bool:
+    return (
+        isinstance(module, (nn.Linear, nn.Flatten, *ops.NORM_MODULES, *ops.PASSTHROUGH_MODULES))
+        or type(module) in ops.CONV_MODULES
+        or type(module) in ops.POOL_MODULES
+        or isinstance(module, ops.SPATIAL_MODULES)
+        or isinstance(module, ops.SOFTMAX_MODULES)
+        or ops.module_activation(module) is not None
+    )
+
+
+def _check_graph(graph_module: fx.GraphModule, where: str) -> None:
+    """Errors that need no shapes: several inputs, unsupported modules."""
+    inputs = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise SpecError(
+            f"the network takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); "
+            "only networks with one tensor input are supported",
+            where,
+        )
+    modules = dict(graph_module.named_modules())
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = modules[str(node.target)]
+        if isinstance(module, nn.PReLU):
+            raise SpecError(
+                f"PReLU at '{node.target}': learned activation slopes are not supported", where
+            )
+        if not _supported_module(module):
+            raise SpecError(
+                f"{type(module).__name__} at '{node.target}': this module is not supported", where
+            )
+
+
+def trace_network(module: nn.Module, input_shape: Sequence[int], where: str) -> TracedNetwork:
+    """Trace ``module`` on inputs of shape ``(batch, *input_shape)`` into a :class:`TracedNetwork`.
+
+    Raises :class:`SpecError` naming the operation and the module path for anything
+    unsupported.
+    """
+    if not isinstance(module, nn.Module):
+        raise SpecError(f"expected an nn.Module, got {type(module).__name__}", where)
+    if not input_shape or any(not isinstance(n, int) or n < 1 for n in input_shape):
+        raise SpecError(
+            f"input shape must be positive integers without the batch axis, got {list(input_shape)}",
+            where,
+        )
+    try:
+        graph_module = fx.symbolic_trace(module)
+    except Exception as exc:  # fx raises many kinds; the message is what the user needs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"torch.fx cannot trace the module: {first}", where) from None
+    _check_graph(graph_module, where)
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    example = torch.randn(
+        (2, *input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype
+    )
+    modes = {name: m.training for name, m in module.named_modules()}
+    try:
+        module.eval()
+        # ShapeProp prints a traceback before re-raising; the one-line error below replaces it
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(graph_module).propagate(example)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise SpecError(
+            f"the module fails on an input of shape {tuple(example.shape)}: {first}", where
+        ) from None
+    finally:
+        for name, m in module.named_modules():
+            m.training = modes[name]
+    walker = _Walker(module, where)
+    walker.run(graph_module.graph)
+    covered = {p.source_key for p in walker.params}
+    for name, _ in module.named_parameters():
+        if name not in covered:
+            raise SpecError(
+                f"parameter '{name}' is not used by a supported layer (nn.Linear, nn.Conv1d/2d/3d, "
+                "BatchNorm, LayerNorm) on the path from input to output",
+                where,
+            )
+    if walker.layer == 0:
+        raise SpecError("the module has no supported layer with parameters", where)
+    return TracedNetwork(
+        spaces=walker.spaces,
+        parent=walker.parent,
+        params=walker.params,
+        fixed=walker.fixed,
+        input_key=walker.input_key,
+        output_key=walker.output_key,
+    )

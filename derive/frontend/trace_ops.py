@@ -1,0 +1,286 @@
+"""What each traced PyTorch operation does to the neuron spaces it touches.
+
+Tables only: which modules, functions and methods are activations (and which activation),
+which pass values through unchanged, which pool over spatial positions, which reshape, which
+add (tie two spaces) and which scale by a constant. :mod:`derive.frontend.trace` applies them.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ACTIVATION_MODULES",
+    "ACTIVATION_FUNCTIONS",
+    "ACTIVATION_METHODS",
+    "PASSTHROUGH_MODULES",
+    "PASSTHROUGH_FUNCTIONS",
+    "PASSTHROUGH_METHODS",
+    "POOL_MODULES",
+    "POOL_FUNCTIONS",
+    "SPATIAL_MODULES",
+    "SPATIAL_FUNCTIONS",
+    "REDUCE_FUNCTIONS",
+    "REDUCE_METHODS",
+    "RESHAPE_FUNCTIONS",
+    "RESHAPE_METHODS",
+    "ADD_FUNCTIONS",
+    "ADD_METHODS",
+    "SCALE_FUNCTIONS",
+    "SCALE_METHODS",
+    "DIVIDE_FUNCTIONS",
+    "SOFTMAX_FUNCTIONS",
+    "SOFTMAX_METHODS",
+    "CONV_MODULES",
+    "NORM_MODULES",
+    "module_activation",
+    "function_activation",
+    "target_name",
+]
+
+#: activation modules -> registry name (nn.Hardtanh is decided by its bounds, see below)
+ACTIVATION_MODULES: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.LeakyReLU: "leaky_relu",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.Softplus: "softplus",
+    nn.ELU: "elu",
+    nn.SELU: "selu",
+    nn.CELU: "celu",
+    nn.Mish: "mish",
+    nn.ReLU6: "relu6",
+    nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.Softsign: "softsign",
+    nn.Tanhshrink: "tanhshrink",
+    nn.Softshrink: "softshrink",
+    nn.Hardshrink: "hardshrink",
+    nn.LogSigmoid: "logsigmoid",
+}
+
+ACTIVATION_FUNCTIONS: dict[Callable[..., Any], str] = {
+    F.relu: "relu",
+    torch.relu: "relu",
+    F.relu_: "relu",
+    torch.relu_: "relu",
+    F.leaky_relu: "leaky_relu",
+    torch.tanh: "tanh",
+    F.tanh: "tanh",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    F.gelu: "gelu",
+    F.silu: "silu",
+    F.softplus: "softplus",
+    F.elu: "elu",
+    F.selu: "selu",
+    torch.selu: "selu",
+    F.celu: "celu",
+    F.mish: "mish",
+    F.relu6: "relu6",
+    F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid",
+    F.softsign: "softsign",
+    F.tanhshrink: "tanhshrink",
+    F.softshrink: "softshrink",
+    F.hardshrink: "hardshrink",
+    F.logsigmoid: "logsigmoid",
+    torch.sin: "sin",
+    torch.cos: "cos",
+}
+
+ACTIVATION_METHODS: dict[str, str] = {
+    "relu": "relu",
+    "relu_": "relu",
+    "tanh": "tanh",
+    "tanh_": "tanh",
+    "sigmoid": "sigmoid",
+    "sigmoid_": "sigmoid",
+    "sin": "sin",
+    "sin_": "sin",
+    "cos": "cos",
+}
+
+PASSTHROUGH_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+PASSTHROUGH_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+    torch.clone,
+)
+PASSTHROUGH_METHODS: frozenset[str] = frozenset(
+    {"contiguous", "clone", "float", "double", "to", "detach"}
+)
+
+#: pooling modules -> True when they take a maximum (which only positive scaling passes)
+POOL_MODULES: dict[type[nn.Module], bool] = {
+    nn.AdaptiveAvgPool1d: False,
+    nn.AdaptiveAvgPool2d: False,
+    nn.AdaptiveAvgPool3d: False,
+    nn.AvgPool1d: False,
+    nn.AvgPool2d: False,
+    nn.AvgPool3d: False,
+    nn.AdaptiveMaxPool1d: True,
+    nn.AdaptiveMaxPool2d: True,
+    nn.AdaptiveMaxPool3d: True,
+    nn.MaxPool1d: True,
+    nn.MaxPool2d: True,
+    nn.MaxPool3d: True,
+}
+POOL_FUNCTIONS: dict[Callable[..., Any], bool] = {
+    F.adaptive_avg_pool1d: False,
+    F.adaptive_avg_pool2d: False,
+    F.adaptive_avg_pool3d: False,
+    F.avg_pool1d: False,
+    F.avg_pool2d: False,
+    F.avg_pool3d: False,
+    F.adaptive_max_pool1d: True,
+    F.adaptive_max_pool2d: True,
+    F.adaptive_max_pool3d: True,
+    F.max_pool1d: True,
+    F.max_pool2d: True,
+    F.max_pool3d: True,
+}
+#: per-channel linear maps of the spatial positions (resampling, padding): every scaling passes
+SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+)
+SPATIAL_FUNCTIONS: tuple[Callable[..., Any], ...] = (F.interpolate, F.pad)
+
+#: reductions over spatial dims -> True when they take a maximum
+REDUCE_FUNCTIONS: dict[Callable[..., Any], bool] = {
+    torch.mean: False,
+    torch.sum: False,
+    torch.amax: True,
+}
+REDUCE_METHODS: dict[str, bool] = {"mean": False, "sum": False, "amax": True}
+
+RESHAPE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+)
+RESHAPE_METHODS: frozenset[str] = frozenset({"flatten", "view", "reshape", "squeeze", "unsqueeze"})
+
+ADD_FUNCTIONS: dict[Callable[..., Any], int] = {
+    operator.add: 1,
+    operator.iadd: 1,
+    torch.add: 1,
+    operator.sub: -1,
+    operator.isub: -1,
+    torch.sub: -1,
+}
+ADD_METHODS: dict[str, int] = {"add": 1, "add_": 1, "sub": -1, "sub_": -1}
+
+#: multiplication or division by a constant number: linear, so every scaling passes
+SCALE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    operator.itruediv,
+    operator.neg,
+    torch.mul,
+    torch.div,
+    torch.neg,
+)
+SCALE_METHODS: frozenset[str] = frozenset({"mul", "mul_", "div", "div_", "neg"})
+#: of the scalings above, those that divide (the activation must be the numerator)
+DIVIDE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    operator.truediv,
+    operator.itruediv,
+    torch.div,
+)
+
+SOFTMAX_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    F.softmax,
+    F.log_softmax,
+    torch.softmax,
+    torch.log_softmax,
+)
+SOFTMAX_METHODS: frozenset[str] = frozenset({"softmax", "log_softmax"})
+SOFTMAX_MODULES: tuple[type[nn.Module], ...] = (nn.Softmax, nn.LogSoftmax)
+
+CONV_MODULES: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+NORM_MODULES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+)
+
+
+def pad_value(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+    """The constant a padding call or module writes (0 for reflect/replicate/circular)."""
+    if isinstance(target, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)):
+        return float(target.value)
+    if target is F.pad:
+        mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+        value = kwargs.get("value", args[3] if len(args) > 3 else None)
+        return float(value or 0.0) if mode == "constant" else 0.0
+    return 0.0
+
+
+def module_activation(module: nn.Module) -> str | None:
+    """The registry name of an activation module, or None if it is not one."""
+    if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
+        return "hardtanh" if module.min_val == -module.max_val else "hardtanh_asymmetric"
+    return ACTIVATION_MODULES.get(type(module))
+
+
+def function_activation(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The registry name of an activation function call, or None if it is not one."""
+    if target is F.hardtanh:
+        low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+        high = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+        return "hardtanh" if low == -high else "hardtanh_asymmetric"
+    try:
+        return ACTIVATION_FUNCTIONS.get(target)
+    except TypeError:  # unhashable target
+        return None
+
+
+def target_name(target: Any) -> str:
+    """A readable name for an fx call target: ``torch.flatten``, ``operator.add``, ``F.relu``."""
+    if isinstance(target, str):
+        return f"Tensor.{target}"
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", repr(target))
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    if module in ("_operator", "operator"):
+        return f"operator.{name}"
+    if module.startswith("torch") or module == "":
+        return f"torch.{name}"
+    return f"{module}.{name}"

@@ -1,0 +1,195 @@
+"""The exactly invariant layer: canonicalize the scaling, pool with the complete basis, mix.
+
+Under scaling groups almost no invariant linear functionals exist (MATH.md section 4), so the
+layer first removes the scaling of every entry exactly: an entry whose factor can be negative
+(sign or nonzero scalings) is replaced by its absolute value, an entry whose factor can be any
+positive number has its channel vector divided by its norm (0 stays 0). What remains is acted
+on by permutations only, and the layer applies the complete basis of permutation-invariant
+linear functionals of every tensor, then one ``nn.Linear`` to ``out_channels``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from derive.codegen import codefmt
+from derive.basis.linear import enumerate_block
+from derive.plan.features import PRODUCT, Feature, feature_for, tensor_var
+from derive.basis.magep import virtual_name
+from derive.plan.magep import MagepPlan, magep_invariants
+from derive.weightspace.model import Scaling, TensorSpec, WeightSpaceSpec
+from derive.codegen.views import PsiDecl
+from derive.codegen.statements import Statement, split_long
+
+__all__ = [
+    "Canonicalization",
+    "InvariantPlan",
+    "InvariantView",
+    "canonicalization",
+    "permutation_only",
+    "invariant_plan",
+    "invariant_view",
+]
+
+
+@dataclass(frozen=True)
+class Canonicalization:
+    """How one tensor's entries are freed from scaling: ``normalize`` and/or ``absolute``."""
+
+    tensor: str
+    normalize: bool
+    absolute: bool
+
+    @property
+    def needed(self) -> bool:
+        return self.normalize or self.absolute
+
+
+def canonicalization(space: WeightSpaceSpec, tensor: TensorSpec) -> Canonicalization:
+    """What the scalings acting on ``tensor`` require to be removed."""
+    normalize = absolute = False
+    for axis in tensor.axes:
+        scaling = space.space(axis.space).scaling
+        if axis.character == 0 or scaling is Scaling.NONE:
+            continue
+        normalize |= scaling.allows_positive()
+        absolute |= scaling.allows_sign() and axis.character % 2 != 0
+    return Canonicalization(tensor.name, normalize, absolute)
+
+
+@dataclass(frozen=True)
+class InvariantPlan:
+    space: WeightSpaceSpec
+    canonical: tuple[Canonicalization, ...]
+    features: tuple[Feature, ...]
+    in_factor: int
+    magep: MagepPlan | None = None  # polynomial invariants (their statements and Psi)
+    trainable_psi: bool = True
+
+
+def permutation_only(space: WeightSpaceSpec) -> WeightSpaceSpec:
+    """The same weight space with every scaling removed (permutations only)."""
+    spaces = tuple(replace(s, scaling=Scaling.NONE) for s in space.spaces)
+    return replace(space, spaces=spaces)
+
+
+def canonical_var(tensor: str) -> str:
+    return f"{tensor_var(tensor)}_canon"
+
+
+def invariant_plan(
+    space: WeightSpaceSpec,
+    polynomial: bool = False,
+    degree: int | None = None,
+    trainable_psi: bool = True,
+    family: str = "magep",
+    max_terms: int = 2000,
+) -> InvariantPlan:
+    """Canonicalization per tensor, then every permutation-invariant functional as a feature;
+    with ``polynomial``, also every MAGEP invariant of degree 2..``degree``."""
+    perm_space = permutation_only(space)
+    canonical = tuple(canonicalization(space, t) for t in space.tensors)
+    taken = {tensor_var(t.name) for t in space.tensors} | {
+        canonical_var(t.name) for t in space.tensors
+    }
+    taken |= {"batch", "ws", "self", "pooled"}
+    features = []
+    for tensor, canon in zip(space.tensors, canonical):
+        var = canonical_var(tensor.name) if canon.needed else tensor_var(tensor.name)
+        for basis_map in enumerate_block(perm_space, None, tensor):
+            reduced = tuple(sorted(b.inputs for b in basis_map.blocks))
+            features.append(feature_for(perm_space, (tensor.name, (), reduced), taken, var=var))
+    magep = None
+    if polynomial and family == "magep":
+        magep = magep_invariants(space, degree)
+        taken |= {t.var for t in magep.terms}
+        for term in magep.terms:
+            features.append(feature_for(magep.space, (virtual_name(term), (), ()), taken))
+    elif polynomial:  # complete family: every invariant monomial of degree 2..degree
+        from derive.basis.polynomial import enumerate_polynomial
+
+        for d in range(2, (degree or 2) + 1):
+            basis = enumerate_polynomial(space, d, limit=max_terms)
+            for block in basis.blocks:
+                if block.output is not None:
+                    continue
+                for m in block.maps:
+                    pooled = tuple(sorted(b.inputs for b in m.blocks))
+                    key = (PRODUCT, m.factors, (), pooled)
+                    features.append(feature_for(space, key, taken))
+    factor = sum(f.factor for f in features)
+    return InvariantPlan(space, canonical, tuple(features), factor, magep, trainable_psi)
+
+
+@dataclass(frozen=True)
+class InvariantView:
+    unpack_line: str
+    unpack: tuple[str, ...]
+    canonical: tuple[Statement, ...]
+    features: tuple[Statement, ...]
+    pooled: str
+    in_factor: int
+    formula: tuple[str, ...]
+    products: tuple[Statement, ...] = ()
+    psis: tuple[PsiDecl, ...] = ()
+
+
+def invariant_view(plan: InvariantPlan) -> InvariantView:
+    """All strings of the invariant-layer template."""
+    variables = [tensor_var(t.name) for t in plan.space.tensors]
+    canonical = []
+    for canon in plan.canonical:
+        if not canon.needed:
+            continue
+        var = tensor_var(canon.tensor)
+        expr = f"unit_channels({var})" if canon.normalize else var
+        if canon.absolute:
+            expr = f"{expr}.abs()"
+        what = " and ".join(
+            w
+            for w, on in (
+                ("unit channel norm", canon.normalize),
+                ("absolute value", canon.absolute),
+            )
+            if on
+        )
+        canonical.append(Statement(f"{canonical_var(canon.tensor)} = {expr}", what))
+    features = tuple(
+        Statement(f"{f.name} = {f.code}", f.description) for f in plan.features if f.code != f.name
+    )
+    names = [f.name for f in plan.features]
+    pooled = codefmt.wrap_list(names, 8, prefix="parts = ")
+    formula = tuple(f"{f.name} = {f.description}" for f in plan.features)
+    products: list[Statement] = []
+    psis: list[PsiDecl] = []
+    if plan.magep is not None:
+        for code, comment in plan.magep.statements:
+            for k, line in enumerate(split_long(code)):
+                products.append(Statement(line, comment if k == 0 else ""))
+        psis = [
+            PsiDecl(
+                p.name,
+                ", ".join(["in_channels", *(str(n) for n in p.shape)]),
+                repr(p.std),
+                plan.trainable_psi,
+            )
+            for p in plan.magep.psis
+        ]
+        described = {virtual_name(t).lower(): t.formula for t in plan.magep.terms}
+        formula = tuple(
+            f"{f.name} = {described[f.source.lower()]}" if f.source.lower() in described else line
+            for f, line in zip(plan.features, formula)
+        )
+    return InvariantView(
+        unpack_line=codefmt.assign_tuple(
+            variables, "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8
+        ),
+        unpack=tuple(variables),
+        canonical=tuple(canonical),
+        features=features,
+        pooled=pooled,
+        in_factor=plan.in_factor,
+        formula=formula,
+        products=tuple(products),
+        psis=tuple(psis),
+    )

@@ -1,0 +1,1 @@
+"""The symmetry group of a weight space: which spaces are permuted, and which scaling each allows."""

@@ -1,0 +1,1 @@
+"""Verification: slow references, symbolic proofs, numeric equivariance, sensitivity and completeness checks."""

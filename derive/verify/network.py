@@ -1,0 +1,91 @@
+"""The group check on the real network (``nfn-derive verify --torch ...``).
+
+The derived group must be a symmetry of the network itself: group elements applied to the
+network's parameters (and running statistics) leave its outputs on random inputs unchanged
+in float64, while transformations outside the group (a sign flip on a ReLU space, a scale on
+a tanh space, decoupled permutations, permutations of fixed axes) change them. The second
+half catches a group that is too large; the first one that is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from derive.verify.checklist import VerifyReport
+from derive.pipeline import Derivation
+from derive.frontend.torch_spec import TorchSpec
+from nfn_runtime import OUTSIDE_GROUP_KINDS, network_symmetry_error, sample_outside_group
+
+__all__ = ["network_checks", "NETWORK_TOLERANCE", "MIN_OUTSIDE_CHANGE"]
+
+#: float64 bound on the relative output change under group elements
+NETWORK_TOLERANCE = 1e-10
+#: a transformation outside the group must change the outputs by more than this (relative)
+MIN_OUTSIDE_CHANGE = 1e-6
+
+
+def _test_network(module: nn.Module, seed: int) -> nn.Module:
+    """A float64 copy in eval mode, with running statistics drawn away from 0 and 1 (so that
+    the action on them is exercised)."""
+    model = copy.deepcopy(module).double().eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for sub in model.modules():
+            if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.track_running_stats:
+                assert sub.running_mean is not None and sub.running_var is not None
+                sub.running_mean.copy_(
+                    torch.randn(sub.running_mean.shape, generator=generator, dtype=torch.float64)
+                )
+                sub.running_var.copy_(
+                    0.5
+                    + 1.5
+                    * torch.rand(sub.running_var.shape, generator=generator, dtype=torch.float64)
+                )
+    return model
+
+
+def network_checks(derivation: Derivation, report: VerifyReport, samples: int, seed: int) -> None:
+    """Add the network group checks to ``report`` (only for traced PyTorch modules)."""
+    spec = derivation.spec
+    if not isinstance(spec, TorchSpec):
+        return
+    model = _test_network(spec.build(), seed)
+    layout = derivation.space.to_layout()
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn((4, *spec.input_shape), generator=generator, dtype=torch.float64)
+    errors = [
+        network_symmetry_error(model, layout, inputs, generator=generator) for _ in range(samples)
+    ]
+    worst = max(errors)
+    report.add(
+        "network group check",
+        worst <= NETWORK_TOLERANCE,
+        f"max relative output change {worst:.2e} over {samples} group elements applied to the "
+        f"network's own parameters (float64, bound {NETWORK_TOLERANCE:g})",
+    )
+    changes: list[tuple[str, str, float]] = []
+    for kind in OUTSIDE_GROUP_KINDS:
+        for space in layout.spaces:
+            try:
+                transform = sample_outside_group(layout, kind, generator, space=space.name)
+            except ValueError:
+                continue  # this kind does not apply to this space
+            change = network_symmetry_error(model, layout, inputs, transform)
+            changes.append((kind, space.name, change))
+    if not changes:
+        report.add("network outside group", True, "no transformation outside the group applies")
+        return
+    unchanged = [(k, s, c) for k, s, c in changes if not c > MIN_OUTSIDE_CHANGE]
+    smallest = min(c for _, _, c in changes)
+    report.add(
+        "network outside group",
+        not unchanged,
+        f"all {len(changes)} transformations outside the group change the outputs (smallest "
+        f"relative change {smallest:.2e}; kinds {', '.join(sorted({k for k, _, _ in changes}))})"
+        if not unchanged
+        else "outputs unchanged (the group may be too small) under "
+        + ", ".join(f"{k} on {s} ({c:.1e})" for k, s, c in unchanged[:3]),
+    )

@@ -1,0 +1,266 @@
+"""The slow, obviously correct layers: one einsum per basis map.
+
+Tests compare every generated module against these, after loading the same coefficients into
+both (:func:`load_into_generated`). Also used by :mod:`derive.verify.numeric` to build the matrix of
+each basis map.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+from math import prod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from derive.basis.linear import BasisMap, LinearBasis
+from derive.weightspace.model import WeightSpaceSpec
+from derive.plan.linear import LinearPlan
+from nfn_runtime.weight_space import WeightSpace
+
+__all__ = [
+    "einsum_for_map",
+    "apply_map",
+    "ReferenceLinear",
+    "ReferenceInvariant",
+    "load_into_generated",
+]
+
+_BATCH, _C_IN, _C_OUT = "Z", "Y", "X"
+
+
+def _letters() -> Iterator[str]:
+    yield from string.ascii_lowercase + "ABCDEFGHIJKLMNOPQRSTUVW"
+
+
+def einsum_for_map(
+    space: WeightSpaceSpec, basis_map: BasisMap
+) -> tuple[str, list[tuple[str, int]], float]:
+    """The einsum equation of one map, its helper operands and its normalization.
+
+    Operands, in order: the coefficient ``(C_out, *F_out, C_in, *F_in)`` (or ``(C_out, *F_out)``
+    for a constant), the input tensor (absent for a constant), then helper operands given as
+    ``("ones", n)`` (a broadcast index) or ``("eye", n)`` (a diagonal write).
+    Invariant functionals (no output) are not handled here.
+    """
+    assert basis_map.output is not None
+    out_tensor = space.tensor(basis_map.output)
+    in_tensor = space.tensor(basis_map.input) if basis_map.input else None
+    letters = _letters()
+    out_sub = [""] * len(out_tensor.axes)
+    in_sub = [""] * (len(in_tensor.axes) if in_tensor else 0)
+    helpers: list[tuple[str, int]] = []
+    helper_subs: list[str] = []
+    scale = 1.0
+    for block in basis_map.blocks:
+        letter = next(letters)
+        size = space.space(block.space).size
+        for p in block.inputs:
+            in_sub[p] = letter
+        if not block.inputs:
+            helpers.append(("ones", size))
+            helper_subs.append(letter)
+        if not block.outputs:
+            scale /= size
+        for k, p in enumerate(block.outputs):
+            if k == 0:
+                out_sub[p] = letter
+            else:
+                extra = next(letters)
+                out_sub[p] = extra
+                helpers.append(("eye", size))
+                helper_subs.append(letter + extra)
+    fixed_out = [next(letters) for _ in basis_map.out_fixed]
+    fixed_in = [next(letters) for _ in basis_map.in_fixed]
+    for p, letter in zip(basis_map.out_fixed, fixed_out):
+        out_sub[p] = letter
+    for p, letter in zip(basis_map.in_fixed, fixed_in):
+        in_sub[p] = letter
+    coeff = _C_OUT + "".join(fixed_out) + (_C_IN + "".join(fixed_in) if in_tensor else "")
+    operands = [coeff]
+    if in_tensor is not None:
+        operands.append(_BATCH + _C_IN + "".join(in_sub))
+    operands += helper_subs
+    output = (_BATCH if in_tensor else "") + _C_OUT + "".join(out_sub)
+    return f"{','.join(operands)}->{output}", helpers, scale
+
+
+def _helper(kind: str, size: int, like: Tensor) -> Tensor:
+    if kind == "ones":
+        return torch.ones(size, dtype=like.dtype, device=like.device)
+    return torch.eye(size, dtype=like.dtype, device=like.device)
+
+
+def apply_map(
+    space: WeightSpaceSpec, basis_map: BasisMap, coefficient: Tensor, source: Tensor | None
+) -> Tensor:
+    """The contribution of one map (with ``source`` of shape ``(B, C_in, *axes)``)."""
+    equation, helpers, scale = einsum_for_map(space, basis_map)
+    operands = [coefficient] + ([source] if source is not None else [])
+    operands += [_helper(kind, size, coefficient) for kind, size in helpers]
+    return torch.einsum(equation, *operands) * scale
+
+
+class ReferenceLinear(nn.Module):
+    """The equivariant linear layer as a plain sum over basis maps (slow; for tests)."""
+
+    def __init__(
+        self, basis: LinearBasis, in_channels: int, out_channels: int, with_constants: bool = True
+    ) -> None:
+        super().__init__()
+        self.space = basis.space
+        self.layout = basis.space.to_layout()
+        self.maps = [m for block in basis.blocks for m in block.maps]
+        self.constant_maps = (
+            [m for block in basis.constants for m in block.maps] if with_constants else []
+        )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.coefficients = nn.ParameterList(
+            nn.Parameter(torch.randn(*self.coefficient_shape(m))) for m in self.maps
+        )
+        self.constants = nn.ParameterList(
+            nn.Parameter(torch.randn(*self.coefficient_shape(m))) for m in self.constant_maps
+        )
+
+    def coefficient_shape(self, basis_map: BasisMap) -> tuple[int, ...]:
+        out = self.space.tensor(basis_map.output) if basis_map.output else None
+        src = self.space.tensor(basis_map.input) if basis_map.input else None
+        out_sizes = [self.space.shape(out)[p] for p in basis_map.out_fixed] if out else []
+        in_sizes = [self.space.shape(src)[p] for p in basis_map.in_fixed] if src else []
+        if src is None:
+            return (self.out_channels, *out_sizes)
+        return (self.out_channels, *out_sizes, self.in_channels, *in_sizes)
+
+    def forward(self, ws: WeightSpace) -> WeightSpace:
+        named = ws.named(self.layout)
+        batch = ws.batch_size
+        outputs = {
+            t.name: named[t.name].new_zeros(batch, self.out_channels, *self.space.shape(t))
+            for t in self.space.tensors
+        }
+        for basis_map, coefficient in zip(self.maps, self.coefficients):
+            assert basis_map.output is not None and basis_map.input is not None
+            outputs[basis_map.output] = outputs[basis_map.output] + apply_map(
+                self.space, basis_map, coefficient, named[basis_map.input]
+            )
+        for basis_map, constant in zip(self.constant_maps, self.constants):
+            assert basis_map.output is not None
+            outputs[basis_map.output] = outputs[basis_map.output] + apply_map(
+                self.space, basis_map, constant, None
+            )
+        return WeightSpace.from_named(self.layout, outputs)
+
+
+def load_into_generated(reference: nn.Module, plan: LinearPlan, module: nn.Module) -> None:
+    """Copy a reference's coefficients into a generated module built from ``plan``.
+
+    ``reference`` is a :class:`ReferenceLinear` or a
+    :class:`derive.verify.reference_poly.ReferencePolynomial` (whose polynomial coefficients and Psi
+    parameters are copied too).
+    """
+    linear = getattr(reference, "linear", reference)  # a polynomial reference wraps a linear one
+    assert isinstance(linear, ReferenceLinear)
+    c_in, c_out = linear.in_channels, linear.out_channels
+    pairs = list(zip(linear.maps, linear.coefficients))
+    pairs += list(
+        zip(getattr(reference, "term_maps", []), getattr(reference, "term_coefficients", []))
+    )
+    with torch.no_grad():
+        for param in module.parameters():
+            param.zero_()
+        for basis_map, coefficient in pairs:
+            slot = plan.map_slots[basis_map]
+            weight = getattr(module, f"{slot.op}_weight")
+            rows = slice(slot.row_start * c_out, (slot.row_start + slot.row_factor) * c_out)
+            cols = slice(slot.col_start * c_in, (slot.col_start + slot.col_factor) * c_in)
+            weight[rows, cols] = coefficient.reshape(
+                c_out * slot.row_factor, c_in * slot.col_factor
+            ).to(weight)
+        for basis_map, constant in zip(linear.constant_maps, linear.constants):
+            slot = plan.constant_slots[basis_map]
+            bias = getattr(module, f"{slot.op}_bias")
+            rows = slice(slot.row_start * c_out, (slot.row_start + slot.row_factor) * c_out)
+            bias[rows] = constant.reshape(-1).to(bias)
+        for name, value in getattr(reference, "psi", {}).items():
+            getattr(module, name).copy_(value)
+
+
+class ReferenceInvariant(nn.Module):
+    """The invariant layer written plainly: canonicalize each tensor, one einsum per pooling map.
+
+    Pooled features come in the order of :func:`derive.plan.invariant.invariant_plan` (tensor order,
+    then enumeration order), so a generated invariant layer can share its ``mix`` weights.
+    """
+
+    def __init__(
+        self, space: WeightSpaceSpec, in_channels: int, out_channels: int, magep: Any = None
+    ) -> None:
+        super().__init__()
+        self.magep = magep
+        self.psi = nn.ParameterDict(
+            {p.name: nn.Parameter(torch.randn(in_channels, *p.shape) * p.std) for p in magep.psis}
+            if magep is not None
+            else {}
+        )
+        from derive.basis.linear import enumerate_block
+        from derive.plan.invariant import canonicalization, permutation_only
+
+        self.space = space
+        self.layout = space.to_layout()
+        perm_space = permutation_only(space)
+        self.canonical = {t.name: canonicalization(space, t) for t in space.tensors}
+        self.pools = [
+            (t.name, m) for t in space.tensors for m in enumerate_block(perm_space, None, t)
+        ]
+        width = sum(m.num_params for _, m in self.pools) * in_channels
+        if magep is not None:  # every MAGEP invariant is indexed by fixed axes only: all entries
+            for term in magep.terms:
+                width += prod(space.space(a.space).size for a in term.axes) * in_channels
+        self.mix = nn.Linear(width, out_channels)
+
+    def _canonical(self, name: str, x: Tensor) -> Tensor:
+        rule = self.canonical[name]
+        if rule.normalize:
+            norms = torch.sqrt((x * x).sum(dim=1, keepdim=True))
+            x = torch.where(
+                norms > 0,
+                x / torch.where(norms > 0, norms, torch.ones_like(norms)),
+                torch.zeros_like(x),
+            )
+        if rule.absolute:
+            x = torch.abs(x)
+        return x
+
+    def forward(self, ws: WeightSpace) -> Tensor:
+        named = ws.named(self.layout)
+        canonical = {name: self._canonical(name, x) for name, x in named.items()}
+        pooled = []
+        for name, basis_map in self.pools:
+            x = canonical[name]
+            letters = _letters()
+            sub = [""] * (x.dim() - 2)
+            scale = 1.0
+            for block in basis_map.blocks:
+                letter = next(letters)
+                for p in block.inputs:
+                    sub[p] = letter
+                scale /= self.space.space(block.space).size
+            kept = [next(letters) for _ in basis_map.in_fixed]
+            for p, letter in zip(basis_map.in_fixed, kept):
+                sub[p] = letter
+            value = (
+                torch.einsum(f"{_BATCH}{_C_IN}{''.join(sub)}->{_BATCH}{_C_IN}{''.join(kept)}", x)
+                * scale
+            )
+            pooled.append(value.reshape(value.shape[0], -1))
+        if self.magep is not None:
+            psi = dict(self.psi.items())
+            from derive.verify.reference_poly import magep_term_value
+
+            for term in self.magep.terms:
+                value = magep_term_value(term, self.magep.chain, named, psi)
+                pooled.append(value.reshape(value.shape[0], -1))
+        result: Tensor = self.mix(torch.cat(pooled, dim=1))
+        return result

@@ -1,0 +1,189 @@
+"""Slow references for polynomial layers: every term evaluated separately, from its definition.
+
+MAGEP terms are computed with fresh path products each (no sharing, no folding); complete-family
+terms by one einsum over their factors. Tests and ``verify`` load the same coefficients into a
+generated module (:func:`derive.verify.reference.load_into_generated`) and compare.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from derive.basis.linear import LinearBasis
+from derive.weightspace.model import WeightSpaceSpec
+from derive.verify.reference import _BATCH, _C_IN, _C_OUT, ReferenceLinear, _helper, _letters, apply_map
+from nfn_runtime.weight_space import WeightSpace
+
+__all__ = ["magep_term_value", "ReferencePolynomial", "apply_poly_map"]
+
+
+def _chain_product(weights: list[Tensor], sizes: list[int], s: int, t: int) -> Tensor:
+    """``[W](s,t) = W_s ... W_{t+1}`` for one batch of per-channel matrices, normalized like the
+    generated code (each contraction over n neurons divided by sqrt(n)), built right to left."""
+    product = weights[t]  # W_{t+1}
+    for k in range(t + 2, s + 1):
+        product = torch.matmul(weights[k - 1], product) / sizes[k - 1] ** 0.5
+    return product
+
+
+def magep_term_value(
+    term: Any, chain: Any, named: dict[str, Tensor], psi: dict[str, Tensor]
+) -> Tensor:
+    """One MAGEP term computed from its definition alone (no shared products)."""
+    L = chain.layers
+    sizes = list(chain.sizes)
+    weights = [named[name] for name in chain.weights]
+    biases = [named[name] if name else None for name in chain.biases]
+    i, t = term.i, term.t
+    if term.kind in ("WW", "WW0"):
+        glued: Tensor = (
+            _chain_product(weights, sizes, i, 0)
+            @ psi[term.psi[0].name]
+            @ _chain_product(weights, sizes, L, t)
+        )
+        return glued
+    if term.kind in ("bW", "bW0"):
+        row = psi[term.psi[0].name] @ _chain_product(weights, sizes, L, t)  # (B, C, 1, n_t)
+        bias = biases[i - 1]
+        assert bias is not None
+        result: Tensor = bias[..., None] * row
+        return result
+    if term.kind == "W":
+        return _chain_product(weights, sizes, i, 0)
+    if term.kind == "Wb":
+        paths = []
+        for source in range(1, i):
+            if biases[source - 1] is None or i - source + 1 not in term.degrees:
+                continue
+            vector = biases[source - 1]
+            assert vector is not None
+            for k in range(source + 1, i + 1):
+                vector = torch.einsum("bcij,bcj->bci", weights[k - 1], vector) / sizes[k - 1] ** 0.5
+            paths.append(vector)
+        summed: Tensor = torch.stack(paths).sum(0) / len(paths) ** 0.5
+        return summed
+    scale = sizes[t] ** 0.5
+    if term.kind == "trWW":
+        closed = (
+            _chain_product(weights, sizes, t, 0)
+            @ psi[term.psi[0].name]
+            @ _chain_product(weights, sizes, L, t)
+        )
+        trace: Tensor = torch.diagonal(closed, dim1=-2, dim2=-1).sum(-1) / scale
+        return trace
+    row = (psi[term.psi[0].name] @ _chain_product(weights, sizes, L, t)).squeeze(-2)
+    last = biases[t - 1]
+    assert last is not None
+    total: Tensor = (row * last).sum(-1) / scale
+    return total
+
+
+class ReferencePolynomial(nn.Module):
+    """The polynomial layer as the linear reference plus every polynomial term separately."""
+
+    def __init__(self, pplan: Any, basis: LinearBasis, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.linear = ReferenceLinear(basis, in_channels, out_channels)
+        self.pplan = pplan
+        self.space = pplan.plan.space
+        self.layout = basis.space.to_layout()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.term_maps = list(pplan.magep.maps) if pplan.magep else list(pplan.terms)
+        self.term_coefficients = nn.ParameterList(
+            nn.Parameter(torch.randn(*self._shape(m))) for m in self.term_maps
+        )
+        self.psi = nn.ParameterDict(
+            {p.name: nn.Parameter(torch.randn(in_channels, *p.shape) * p.std) for p in pplan.psis}
+        )
+
+    def _shape(self, basis_map: Any) -> tuple[int, ...]:
+        out = self.space.tensor(basis_map.output)
+        out_sizes = [self.space.shape(out)[p] for p in basis_map.out_fixed]
+        if hasattr(basis_map, "factors"):
+            in_sizes = [
+                self.space.shape(self.space.tensor(basis_map.factors[f]))[p]
+                for f, p in basis_map.in_fixed
+            ]
+        else:
+            src = self.space.tensor(basis_map.input)
+            in_sizes = [self.space.shape(src)[p] for p in basis_map.in_fixed]
+        return (self.out_channels, *out_sizes, self.in_channels, *in_sizes)
+
+    def forward(self, ws: WeightSpace) -> WeightSpace:
+        out = self.linear(ws).named(self.layout)
+        named = ws.named(self.layout)
+        if self.pplan.magep is not None:
+            chain = self.pplan.magep.chain
+            psi = dict(self.psi.items())
+            for term, basis_map, coefficient in zip(
+                self.pplan.magep.terms, self.term_maps, self.term_coefficients
+            ):
+                value = magep_term_value(term, chain, named, psi)
+                out[term.output] = out[term.output] + apply_map(
+                    self.space, basis_map, coefficient, value
+                )
+        else:
+            for poly_map, coefficient in zip(self.term_maps, self.term_coefficients):
+                out[poly_map.output] = out[poly_map.output] + apply_poly_map(
+                    self.space, poly_map, coefficient, [named[f] for f in poly_map.factors]
+                )
+        return WeightSpace.from_named(self.layout, out)
+
+
+def apply_poly_map(
+    space: WeightSpaceSpec, poly_map: Any, coefficient: Tensor, factors: list[Tensor]
+) -> Tensor:
+    """One polynomial map by one einsum over its factors (per channel), then channel mixing."""
+    from derive.plan.features import product_divisor
+
+    out_tensor = space.tensor(poly_map.output)
+    letters = _letters()
+    out_sub = [""] * len(out_tensor.axes)
+    in_subs = [[""] * len(space.tensor(name).axes) for name in poly_map.factors]
+    helpers: list[tuple[str, int]] = []
+    helper_subs: list[str] = []
+    for block in poly_map.blocks:
+        letter = next(letters)
+        size = space.space(block.space).size
+        for f, p in block.inputs:
+            in_subs[f][p] = letter
+        if not block.inputs:
+            helpers.append(("ones", size))
+            helper_subs.append(letter)
+        for k, p in enumerate(block.outputs):
+            if k == 0:
+                out_sub[p] = letter
+            else:
+                extra = next(letters)
+                out_sub[p] = extra
+                helpers.append(("eye", size))
+                helper_subs.append(letter + extra)
+    fixed_out = [next(letters) for _ in poly_map.out_fixed]
+    fixed_in = [next(letters) for _ in poly_map.in_fixed]
+    for p, letter in zip(poly_map.out_fixed, fixed_out):
+        out_sub[p] = letter
+    for (f, p), letter in zip(poly_map.in_fixed, fixed_in):
+        in_subs[f][p] = letter
+    product_sub = (
+        _BATCH
+        + _C_IN
+        + "".join(fixed_in)
+        + "".join(sorted({letter for sub in in_subs for letter in sub} - set(fixed_in)))
+    )
+    operands = [f"{_BATCH}{_C_IN}{''.join(sub)}" for sub in in_subs]
+    product = torch.einsum(f"{','.join(operands)}->{product_sub}", *factors)
+    coeff = _C_OUT + "".join(fixed_out) + _C_IN + "".join(fixed_in)
+    equation = f"{coeff},{product_sub}" + "".join("," + h for h in helper_subs)
+    equation += f"->{_BATCH}{_C_OUT}{''.join(out_sub)}"
+    operands_t = [coefficient, product] + [
+        _helper(kind, size, coefficient) for kind, size in helpers
+    ]
+    kept = [b for b in poly_map.blocks if b.outputs and b.inputs]
+    reduced = [b for b in poly_map.blocks if not b.outputs]
+    del kept
+    return torch.einsum(equation, *operands_t) / product_divisor(
+        space, poly_map.factors, [b.inputs for b in reduced]
+    )

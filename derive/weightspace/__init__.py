@@ -1,0 +1,1 @@
+"""The typed weight-space model every stage reads (spaces, axes, tensors, buffers), and its networkx view."""

@@ -18,8 +18,7 @@ from torch import nn
 
 from derive.basis import linear as basis_module
 from derive.basis import partitions
-from derive.weightspace.graph import network_graph
-from derive.symmetry.group import weight_space_from_graph
+from derive.symmetry.group import derive_group
 from derive.pipeline import Derivation, generate
 from derive.frontend.torch_spec import torch_spec
 from derive.frontend.trace import trace_network
@@ -111,14 +110,13 @@ def run(kind: str, depth: int, activation: str) -> dict[str, float]:
     _clear()
     times: dict[str, float] = {}
     start = time.perf_counter()
-    traced = trace_network(model, shape, "bench")
+    traced = trace_network(model, shape, "bench", "bench")
     times["trace"] = time.perf_counter() - start
     mark = time.perf_counter()
-    graph = network_graph(traced, "bench", "bench")
-    space = weight_space_from_graph(graph)
+    space = derive_group(traced)
     times["group"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    derivation = Derivation(spec=spec, graph=graph, space=space)
+    derivation = Derivation(spec=spec, space=space)
     basis = derivation.basis
     times["basis"] = time.perf_counter() - mark
     times["total"] = time.perf_counter() - start

@@ -15,21 +15,22 @@ import networkx as nx
 
 from derive.basis.linear import LinearBasis, linear_basis
 from derive.codegen.emit import ModuleMeta, render
+from derive.codegen.views import layout_literal, linear_view
 from derive.errors import SpecError
-from derive.weightspace.graph import mlp_graph, network_graph
-from derive.symmetry.group import weight_space_from_graph
-from derive.weightspace.model import WeightSpaceSpec
+from derive.frontend.options import ArchitectureSpec
+from derive.frontend.torch_spec import torch_spec
+from derive.frontend.trace import trace_network
 from derive.naming import class_name, comment_text, identifier
 from derive.plan.linear import LinearPlan, linear_plan
-from derive.codegen.views import layout_literal, linear_view
-from derive.frontend.spec import ArchitectureSpec, MLPSpec
-from derive.frontend.torch_spec import TorchSpec, torch_spec
+from derive.symmetry.group import derive_group
+from derive.weightspace.graph import weight_space_graph
+from derive.weightspace.model import WeightSpaceSpec
 
 __all__ = [
     "Derivation",
     "derive",
     "generate",
-    "architecture_graph",
+    "trace_spec",
     "proxy_derivation",
     "space_sizes",
     "LAYER_KINDS",
@@ -45,8 +46,12 @@ class Derivation:
     """The inspectable intermediate values of one run of the pipeline."""
 
     spec: ArchitectureSpec
-    graph: nx.MultiDiGraph
     space: WeightSpaceSpec
+
+    @cached_property
+    def graph(self) -> nx.MultiDiGraph:
+        """The networkx view of the weight space."""
+        return weight_space_graph(self.space)
 
     @cached_property
     def basis(self) -> LinearBasis:
@@ -56,15 +61,13 @@ class Derivation:
     def linear_plan(self) -> LinearPlan:
         return linear_plan(self.basis)
 
+    def __str__(self) -> str:
+        return f"Derivation of {self.spec.name} ({self.spec.summary()}): {self.space}"
 
-def architecture_graph(spec: ArchitectureSpec) -> nx.MultiDiGraph:
-    """The weight-space graph of an MLP spec, or of a traced PyTorch module."""
-    if isinstance(spec, MLPSpec):
-        return mlp_graph(spec)
-    from derive.frontend.trace import trace_network
 
-    traced = trace_network(spec.build(), spec.input_shape, spec.source)
-    return network_graph(traced, spec.name, spec.source)
+def trace_spec(spec: ArchitectureSpec) -> WeightSpaceSpec:
+    """The front end: build the spec's module and trace it into its weight space (no group)."""
+    return trace_network(spec.build(), spec.input_shape, spec.source, spec.name)
 
 
 def derive(
@@ -74,41 +77,53 @@ def derive(
     scaling: str = "auto",
     name: str | None = None,
 ) -> Derivation:
-    """Build the weight-space graph and its symmetry group (the basis follows lazily).
+    """Trace the architecture into its weight space and decide its group (the basis follows
+    lazily).
 
-    ``spec`` is an :class:`MLPSpec`, a :class:`TorchSpec`, or an ``nn.Module`` to trace on
-    inputs of shape ``(batch, *input_shape)`` (then ``permute``, ``scaling`` and ``name``
+    ``spec`` is an architecture spec (:func:`derive.frontend.spec.mlp_spec`,
+    :func:`derive.frontend.torch_spec.torch_spec`, a spec file), or an ``nn.Module`` to trace
+    on inputs of shape ``(batch, *input_shape)`` (then ``permute``, ``scaling`` and ``name``
     apply; specs carry their own).
     """
-    if not isinstance(spec, (MLPSpec, TorchSpec)):
+    if not isinstance(spec, ArchitectureSpec):
         if input_shape is None:
             raise SpecError("pass input_shape (one input without the batch axis)", "derive()")
         spec = torch_spec(spec, input_shape, permute, scaling, name)
-    graph = architecture_graph(spec)
-    space = weight_space_from_graph(graph, spec.permute, spec.scaling)
-    return Derivation(spec=spec, graph=graph, space=space)
+    space = derive_group(trace_spec(spec), spec.permute, spec.scaling)
+    return Derivation(spec=spec, space=space)
 
 
-def proxy_derivation(derivation: Derivation, hidden: int = 3, other: int = 2) -> Derivation:
-    """The same tensors, axis labels and group with every space capped: hidden spaces at
-    ``hidden`` neurons, input, output and fixed axes at ``other``. Numeric checks whose cost
-    grows with the widths (null spaces, Jacobian spans) run on it."""
-    graph = derivation.graph.copy()
-    for node, data in graph.nodes(data=True):
-        if node[0] == "space":
-            data["size"] = min(data["size"], hidden if data["role"] == "hidden" else other)
-        else:
-            data["source_shape"] = ()
+def _capped(space: WeightSpaceSpec, hidden: int, other: int, name: str) -> WeightSpaceSpec:
+    spaces = tuple(
+        replace(s, size=min(s.size, hidden if s.role == "hidden" else other))
+        for s in space.spaces
+    )
+    return replace(
+        space,
+        name=name,
+        spaces=spaces,
+        tensors=tuple(replace(t, source_shape=()) for t in space.tensors),
+        buffers=tuple(replace(t, source_shape=()) for t in space.buffers),
+    )
+
+
+def proxy_derivation(
+    derivation: Derivation, hidden: int = 3, other: int = 2, shrink_spec: bool = False
+) -> Derivation:
+    """The same kinds of tensors, axis labels and group with every space capped: hidden spaces
+    at ``hidden`` neurons, input, output and fixed axes at ``other``. Numeric checks whose cost
+    grows with the widths (null spaces, Jacobian spans) run on it.
+
+    With ``shrink_spec``, a spec that can shrink itself (an MLP: at most three hidden layers)
+    is derived anew at the smaller size instead."""
     spec = derivation.spec
-    if isinstance(spec, MLPSpec):
-        capped = [
-            min(w, hidden if 0 < k < spec.num_layers else other) for k, w in enumerate(spec.widths)
-        ]
-        spec = replace(spec, widths=tuple(capped), name=f"{spec.name}_proxy")
-    else:
-        spec = replace(spec, name=f"{spec.name}_proxy")
-    space = weight_space_from_graph(graph, spec.permute, spec.scaling)
-    return Derivation(spec=spec, graph=graph, space=space)
+    smaller = spec.proxy(hidden, other) if shrink_spec else None
+    if smaller is not None:
+        return derive(smaller)
+    name = f"{spec.name}_proxy"
+    return Derivation(
+        spec=spec.with_options(name=name), space=_capped(derivation.space, hidden, other, name)
+    )
 
 
 def space_sizes(space: WeightSpaceSpec) -> str:

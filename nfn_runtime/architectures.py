@@ -1,7 +1,8 @@
 """Reference network architectures whose weights NFNs read.
 
 Plain ``nn.Module`` classes (no project imports), used for the generated examples, the model
-zoos and the tests: a small CNN of the kind found in generalization-prediction zoos (conv
+zoos and the tests: the MLP that every ``--mlp`` spec builds (an ``nn.Sequential`` of
+``nn.Linear`` layers and named :class:`Activation` modules), a small CNN of the kind found in generalization-prediction zoos (conv
 layers, global average pooling, a linear head), a CNN that flattens into a linear head, a SIREN
 (sine activations) and a residual MLP. Each has a zero-argument factory for
 ``nfn-derive --torch nfn_runtime.architectures:NAME``.
@@ -10,13 +11,18 @@ layers, global average pooling, a linear head), a CNN that flattens into a linea
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "ACTIVATION_MODULES",
+    "ACTIVATION_FUNCTIONS",
+    "PRELU_SLOPE",
+    "Activation",
+    "mlp",
     "SmallCNN",
     "FlattenCNN",
     "Siren",
@@ -50,6 +56,76 @@ def activation_module(name: str) -> nn.Module:
     except KeyError:
         valid = ", ".join(ACTIVATION_MODULES)
         raise ValueError(f"unknown activation {name!r} (valid: {valid})") from None
+
+
+#: the slope of ``prelu`` in :class:`Activation` (a PReLU at PyTorch's initial slope, kept fixed)
+PRELU_SLOPE = 0.25
+
+#: activation name -> the function :class:`Activation` applies (the names ``nfn-derive`` knows)
+ACTIVATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "prelu": lambda x: F.leaky_relu(x, PRELU_SLOPE),
+    "tanh": torch.tanh,
+    "sin": torch.sin,
+    "softsign": F.softsign,
+    "hardtanh": F.hardtanh,
+    "tanhshrink": F.tanhshrink,
+    "softshrink": F.softshrink,
+    "hardshrink": F.hardshrink,
+    "identity": lambda x: x,
+    "gelu": F.gelu,
+    "sigmoid": torch.sigmoid,
+    "silu": F.silu,
+    "softplus": F.softplus,
+    "elu": F.elu,
+    "selu": F.selu,
+    "celu": F.celu,
+    "mish": F.mish,
+    "relu6": F.relu6,
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "logsigmoid": F.logsigmoid,
+    "cos": torch.cos,
+    "hardtanh_asymmetric": lambda x: F.hardtanh(x, 0.0, 1.0),
+}
+
+
+class Activation(nn.Module):
+    """A pointwise activation known by its name (a key of :data:`ACTIVATION_FUNCTIONS`).
+
+    ``nfn-derive`` traces it as one operation and reads the name, so an MLP spec's
+    activations reach the group exactly as written (``prelu`` is a PReLU whose slope stays at
+    :data:`PRELU_SLOPE`; a learned slope would be a parameter of the weight space).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        if name not in ACTIVATION_FUNCTIONS:
+            valid = ", ".join(ACTIVATION_FUNCTIONS)
+            raise ValueError(f"unknown activation {name!r} (valid: {valid})")
+        self.name = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ACTIVATION_FUNCTIONS[self.name](x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+def mlp(widths: Sequence[int], activations: Sequence[str]) -> nn.Sequential:
+    """``Linear(n0, n1), Activation(a1), ..., Linear(n_{L-1}, n_L)``: state-dict keys
+    ``0.weight, 0.bias, 2.weight, ...``, one activation per hidden layer."""
+    if len(activations) != len(widths) - 2:
+        raise ValueError(
+            f"{len(widths)} widths need {len(widths) - 2} activations, got {len(activations)}"
+        )
+    layers: list[nn.Module] = []
+    for index, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
+        layers.append(nn.Linear(n_in, n_out))
+        if index < len(activations):
+            layers.append(Activation(activations[index]))
+    return nn.Sequential(*layers)
 
 
 class SmallCNN(nn.Module):

@@ -1,7 +1,7 @@
 """Elements of the weight-space symmetry group and their action on :class:`WeightSpace`.
 
 A group element holds, per neuron space ``s``, a permutation ``pi_s`` and a scale vector
-``d_s`` (MATH.md section 2). It acts on every tensor axis labelled with ``s`` and scaling
+``d_s`` (docs/math.md section 2). It acts on every tensor axis labelled with ``s`` and scaling
 character ``chi``::
 
     new[..., j, ...] = d_s[j] ** chi * old[..., pi_s^{-1}(j), ...]
@@ -10,7 +10,7 @@ so ``(g.W)(i)[j, k] = d_i[j] / d_{i-1}[k] * W(i)[pi_i^{-1}(j), pi_{i-1}^{-1}(k)]
 channel axes in front are never touched. Permutations are stored as ``perm[i] = pi(i)``: the
 entry at position ``i`` moves to position ``perm[i]``.
 
-Transformations *outside* the group, for sensitivity tests (MATH.md section 6), are built by
+Transformations *outside* the group, for sensitivity tests (docs/math.md section 6), are built by
 :func:`apply_axis_transform` (one axis of one tensor) and :func:`sample_outside_group`.
 """
 

@@ -1,6 +1,6 @@
 """The group acting on a real network: its parameters, its buffers, its inputs and outputs.
 
-The ground truth for a derived group (MATH.md section 2): for every group element ``g``,
+The ground truth for a derived group (docs/math.md section 2): for every group element ``g``,
 ``f(pi_in x; g.theta) = pi_out f(x; theta)``, where ``pi_in`` and ``pi_out`` permute the input
 and output spaces (the identity in the HNP setting, where those spaces are fixed). Buffers
 that the layout lists (BatchNorm running statistics) are transformed with the parameters.

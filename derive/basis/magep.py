@@ -1,4 +1,4 @@
-"""The MAGEP-NFN polynomial terms (MATH.md section 5) on chain weight spaces.
+"""The MAGEP-NFN polynomial terms (docs/math.md section 5) on chain weight spaces.
 
 A chain is an MLP-like weight space: ``W_i`` with axes (s_i: +1, s_{i-1}: -1) and ``b_i`` with
 axis (s_i: +1), i = 1..L, the input space s_0 and output space s_L fixed. Path products

@@ -1,7 +1,7 @@
 """Set partitions of index positions (sympy), and the counts they must match.
 
 Positions of one neuron space in an (output, input) pair of tensors are partitioned into
-blocks; every partition is one parameter-sharing pattern (MATH.md section 3). Only
+blocks; every partition is one parameter-sharing pattern (docs/math.md section 3). Only
 partitions with at most ``n_s`` blocks are kept: in the orbit basis the others vanish, and the
 diagram maps with at most ``n_s`` blocks are related to the surviving orbit maps by a
 unitriangular change of basis, so they are exactly a basis at width ``n_s``.

@@ -1,7 +1,7 @@
 """The complete equivariant polynomial maps of degree d: linear maps ``Sym^d(U) -> U``.
 
 A block is an output tensor T (None: an invariant) and a multiset ``S_1 <= ... <= S_d`` of
-input tensors (MATH.md section 5). A term is an index diagram: per neuron space, the axis
+input tensors (docs/math.md section 5). A term is an index diagram: per neuron space, the axis
 positions of T and of every factor ``(k, axis)`` are partitioned into blocks; a block with
 only input positions is averaged over, fixed axes are never partitioned and carry a dense
 parameter ``theta``. A diagram survives when every block balances the scaling character of

@@ -12,7 +12,6 @@ from derive.basis.linear import BlockBasis, LinearBasis
 from derive.basis.expressions import formula_text, map_formula
 from derive.weightspace.model import TensorSpec, WeightSpaceSpec
 from derive.pipeline import Derivation
-from derive.frontend.spec import MLPSpec
 
 __all__ = ["report_json", "report_table", "report_data"]
 
@@ -76,6 +75,7 @@ def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
             {
                 "name": s.name,
                 "size": s.size,
+                "role": s.role,
                 "permuted": s.permuted,
                 "scaling": s.scaling.value,
                 "decided_by": s.decided_by,
@@ -98,6 +98,7 @@ def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
                 "shape": list(space.shape(t)),
                 "axes": [a.space for a in t.axes],
                 "characters": [a.character for a in t.axes],
+                "source_key": t.source_key,
             }
             for t in space.buffers
         ],
@@ -129,11 +130,7 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
     space = derivation.space
     basis = derivation.basis
     spec = derivation.spec
-    if isinstance(spec, MLPSpec):
-        widths = "-".join(str(w) for w in spec.widths)
-        summary = f"mlp {widths}, activations {', '.join(spec.activations) or 'none'}"
-    else:
-        summary = spec.summary()
+    summary = spec.summary()
     lines = [
         f"Weight space {spec.name}: {summary}; permute {spec.permute}; scaling {spec.scaling}",
         "",
@@ -146,12 +143,10 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
         )
     lines += _table(rows)
     lines += ["", "Tensors"]
-    traced = not isinstance(spec, MLPSpec)  # show where each tensor lives in the state dict
-    header = ["tensor", "shape", "axes (space and scaling character)"]
-    rows = [[*header, "state-dict key"] if traced else header]
+    rows = [["tensor", "shape", "axes (space and scaling character)", "state-dict key"]]
     for t in space.tensors:
-        row = [t.name, "x".join(str(n) for n in space.shape(t)), _axes_text(t)]
-        rows.append([*row, t.source_key] if traced else row)
+        shape = "x".join(str(n) for n in space.shape(t))
+        rows.append([t.name, shape, _axes_text(t), t.source_key])
     lines += _table(rows)
     if space.buffers:
         lines += ["", "Buffers (acted on by the group with the tensors; not features)"]

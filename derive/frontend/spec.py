@@ -1,5 +1,9 @@
 """Architecture specs: YAML/JSON files, the Python API and the ``--mlp`` shorthand.
 
+An MLP spec is a shorthand for a module: it builds
+``nn.Sequential(Linear, Activation, ..., Linear)`` (:func:`nfn_runtime.architectures.mlp`),
+which goes through the same tracer as any ``--torch`` module.
+
 A spec names an architecture and the symmetry setting to derive for it::
 
     name: relu_mlp
@@ -16,18 +20,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 import yaml
+from torch import nn
 
-from derive.symmetry.activations import canonical_activation, known_activations
 from derive.errors import SpecError
+from derive.frontend.options import (
+    PERMUTE_CHOICES,
+    SCALING_CHOICES,
+    ArchitectureSpec,
+    check_choice,
+    check_name,
+)
+from derive.frontend.torch_spec import TorchSpec, torch_spec_from_mapping
 from derive.naming import identifier
-
-if TYPE_CHECKING:
-    from derive.frontend.torch_spec import TorchSpec
+from derive.symmetry.activations import canonical_activation, known_activations
+from nfn_runtime.architectures import mlp
 
 __all__ = [
     "MLPSpec",
@@ -41,10 +52,9 @@ __all__ = [
     "check_name",
     "check_choice",
     "ArchitectureSpec",
+    "TorchSpec",
 ]
 
-PERMUTE_CHOICES = ("hidden", "all")
-SCALING_CHOICES = ("auto", "none", "sign", "positive", "nonzero")
 _FIELDS = ("name", "architecture", "widths", "activation", "permute", "scaling")
 
 
@@ -63,9 +73,41 @@ class MLPSpec:
     def num_layers(self) -> int:
         return len(self.widths) - 1
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.widths[0],)
+
+    def build(self) -> nn.Module:
+        """``nn.Sequential(Linear, Activation, ..., Linear)`` with these widths."""
+        return mlp(self.widths, self.activations)
+
     def summary(self) -> str:
         widths = "-".join(str(w) for w in self.widths)
         return f"mlp {widths}, activations {','.join(self.activations) or 'none'}"
+
+    def with_options(
+        self, name: str | None = None, permute: str | None = None, scaling: str | None = None
+    ) -> MLPSpec:
+        return replace(
+            self,
+            name=self.name if name is None else name,
+            permute=self.permute if permute is None else permute,
+            scaling=self.scaling if scaling is None else scaling,
+        )
+
+    def proxy(self, hidden: int, other: int) -> MLPSpec:
+        """At most three hidden layers (first, middle and last activations kept), widths
+        capped at ``hidden`` (hidden) and ``other`` (input, output): every kind of block of a
+        deeper MLP already occurs."""
+        acts = list(self.activations)
+        if len(acts) > 3:
+            acts = [acts[0], acts[len(acts) // 2], acts[-1]]
+        widths = (
+            min(self.widths[0], other),
+            *(min(w, hidden) for w in self.widths[1 : 1 + len(acts)]),
+            min(self.widths[-1], other),
+        )
+        return replace(self, widths=widths, activations=tuple(acts), name=f"{self.name}_proxy")
 
     def options(self) -> str:
         """The command-line options that reproduce this spec."""
@@ -91,17 +133,6 @@ class MLPSpec:
             "scaling": self.scaling,
         }
 
-
-def check_choice(value: object, choices: Sequence[str], field: str, where: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise SpecError(f"field '{field}': {value!r} is not one of {', '.join(choices)}", where)
-    return value
-
-
-def check_name(name: object, where: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise SpecError(f"field 'name': expected a non-empty string, got {name!r}", where)
-    return name
 
 
 def _check_widths(values: object, where: str) -> tuple[int, ...]:
@@ -185,10 +216,6 @@ def mlp_spec(
     )
 
 
-#: every kind of architecture the pipeline accepts
-ArchitectureSpec = Union[MLPSpec, "TorchSpec"]
-
-
 def spec_from_mapping(
     data: Mapping[str, Any], where: str, default_name: str
 ) -> MLPSpec | TorchSpec:
@@ -196,8 +223,6 @@ def spec_from_mapping(
     architecture = data.get("architecture", "mlp")
     check_choice(architecture, ("mlp", "torch"), "architecture", where)
     if architecture == "torch":
-        from derive.frontend.torch_spec import torch_spec_from_mapping
-
         return torch_spec_from_mapping(data, where, default_name)
     unknown = sorted((key for key in data if key not in _FIELDS), key=str)
     if unknown:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from torch import nn
 
 from derive.errors import SpecError
-
-if TYPE_CHECKING:
-    from torch import nn
+from derive.frontend.options import PERMUTE_CHOICES, SCALING_CHOICES, check_choice, check_name
 
 __all__ = [
     "TorchSpec",
@@ -84,6 +84,20 @@ class TorchSpec:
             f"--scaling {self.scaling} --name {self.name}"
         )
 
+    def with_options(
+        self, name: str | None = None, permute: str | None = None, scaling: str | None = None
+    ) -> TorchSpec:
+        return replace(
+            self,
+            name=self.name if name is None else name,
+            permute=self.permute if permute is None else permute,
+            scaling=self.scaling if scaling is None else scaling,
+        )
+
+    def proxy(self, hidden: int, other: int) -> None:
+        """A module cannot shrink itself: its weight space is capped instead."""
+        return None
+
     def architecture_data(self) -> dict[str, Any]:
         return {
             "kind": "torch",
@@ -127,8 +141,6 @@ def _check_shape(value: object, where: str) -> tuple[int, ...]:
 
 def load_module(target: str, arguments: Mapping[str, Any], where: str) -> nn.Module:
     """Import ``package.module:attribute`` and return the ``nn.Module`` it is or makes."""
-    from torch import nn
-
     module_path, colon, attribute = target.partition(":")
     if not colon or not module_path or not attribute:
         raise SpecError(f"module {target!r} must look like 'package.module:attribute'", where)
@@ -177,8 +189,6 @@ def torch_spec(
     arguments: Mapping[str, Any] | None = None,
 ) -> TorchSpec:
     """Validate and build a spec for a module object or an import path (the Python API)."""
-    from derive.frontend.spec import PERMUTE_CHOICES, SCALING_CHOICES, check_choice, check_name
-
     shape = _check_shape(list(input_shape), source)
     module = None if isinstance(target, str) else target
     if isinstance(target, str):
@@ -201,8 +211,6 @@ def torch_spec(
 
 def torch_spec_from_mapping(data: Mapping[str, Any], where: str, default_name: str) -> TorchSpec:
     """A spec file with ``architecture: torch``."""
-    from derive.frontend.spec import PERMUTE_CHOICES, SCALING_CHOICES, check_choice, check_name
-
     unknown = sorted((key for key in data if key not in TORCH_FIELDS), key=str)
     if unknown:
         raise SpecError(

@@ -5,9 +5,9 @@ The module is traced symbolically, run once on an example input to learn every s
 :class:`Label`: the neuron space of its channel axis and its fixed spatial positions (or, once
 flattened, the positions folded behind the channel). Layers create spaces and record their
 parameters as axis labels; activations, pooling and normalizations record what scaling they
-allow on the space they touch; additions tie two spaces into one. The result is a
-:class:`TracedNetwork` of plain records, turned into the weight-space graph by
-:func:`derive.weightspace.graph.network_graph`.
+allow on the space they touch; additions tie two spaces into one. The result is the typed
+weight-space model (:class:`derive.weightspace.model.WeightSpaceSpec`, before the symmetry stage
+decides its group). Every spec, an ``--mlp`` shorthand included, comes through here.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from derive.frontend import trace_ops as ops
 from derive.errors import SpecError
-from derive.weightspace.model import Scaling
+from derive.weightspace.model import Axis, NeuronSpace, Role, Scaling, TensorSpec, WeightSpaceSpec
+from nfn_runtime.architectures import Activation
 
-__all__ = ["Label", "SpaceRecord", "ParamRecord", "TracedNetwork", "trace_network"]
+__all__ = ["Label", "trace_network"]
 
 
 @dataclass
-class SpaceRecord:
+class _SpaceRecord:
     """A neuron space met while tracing (several records may be tied into one space)."""
 
     key: int
@@ -46,7 +47,7 @@ class SpaceRecord:
 
 
 @dataclass(frozen=True)
-class ParamRecord:
+class _ParamRecord:
     """A parameter or buffer of a traced layer, as axis labels.
 
     ``axes`` are ``(space key, character)`` for neuron axes and ``(fixed space name, 0)`` for
@@ -76,24 +77,6 @@ class Label:
     space: int
     positions: tuple[int, ...]
     flat: bool = False
-
-
-@dataclass
-class TracedNetwork:
-    """What tracing found: spaces (with union-find ties), parameters, buffers, fixed spaces."""
-
-    spaces: dict[int, SpaceRecord]
-    parent: dict[int, int]
-    params: list[ParamRecord]
-    fixed: dict[str, tuple[int, str]]  # fixed space name -> (size, what it indexes)
-    input_key: int
-    output_key: int
-
-    def root(self, key: int) -> int:
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
 
 
 def _where(node: fx.Node) -> str:
@@ -129,6 +112,13 @@ def _flat_args(value: Any) -> Iterator[Any]:
         yield value
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping named :class:`Activation` modules as single operations."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, Activation) or super().is_leaf_module(m, module_qualified_name)
+
+
 class _Walker:
     """Applies :mod:`derive.frontend.trace_ops` to every node of a traced graph."""
 
@@ -137,14 +127,73 @@ class _Walker:
         self.where = where
         self.modules = dict(root.named_modules())
         self.labels: dict[fx.Node, Label] = {}
-        self.spaces: dict[int, SpaceRecord] = {}
+        self.spaces: dict[int, _SpaceRecord] = {}
         self.parent: dict[int, int] = {}
-        self.params: list[ParamRecord] = []
+        self.params: list[_ParamRecord] = []
         self.fixed: dict[str, tuple[int, str]] = {}
         self.called: set[str] = set()
         self.layer = 0
         self.input_key = -1
         self.output_key = -1
+
+    # -- the result ---------------------------------------------------------------------
+    def weight_space(self, name: str) -> WeightSpaceSpec:
+        """The typed weight space of what the walk found (no group yet)."""
+        roots = sorted({self.root_of(key) for key in self.spaces})
+        names: dict[int, str] = {}
+        spaces: list[NeuronSpace] = []
+        hidden = 0
+        for root in roots:
+            record = self.spaces[root]
+            role: Role
+            if record.is_input:
+                names[root], role = "in", "input"
+            elif record.is_output:
+                names[root], role = "out", "output"
+            else:
+                hidden += 1
+                names[root], role = f"h{hidden}", "hidden"
+            spaces.append(
+                NeuronSpace(
+                    names[root],
+                    record.size,
+                    role=role,
+                    origin=record.origin,
+                    ties=tuple(record.ties),
+                    activations=tuple(record.activations),
+                    constraints=tuple(record.constraints),
+                )
+            )
+        for fixed, (size, what) in sorted(self.fixed.items()):
+            spaces.append(NeuronSpace(fixed, size, role="fixed", origin=what))
+        tensors: list[TensorSpec] = []
+        buffers: list[TensorSpec] = []
+        for param in self.params:
+            axes = tuple(
+                Axis(space if isinstance(space, str) else names[self.root_of(space)], character)
+                for space, character in param.axes
+            )
+            if param.kind == "buffer":  # named by its state-dict key (unique, never a feature)
+                tensor_name = param.source_key
+            else:
+                tensor_name = f"{'W' if param.kind == 'weight' else 'b'}{param.layer}"
+            (buffers if param.kind == "buffer" else tensors).append(
+                TensorSpec(
+                    name=tensor_name,
+                    kind=param.kind,
+                    layer=param.layer,
+                    axes=axes,
+                    source_key=param.source_key,
+                    source_shape=param.shape,
+                )
+            )
+        return WeightSpaceSpec(
+            name=name,
+            spaces=tuple(spaces),
+            tensors=tuple(tensors),
+            buffers=tuple(buffers),
+            source=self.where,
+        )
 
     # -- errors and bookkeeping ---------------------------------------------------------
     def fail(self, node: fx.Node, message: str, module: nn.Module | None = None) -> SpecError:
@@ -152,7 +201,7 @@ class _Walker:
 
     def new_space(self, size: int, origin: str) -> int:
         key = len(self.spaces)
-        self.spaces[key] = SpaceRecord(key, size, origin)
+        self.spaces[key] = _SpaceRecord(key, size, origin)
         self.parent[key] = key
         return key
 
@@ -161,7 +210,7 @@ class _Walker:
             key = self.parent[key]
         return key
 
-    def record(self, key: int) -> SpaceRecord:
+    def record(self, key: int) -> _SpaceRecord:
         return self.spaces[self.root_of(key)]
 
     def tie(self, a: int, b: int, why: str) -> None:
@@ -187,7 +236,7 @@ class _Walker:
     ) -> None:
         value = getattr(self.modules[module_path], attr)
         self.params.append(
-            ParamRecord(
+            _ParamRecord(
                 module=module_path,
                 attr=attr,
                 kind=kind,
@@ -619,8 +668,15 @@ def _check_graph(graph_module: fx.GraphModule, where: str) -> None:
             )
 
 
-def trace_network(module: nn.Module, input_shape: Sequence[int], where: str) -> TracedNetwork:
-    """Trace ``module`` on inputs of shape ``(batch, *input_shape)`` into a :class:`TracedNetwork`.
+def trace_network(
+    module: nn.Module, input_shape: Sequence[int], where: str, name: str = "network"
+) -> WeightSpaceSpec:
+    """Trace ``module`` on inputs of shape ``(batch, *input_shape)`` into its weight space.
+
+    Spaces are named ``in``, ``out`` and ``h1, h2, ...`` in the order the forward pass creates
+    them (tied spaces merged into one); fixed axes ``k<n>`` (kernel offsets), ``p<n>``
+    (flattened positions) and ``x<n>`` (spatial positions). Tensors are ``W<k>`` and ``b<k>``
+    for the k-th layer with parameters; buffers are named by their state-dict key.
 
     Raises :class:`SpecError` naming the operation and the module path for anything
     unsupported.
@@ -633,7 +689,7 @@ def trace_network(module: nn.Module, input_shape: Sequence[int], where: str) -> 
             where,
         )
     try:
-        graph_module = fx.symbolic_trace(module)
+        graph_module = fx.GraphModule(module, _Tracer().trace(module))
     except Exception as exc:  # fx raises many kinds; the message is what the user needs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"torch.fx cannot trace the module: {first}", where) from None
@@ -642,7 +698,7 @@ def trace_network(module: nn.Module, input_shape: Sequence[int], where: str) -> 
     example = torch.randn(
         (2, *input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype
     )
-    modes = {name: m.training for name, m in module.named_modules()}
+    modes = {path: m.training for path, m in module.named_modules()}
     try:
         module.eval()
         # ShapeProp prints a traceback before re-raising; the one-line error below replaces it
@@ -655,25 +711,18 @@ def trace_network(module: nn.Module, input_shape: Sequence[int], where: str) -> 
             f"the module fails on an input of shape {tuple(example.shape)}: {first}", where
         ) from None
     finally:
-        for name, m in module.named_modules():
-            m.training = modes[name]
+        for path, m in module.named_modules():
+            m.training = modes[path]
     walker = _Walker(module, where)
     walker.run(graph_module.graph)
     covered = {p.source_key for p in walker.params}
-    for name, _ in module.named_parameters():
-        if name not in covered:
+    for key, _ in module.named_parameters():
+        if key not in covered:
             raise SpecError(
-                f"parameter '{name}' is not used by a supported layer (nn.Linear, nn.Conv1d/2d/3d, "
+                f"parameter '{key}' is not used by a supported layer (nn.Linear, nn.Conv1d/2d/3d, "
                 "BatchNorm, LayerNorm) on the path from input to output",
                 where,
             )
     if walker.layer == 0:
         raise SpecError("the module has no supported layer with parameters", where)
-    return TracedNetwork(
-        spaces=walker.spaces,
-        parent=walker.parent,
-        params=walker.params,
-        fixed=walker.fixed,
-        input_key=walker.input_key,
-        output_key=walker.output_key,
-    )
+    return walker.weight_space(name)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfn_runtime.architectures import Activation
+
 __all__ = [
     "ACTIVATION_MODULES",
     "ACTIVATION_FUNCTIONS",
@@ -254,6 +256,8 @@ def pad_value(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> flo
 
 def module_activation(module: nn.Module) -> str | None:
     """The registry name of an activation module, or None if it is not one."""
+    if isinstance(module, Activation):
+        return module.name
     if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
         return "hardtanh" if module.min_val == -module.max_val else "hardtanh_asymmetric"
     return ACTIVATION_MODULES.get(type(module))

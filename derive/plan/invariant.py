@@ -1,6 +1,6 @@
 """The exactly invariant layer: canonicalize the scaling, pool with the complete basis, mix.
 
-Under scaling groups almost no invariant linear functionals exist (MATH.md section 4), so the
+Under scaling groups almost no invariant linear functionals exist (docs/math.md section 4), so the
 layer first removes the scaling of every entry exactly: an entry whose factor can be negative
 (sign or nonzero scalings) is replaced by its absolute value, an entry whose factor can be any
 positive number has its channel vector divided by its norm (0 stays 0). What remains is acted

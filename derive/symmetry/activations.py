@@ -1,4 +1,4 @@
-"""Which scaling each activation allows on the neuron space it acts on (MATH.md section 2)."""
+"""Which scaling each activation allows on the neuron space it acts on (docs/math.md section 2)."""
 
 from __future__ import annotations
 

@@ -1,34 +1,32 @@
-"""The symmetry group of a weight space, read off the weight-space graph.
+"""The symmetry group of a weight space (docs/math.md section 2).
 
 Per neuron space: is it permuted, and which diagonal scaling does every operation touching it
 allow? Hidden spaces are permuted; input and output spaces only in the NP setting
-(``permute="all"``) and never scaled. A space touched by several activations keeps only what
-all of them allow (:meth:`Scaling.meet`). ``decided_by`` records the reason, for ``inspect``.
+(``permute="all"``) and never scaled; fixed axes are never moved. A space touched by several
+operations keeps only what all of them allow (:meth:`Scaling.meet`). ``decided_by`` records
+the reason, for ``inspect``.
 """
 
 from __future__ import annotations
 
-import networkx as nx
+from dataclasses import replace
 
 from derive.symmetry.activations import ACTIVATION_REASON, scaling_of
-from derive.weightspace.graph import graph_spaces, graph_tensors, space_node, tensor_node
-from derive.weightspace.model import Axis, NeuronSpace, Scaling, TensorSpec, WeightSpaceSpec
+from derive.weightspace.model import NeuronSpace, Scaling, WeightSpaceSpec
 
-__all__ = ["derive_spaces", "weight_space_from_graph"]
+__all__ = ["space_symmetry", "derive_group"]
 
 
-def _hidden_symmetry(
-    activations: list[tuple[str, str]], constraints: list[tuple[Scaling, str]], override: str
-) -> tuple[Scaling, str]:
+def _hidden_symmetry(space: NeuronSpace, override: str) -> tuple[Scaling, str]:
     if override != "auto":
         return Scaling(override), f"--scaling {override} (override)"
     scaling = Scaling.NONZERO
     reasons = []
-    for activation, origin in activations:
+    for activation, origin in space.activations:
         allowed = scaling_of(activation)
         scaling = scaling.meet(allowed)
         reasons.append(f"{activation} ({ACTIVATION_REASON[allowed]}) at {origin}")
-    for allowed, why in constraints:
+    for allowed, why in space.constraints:
         scaling = scaling.meet(allowed)
         reasons.append(f"{allowed.value} scaling only: {why}")
     if not reasons:
@@ -36,72 +34,43 @@ def _hidden_symmetry(
     return scaling, "; ".join(reasons)
 
 
-def _origin(data: dict[str, object]) -> str:
+def _origin(space: NeuronSpace) -> str:
     """Where a space comes from, and which spaces are tied into it."""
-    origin = str(data.get("origin", ""))
-    ties = list(data.get("ties", []))  # type: ignore[call-overload]
-    if ties:
-        origin += "; tied with " + ", ".join(str(t) for t in ties)
+    origin = space.origin
+    if space.ties:
+        origin += "; tied with " + ", ".join(space.ties)
     return origin
 
 
-def derive_spaces(graph: nx.MultiDiGraph, permute: str, scaling: str) -> tuple[NeuronSpace, ...]:
-    """Each space of ``graph`` with the permutation and scaling the architecture allows."""
-    spaces = []
-    for name in graph_spaces(graph):
-        data = graph.nodes[space_node(name)]
-        role = data["role"]
-        origin = _origin(data)
-        if role == "fixed":
-            spaces.append(NeuronSpace(name, data["size"], False, Scaling.NONE, f"fixed: {origin}"))
-        elif role == "hidden":
-            kind, reason = _hidden_symmetry(
-                data["activations"], data.get("constraints", []), scaling
-            )
-            where = f" ({origin})" if origin else ""
-            spaces.append(
-                NeuronSpace(name, data["size"], True, kind, f"hidden space{where}; {reason}")
-            )
-        else:
-            permuted = permute == "all"
-            setting = "NP setting: permuted" if permuted else "HNP setting: fixed"
-            where = f"; {origin}" if origin else ""
-            spaces.append(
-                NeuronSpace(
-                    name, data["size"], permuted, Scaling.NONE, f"{role} space ({setting}){where}"
-                )
-            )
-    return tuple(spaces)
+def space_symmetry(space: NeuronSpace, permute: str, scaling: str) -> NeuronSpace:
+    """``space`` with the permutation and scaling the architecture and the options allow."""
+    origin = _origin(space)
+    if space.role == "fixed":
+        return replace(space, permuted=False, scaling=Scaling.NONE, decided_by=f"fixed: {origin}")
+    if space.role == "hidden":
+        kind, reason = _hidden_symmetry(space, scaling)
+        where = f" ({origin})" if origin else ""
+        return replace(
+            space, permuted=True, scaling=kind, decided_by=f"hidden space{where}; {reason}"
+        )
+    permuted = permute == "all"
+    setting = "NP setting: permuted" if permuted else "HNP setting: fixed"
+    where = f"; {origin}" if origin else ""
+    return replace(
+        space,
+        permuted=permuted,
+        scaling=Scaling.NONE,
+        decided_by=f"{space.role} space ({setting}){where}",
+    )
 
 
-def weight_space_from_graph(
-    graph: nx.MultiDiGraph, permute: str = "hidden", scaling: str = "auto"
+def derive_group(
+    space: WeightSpaceSpec, permute: str = "hidden", scaling: str = "auto"
 ) -> WeightSpaceSpec:
-    """The typed weight space with its group, from the graph and the symmetry options."""
-    spaces = derive_spaces(graph, permute, scaling)
-    tensors: list[TensorSpec] = []
-    buffers: list[TensorSpec] = []
-    for name in graph_tensors(graph):
-        node = tensor_node(name)
-        data = graph.nodes[node]
-        edges = sorted(
-            (key, target[1], attrs["character"])
-            for _, target, key, attrs in graph.out_edges(node, keys=True, data=True)
-        )
-        axes = tuple(Axis(space, character) for _, space, character in edges)
-        (buffers if data["kind"] == "buffer" else tensors).append(
-            TensorSpec(
-                name=name,
-                kind=data["kind"],
-                layer=data["layer"],
-                axes=axes,
-                source_key=data.get("source_key", ""),
-                source_shape=tuple(data.get("source_shape", ())),
-            )
-        )
-    return WeightSpaceSpec(
-        name=graph.graph.get("name", "weights"),
-        spaces=spaces,
-        tensors=tuple(tensors),
-        buffers=tuple(buffers),
+    """The weight space with every space's group decided (``permute``: hidden | all;
+    ``scaling``: auto, or a scaling kind that overrides every hidden space)."""
+    return replace(
+        space,
+        spaces=tuple(space_symmetry(s, permute, scaling) for s in space.spaces),
+        setting=f"permute {permute}; scaling {scaling}",
     )

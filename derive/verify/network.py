@@ -1,10 +1,11 @@
-"""The group check on the real network (``nfn-derive verify --torch ...``).
+"""The group check on the real network (``nfn-derive verify``, every architecture).
 
 The derived group must be a symmetry of the network itself: group elements applied to the
 network's parameters (and running statistics) leave its outputs on random inputs unchanged
 in float64, while transformations outside the group (a sign flip on a ReLU space, a scale on
-a tanh space, decoupled permutations, permutations of fixed axes) change them. The second
-half catches a group that is too large; the first one that is wrong.
+a tanh space, decoupled permutations, permutations of fixed axes) change them. The first
+half catches a group that is too large (it contains elements that are no symmetry); the second
+one a group that is too small (docs/math.md section 6.5).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from torch import nn
 
 from derive.verify.checklist import VerifyReport
 from derive.pipeline import Derivation
-from derive.frontend.torch_spec import TorchSpec
 from nfn_runtime import OUTSIDE_GROUP_KINDS, network_symmetry_error, sample_outside_group
 
 __all__ = ["network_checks", "NETWORK_TOLERANCE", "MIN_OUTSIDE_CHANGE"]
@@ -48,10 +48,9 @@ def _test_network(module: nn.Module, seed: int) -> nn.Module:
 
 
 def network_checks(derivation: Derivation, report: VerifyReport, samples: int, seed: int) -> None:
-    """Add the network group checks to ``report`` (only for traced PyTorch modules)."""
+    """Add the network group checks to ``report``: the group applied to the real network's
+    own parameters must not change its outputs, and transforms outside it must."""
     spec = derivation.spec
-    if not isinstance(spec, TorchSpec):
-        return
     model = _test_network(spec.build(), seed)
     layout = derivation.space.to_layout()
     generator = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Numeric completeness checks (MATH.md section 6), independent of the symbolic engine.
+"""Numeric completeness checks (docs/math.md section 6), independent of the symbolic engine.
 
 For a small weight space, the group acts on each tensor by explicit matrices. The space of
 equivariant maps ``T <- S`` is the null space of ``L rho_S(h) - rho_T(h) L`` stacked over

@@ -25,7 +25,6 @@ from derive.plan.polynomial import polynomial_plan
 from derive.basis.polynomial import count_block
 from derive.verify.reference import ReferenceInvariant, load_into_generated
 from derive.verify.reference_poly import ReferencePolynomial
-from derive.frontend.spec import MLPSpec
 from nfn_runtime import equivariance_error, invariance_error, random_weight_space
 
 #: complete-family terms with more parameters per channel pair than this are checked on a proxy
@@ -173,24 +172,10 @@ def _invariant_checks(
 
 
 def polynomial_proxy(derivation: Derivation) -> Derivation:
-    """For an MLP: at most 4 layers (first, middle and last hidden activations kept) and widths
-    capped at 3 (hidden) and 2 (input, output): every kind of degree-2 block, at widths where no
-    diagram is dropped (a degree-2 block has at most 3 positions per space). Other architectures
-    keep their tensors, with every space capped the same way."""
-    spec = derivation.spec
-    if not isinstance(spec, MLPSpec):
-        return proxy_derivation(derivation)
-    acts = list(spec.activations)
-    if len(acts) > 3:
-        acts = [acts[0], acts[len(acts) // 2], acts[-1]]
-    widths = [
-        min(spec.widths[0], 2),
-        *(min(w, 3) for w in spec.widths[1 : 1 + len(acts)]),
-        min(spec.widths[-1], 2),
-    ]
-    return derive(
-        replace(spec, widths=tuple(widths), activations=tuple(acts), name=f"{spec.name}_proxy")
-    )
+    """Widths capped at 3 (hidden) and 2 (input, output, fixed axes): every kind of degree-2
+    block, at widths where no diagram is dropped (a degree-2 block has at most 3 positions per
+    space). A spec that can shrink itself (an MLP) also keeps at most three hidden layers."""
+    return proxy_derivation(derivation, shrink_spec=True)
 
 
 def _degree2_completeness(derivation: Derivation, report: VerifyReport) -> None:

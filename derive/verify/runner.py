@@ -1,4 +1,4 @@
-"""``nfn-derive verify``: every check of MATH.md section 6 on the generated layers.
+"""``nfn-derive verify``: every check of docs/math.md section 6 on the generated layers.
 
 1. symbolic: every basis map (linear, constants, invariants) proved equivariant with symbolic
    scales, and per block the enumeration count equals the partition formula (Bell / Stirling)
@@ -78,7 +78,7 @@ def _symbolic(derivation: Derivation, report: VerifyReport) -> None:
 
 
 def _partition_formula(basis: LinearBasis, output: str | None, input: str | None) -> int | None:
-    """MATH.md's count for a block whose spaces are permuted without scaling, else None."""
+    """the count of docs/math.md section 3 for a block whose spaces are permuted without scaling, else None."""
     space = basis.space
     positions: dict[str, int] = {}
     fixed = 1

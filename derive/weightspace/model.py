@@ -1,4 +1,10 @@
-"""The typed core model: neuron spaces with their symmetry, and tensors as axis labels.
+"""The typed weight-space model that every stage reads (docs/math.md section 1).
+
+The front end builds it (spaces with where they come from and what touches them, tensors with
+their state-dict sources, buffers); :mod:`derive.symmetry.group` fills in each space's group;
+the basis, plan, codegen and verification stages read it; :meth:`WeightSpaceSpec.to_layout`
+emits the runtime's torch-free description and :func:`derive.weightspace.graph.weight_space_graph`
+its networkx view.
 
 Every tensor is a tuple of :class:`Axis` labels, each naming the :class:`NeuronSpace` it
 indexes and carrying a scaling character (+1 row or bias axis, -1 column axis, 0 an axis
@@ -15,11 +21,15 @@ from typing import Literal
 
 from nfn_runtime.layout import AxisLayout, SpaceLayout, TensorLayout, WeightSpaceLayout
 
-__all__ = ["Scaling", "NeuronSpace", "Axis", "TensorSpec", "WeightSpaceSpec"]
+__all__ = ["Scaling", "Role", "NeuronSpace", "Axis", "TensorSpec", "WeightSpaceSpec"]
+
+#: what a neuron space is to the network: its input, an inner space, its output, or a fixed
+#: axis (kernel offsets, spatial or flattened positions)
+Role = Literal["input", "hidden", "output", "fixed"]
 
 
 class Scaling(str, Enum):
-    """The diagonal scalings a neuron space admits (MATH.md section 2)."""
+    """The diagonal scalings a neuron space admits (docs/math.md section 2)."""
 
     NONE = "none"
     SIGN = "sign"
@@ -57,13 +67,24 @@ _FROM_FLAGS = {
 
 @dataclass(frozen=True)
 class NeuronSpace:
-    """A space of ``size`` neurons with the symmetry the architecture gives it."""
+    """A space of ``size`` neurons: what the front end found, and the group acting on it.
+
+    The front end fills ``role``, ``origin`` (the operation creating the space), ``ties``
+    (spaces merged into it, e.g. by a residual addition), ``activations`` (name, where) and
+    ``constraints`` (the scaling another operation allows, why). The symmetry stage fills
+    ``permuted``, ``scaling`` and ``decided_by`` (the reason, shown by ``inspect``).
+    """
 
     name: str
     size: int
-    permuted: bool
-    scaling: Scaling
+    permuted: bool = False
+    scaling: Scaling = Scaling.NONE
     decided_by: str = ""
+    role: Role = "hidden"
+    origin: str = ""
+    ties: tuple[str, ...] = ()
+    activations: tuple[tuple[str, str], ...] = ()
+    constraints: tuple[tuple[Scaling, str], ...] = ()
 
     @property
     def is_fixed(self) -> bool:
@@ -104,6 +125,16 @@ class WeightSpaceSpec:
     spaces: tuple[NeuronSpace, ...]
     tensors: tuple[TensorSpec, ...]
     buffers: tuple[TensorSpec, ...] = ()
+    source: str = ""
+    #: the symmetry options the group was derived with ("" before the symmetry stage)
+    setting: str = ""
+
+    def __str__(self) -> str:
+        spaces = ", ".join(f"{s.name}={s.size}" for s in self.spaces)
+        tensors = ", ".join(
+            f"{t.name}{list(self.shape(t))}" for t in (*self.tensors, *self.buffers)
+        )
+        return f"WeightSpace {self.name} [{self.setting or 'no group yet'}]: spaces {spaces}; tensors {tensors}"
 
     @cached_property
     def _spaces(self) -> dict[str, NeuronSpace]:

@@ -1,4 +1,4 @@
-"""The enumerated basis: the dimensions MATH.md measured, the partition formula, narrow widths."""
+"""The enumerated basis: the dimensions docs/math.md section 3 states, the partition formula, narrow widths."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_activations_pick_the_scaling():
 
 
 def test_bias_to_last_weight_maps_exist():
-    """MATH.md: nfn's HNPLinear lacks the matched map W3'[x,i] += theta[x] b2[i] (2 of 114
+    """docs/math.md section 3: nfn's HNPLinear lacks the matched map W3'[x,i] += theta[x] b2[i] (2 of 114
     dimensions at (2,4,4,2)); the derived basis has it beside the pooled one."""
     basis = derive(mlp_spec((2, 4, 4, 2), scaling="none")).basis
     roles = sorted(tuple(b.role for b in m.blocks) for m in basis.by_key["W3<-b2"].maps)

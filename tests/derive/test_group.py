@@ -6,9 +6,10 @@ import itertools
 
 import pytest
 
-from derive.weightspace.graph import graph_spaces, graph_tensors, mlp_graph, space_node, tensor_node
+from derive.symmetry.group import derive_group
+from derive.weightspace.graph import space_node, tensor_node, weight_space_graph
 from derive.weightspace.model import NeuronSpace, Scaling
-from derive.pipeline import derive
+from derive.pipeline import derive, trace_spec
 from derive.frontend.spec import mlp_spec
 
 WIDTHS = (2, 3, 3, 2)
@@ -51,7 +52,7 @@ def test_activation_decides_hidden_scaling(activation, expected, reason):
         assert not space.is_fixed
         assert activation in space.decided_by
         assert reason in space.decided_by
-        assert f"activation after layer {index}" in space.decided_by
+        assert f"Activation at '{2 * index - 1}'" in space.decided_by
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "identity", "gelu"])
@@ -231,33 +232,34 @@ def test_scaling_is_a_string_enum():
 
 
 @pytest.mark.parametrize("widths", [(2, 3, 3, 2), (4, 5), (3, 1, 2, 6, 2)], ids=str)
-def test_graph_spaces_have_widths_and_roles(widths):
+def test_mlp_spaces_have_widths_roles_and_activations(widths):
+    # an MLP spec goes through the tracer like any module: spaces in creation order
     spec = mlp_spec(widths, "tanh", name="g")
-    graph = mlp_graph(spec)
-    names = graph_spaces(graph)
+    space = trace_spec(spec)
     L = len(widths) - 1
-    assert names == ["in", *[f"h{i}" for i in range(1, L)], "out"]
-    for index, (name, width) in enumerate(zip(names, widths)):
-        data = graph.nodes[space_node(name)]
-        assert data["size"] == width
-        assert data["order"] == index
+    assert [s.name for s in space.spaces] == ["in", *[f"h{i}" for i in range(1, L)], "out"]
+    for index, (s, width) in enumerate(zip(space.spaces, widths)):
+        assert s.size == width
         role = "input" if index == 0 else "output" if index == L else "hidden"
-        assert data["role"] == role
+        assert s.role == role
         if role == "hidden":
-            assert data["activations"] == [("tanh", f"activation after layer {index}")]
+            assert s.activations == (("tanh", f"Activation at '{2 * index - 1}'"),)
         else:
-            assert data["activations"] == []
-    assert graph.graph["name"] == "g"
-    assert graph.is_multigraph() and graph.is_directed()
+            assert s.activations == ()
+    assert space.name == "g"
+    assert space.setting == ""  # the group is decided by the next stage
+    assert derive_group(space).setting == "permute hidden; scaling auto"
 
 
 @pytest.mark.parametrize("widths", [(2, 3, 3, 2), (4, 5), (3, 1, 2, 6, 2)], ids=str)
-def test_graph_tensor_edges(widths):
-    graph = mlp_graph(mlp_spec(widths))
+def test_graph_view_tensor_edges(widths):
+    space = trace_spec(mlp_spec(widths))
+    graph = weight_space_graph(space)
     L = len(widths) - 1
     names = ["in", *[f"h{i}" for i in range(1, L)], "out"]
-    tensors = graph_tensors(graph)
-    assert tensors == [n for layer in range(1, L + 1) for n in (f"W{layer}", f"b{layer}")]
+    assert [t.name for t in space.tensors] == [
+        n for layer in range(1, L + 1) for n in (f"W{layer}", f"b{layer}")
+    ]
     for layer in range(1, L + 1):
         rows, cols = names[layer], names[layer - 1]
         weight = tensor_node(f"W{layer}")
@@ -268,8 +270,8 @@ def test_graph_tensor_edges(widths):
         assert edges == [(0, space_node(rows), 1), (1, space_node(cols), -1)]
         assert graph.nodes[weight]["kind"] == "weight"
         assert graph.nodes[weight]["layer"] == layer
-        assert graph.nodes[weight]["source_shape"] == (widths[layer], widths[layer - 1])
         assert graph.nodes[weight]["source_key"] == f"{2 * (layer - 1)}.weight"
+        assert space.tensor(f"W{layer}").source_shape == (widths[layer], widths[layer - 1])
         bias = tensor_node(f"b{layer}")
         edges = [
             (key, target, attrs["character"])
@@ -277,11 +279,12 @@ def test_graph_tensor_edges(widths):
         ]
         assert edges == [(0, space_node(rows), 1)]
         assert graph.nodes[bias]["kind"] == "bias"
-        assert graph.nodes[bias]["source_shape"] == (widths[layer],)
+        assert space.tensor(f"b{layer}").source_shape == (widths[layer],)
     # tensors only point at spaces, spaces point at nothing
     for node in graph.nodes:
         if node[0] == "space":
             assert graph.out_degree(node) == 0
+            assert graph.nodes[node]["size"] == space.space(node[1]).size
         else:
             assert graph.in_degree(node) == 0
     assert graph.number_of_edges() == 3 * L
@@ -290,6 +293,6 @@ def test_graph_tensor_edges(widths):
 
 def test_graph_square_weight_has_two_edges_to_distinct_spaces():
     # widths equal everywhere: the two axes of W2 still go to different spaces, one edge each
-    graph = mlp_graph(mlp_spec((3, 3, 3, 3)))
+    graph = weight_space_graph(trace_spec(mlp_spec((3, 3, 3, 3))))
     targets = [t for _, t in graph.out_edges(tensor_node("W2"))]
     assert sorted(targets) == sorted([space_node("h1"), space_node("h2")])

@@ -1,5 +1,5 @@
 """Completeness of the polynomial terms: the Burnside dimension of every block equals the numeric
-dimension of equivariant maps from the symmetrized product of its factors (MATH.md sections 5-6)."""
+dimension of equivariant maps from the symmetrized product of its factors (docs/math.md sections 5-6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The span of the generated layer contains the span of the nfn package's HNPLinear and
-NPLinear (and is strictly larger where MATH.md says nfn is incomplete)."""
+NPLinear (and is strictly larger where nfn is incomplete, docs/math.md section 3)."""
 
 from __future__ import annotations
 

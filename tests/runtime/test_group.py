@@ -64,7 +64,7 @@ def test_action_matches_reference(
 def test_mlp_action_matches_math_formula(
     zoo: Any, setting: str, widths: tuple[int, ...], activations: list[str]
 ) -> None:
-    """``(g.W)(i)[j,k] = d_i[j] / d_{i-1}[k] W(i)[pi_i^-1 j, pi_{i-1}^-1 k]`` (MATH.md 2)."""
+    """``(g.W)(i)[j,k] = d_i[j] / d_{i-1}[k] W(i)[pi_i^-1 j, pi_{i-1}^-1 k]`` (docs/math.md section 2)."""
     layout = zoo.mlp(widths, activations, setting)
     gen = torch.Generator().manual_seed(1)
     ws = random_weight_space(layout, batch=3, channels=2, generator=gen)

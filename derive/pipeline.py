@@ -1,30 +1,21 @@
-"""The pipeline in one place: spec -> graph -> group -> basis -> plan -> template -> module.
+"""The pipeline in one place: spec -> weight space -> group -> basis -> plan -> template ->
+module -> verification.
 
-Every step is a function whose result can be printed and tested on its own;
-:func:`derive` runs the first four and :func:`generate` the rest.
+>>> derivation = derive(mlp_spec((2, 3, 2), "relu"))   # front end, then the group
+>>> derivation.basis                                     # the complete basis (lazy)
+>>> derivation.linear_plan                               # the layer plan (lazy)
+>>> source = generate(derivation, "linear")               # template -> module source
+
+Every intermediate is a value that prints as a short summary. The layer kinds come from the
+registry in :mod:`derive.layers`; ``verify`` (:mod:`derive.verify.runner`) runs every kind's
+checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from functools import cached_property
-from typing import Any
-
-import networkx as nx
-
-from derive.basis.linear import LinearBasis, linear_basis
-from derive.codegen.emit import ModuleMeta, render
-from derive.codegen.views import layout_literal, linear_view
-from derive.errors import SpecError
+from derive.derivation import Derivation, derive, proxy_derivation, space_sizes, trace_spec
 from derive.frontend.options import ArchitectureSpec
-from derive.frontend.torch_spec import torch_spec
-from derive.frontend.trace import trace_network
-from derive.naming import class_name, comment_text, identifier
-from derive.plan.linear import LinearPlan, linear_plan
-from derive.symmetry.group import derive_group
-from derive.weightspace.graph import weight_space_graph
-from derive.weightspace.model import WeightSpaceSpec
+from derive.layers import LAYER_KINDS, LayerOptions, generate
 
 __all__ = [
     "Derivation",
@@ -34,192 +25,11 @@ __all__ = [
     "proxy_derivation",
     "space_sizes",
     "LAYER_KINDS",
+    "LayerOptions",
     "spec_command",
 ]
-
-LAYER_KINDS = ("linear", "invariant")
-POLYNOMIAL_LAYER_KINDS = ("polynomial", "polynomial-invariant")
-
-
-@dataclass(frozen=True)
-class Derivation:
-    """The inspectable intermediate values of one run of the pipeline."""
-
-    spec: ArchitectureSpec
-    space: WeightSpaceSpec
-
-    @cached_property
-    def graph(self) -> nx.MultiDiGraph:
-        """The networkx view of the weight space."""
-        return weight_space_graph(self.space)
-
-    @cached_property
-    def basis(self) -> LinearBasis:
-        return linear_basis(self.space)
-
-    @cached_property
-    def linear_plan(self) -> LinearPlan:
-        return linear_plan(self.basis)
-
-    def __str__(self) -> str:
-        return f"Derivation of {self.spec.name} ({self.spec.summary()}): {self.space}"
-
-
-def trace_spec(spec: ArchitectureSpec) -> WeightSpaceSpec:
-    """The front end: build the spec's module and trace it into its weight space (no group)."""
-    return trace_network(spec.build(), spec.input_shape, spec.source, spec.name)
-
-
-def derive(
-    spec: ArchitectureSpec | Any,
-    input_shape: Sequence[int] | None = None,
-    permute: str = "hidden",
-    scaling: str = "auto",
-    name: str | None = None,
-) -> Derivation:
-    """Trace the architecture into its weight space and decide its group (the basis follows
-    lazily).
-
-    ``spec`` is an architecture spec (:func:`derive.frontend.spec.mlp_spec`,
-    :func:`derive.frontend.torch_spec.torch_spec`, a spec file), or an ``nn.Module`` to trace
-    on inputs of shape ``(batch, *input_shape)`` (then ``permute``, ``scaling`` and ``name``
-    apply; specs carry their own).
-    """
-    if not isinstance(spec, ArchitectureSpec):
-        if input_shape is None:
-            raise SpecError("pass input_shape (one input without the batch axis)", "derive()")
-        spec = torch_spec(spec, input_shape, permute, scaling, name)
-    space = derive_group(trace_spec(spec), spec.permute, spec.scaling)
-    return Derivation(spec=spec, space=space)
-
-
-def _capped(space: WeightSpaceSpec, hidden: int, other: int, name: str) -> WeightSpaceSpec:
-    spaces = tuple(
-        replace(s, size=min(s.size, hidden if s.role == "hidden" else other))
-        for s in space.spaces
-    )
-    return replace(
-        space,
-        name=name,
-        spaces=spaces,
-        tensors=tuple(replace(t, source_shape=()) for t in space.tensors),
-        buffers=tuple(replace(t, source_shape=()) for t in space.buffers),
-    )
-
-
-def proxy_derivation(
-    derivation: Derivation, hidden: int = 3, other: int = 2, shrink_spec: bool = False
-) -> Derivation:
-    """The same kinds of tensors, axis labels and group with every space capped: hidden spaces
-    at ``hidden`` neurons, input, output and fixed axes at ``other``. Numeric checks whose cost
-    grows with the widths (null spaces, Jacobian spans) run on it.
-
-    With ``shrink_spec``, a spec that can shrink itself (an MLP: at most three hidden layers)
-    is derived anew at the smaller size instead."""
-    spec = derivation.spec
-    smaller = spec.proxy(hidden, other) if shrink_spec else None
-    if smaller is not None:
-        return derive(smaller)
-    name = f"{spec.name}_proxy"
-    return Derivation(
-        spec=spec.with_options(name=name), space=_capped(derivation.space, hidden, other, name)
-    )
-
-
-def space_sizes(space: WeightSpaceSpec) -> str:
-    """``in=2 h1=3 h2=3 out=2``: the sizes of a weight space's spaces, for reports."""
-    return " ".join(f"{s.name}={s.size}" for s in space.spaces)
 
 
 def spec_command(spec: ArchitectureSpec) -> str:
     """The options that reproduce ``spec`` (used in generated headers)."""
     return spec.options()
-
-
-def _group_lines(space: WeightSpaceSpec) -> tuple[str, ...]:
-    lines = ["Group (per neuron space):"]
-    for s in space.spaces:
-        if s.is_fixed:
-            kind = "fixed"
-        else:
-            kind = "permuted" + (
-                "" if s.scaling.value == "none" else f", {s.scaling.value} scaling"
-            )
-        lines.append(comment_text(f"    {s.name} ({s.size}): {kind}"))
-    return tuple(lines)
-
-
-def _meta(derivation: Derivation, layer: str) -> ModuleMeta:
-    spec = derivation.spec
-    summary = comment_text(
-        f"{identifier(spec.name)}: {spec.summary()}; permute {spec.permute}; scaling {spec.scaling}"
-    )
-    return ModuleMeta(
-        name=identifier(spec.name),
-        spec_summary=summary,
-        regenerate=comment_text(f"nfn-derive generate {spec.options()} --layer {layer} -o FILE"),
-        group_lines=_group_lines(derivation.space),
-        dim=derivation.basis.dim,
-        constant_dim=derivation.basis.constant_dim,
-        num_maps=derivation.basis.num_maps,
-    )
-
-
-def generate(
-    derivation: Derivation,
-    layer: str = "linear",
-    family: str = "magep",
-    degree: int | None = None,
-    trainable_psi: bool = True,
-    max_terms: int = 2000,
-    max_params: int | None = 1_000_000,
-) -> str:
-    """Python source of the ``layer`` module for this derivation.
-
-    ``family``, ``degree``, ``trainable_psi`` and ``max_terms`` apply to polynomial layers.
-    """
-    meta = _meta(derivation, layer)
-    if layer == "linear":
-        return render(
-            "linear.py.jinja",
-            meta=meta,
-            title="Equivariant linear layer",
-            family_note="",
-            class_name=class_name(derivation.spec.name, "Linear"),
-            layout=layout_literal(derivation.space),
-            view=linear_view(derivation.linear_plan),
-        )
-    if layer == "polynomial":
-        from derive.plan.polynomial import polynomial_plan
-        from derive.codegen.polynomial_view import polynomial_view
-
-        pplan = polynomial_plan(
-            derivation.basis, family, degree, trainable_psi, max_terms, max_params
-        )
-        bound = f"degree <= {degree}" if degree is not None else "all degrees"
-        return render(
-            "linear.py.jinja",
-            meta=meta,
-            title=f"Equivariant polynomial layer ({family} family, {bound})",
-            family_note=f"{family} family, {bound}",
-            class_name=class_name(derivation.spec.name, "Polynomial"),
-            layout=layout_literal(derivation.space),
-            view=polynomial_view(pplan),
-        )
-    if layer in ("invariant", "polynomial-invariant"):
-        from derive.plan.invariant import invariant_plan, invariant_view
-
-        polynomial = layer == "polynomial-invariant"
-        plan = invariant_plan(
-            derivation.space, polynomial, degree, trainable_psi, family, max_terms
-        )
-        return render(
-            "invariant.py.jinja",
-            meta=meta,
-            class_name=class_name(
-                derivation.spec.name, "PolynomialInvariant" if polynomial else "Invariant"
-            ),
-            layout=layout_literal(derivation.space),
-            view=invariant_view(plan),
-        )
-    raise ValueError(f"unknown layer kind {layer!r} (valid: {', '.join(LAYER_KINDS)})")

@@ -13,7 +13,7 @@ from typing import Any
 from derive.errors import GenerationError
 from derive.basis.magep import MagepTerm, magep_terms
 from derive.basis.magep_diagrams import magep_coverage, term_diagrams
-from derive.pipeline import Derivation
+from derive.derivation import Derivation
 from derive.basis.poly_formulas import poly_formula_latex, poly_formula_text
 from derive.basis.polynomial import PolyMap, count_polynomial, enumerate_polynomial
 

@@ -11,7 +11,7 @@ from typing import Any
 from derive.basis.linear import BlockBasis, LinearBasis
 from derive.basis.expressions import formula_text, map_formula
 from derive.weightspace.model import TensorSpec, WeightSpaceSpec
-from derive.pipeline import Derivation
+from derive.derivation import Derivation
 
 __all__ = ["report_json", "report_table", "report_data"]
 

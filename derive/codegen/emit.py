@@ -8,7 +8,8 @@ The environment follows symforce's: cached, ``StrictUndefined``, ``trim_blocks``
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -65,13 +66,28 @@ def render(template: str, **context: object) -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so no partial file is ever left."""
+    """Write ``text`` to ``path`` through a temporary file, so no partial file is ever left.
+
+    The file gets the permissions ``open(path, "w")`` would give it: those of the file it
+    replaces, or for a new file 0o666 less the umask (the temporary file is created with mode
+    0o666 and the kernel applies the umask, so 0o644 under the usual umask 022).
+    """
     target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    directory = target.parent  # Path("x.py").parent is Path(".")
+    keep_mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = directory / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        if keep_mode is not None:
+            os.chmod(tmp, keep_mode)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

@@ -12,10 +12,8 @@ import sys
 from pathlib import Path
 
 from derive.codegen.emit import write_atomic
-from derive.errors import GenerationError
-from derive.basis.magep import chain_of
-from derive.pipeline import LAYER_KINDS, POLYNOMIAL_LAYER_KINDS, derive, generate
 from derive.frontend.spec import load_spec
+from derive.pipeline import LAYER_KINDS, derive, generate
 
 __all__ = ["GENERATED_DIR", "expected_files", "main"]
 
@@ -23,19 +21,14 @@ GENERATED_DIR = Path(__file__).resolve().parents[2] / "generated"
 
 
 def expected_files(folder: Path = GENERATED_DIR) -> dict[str, str]:
-    """File name -> source, for every spec in ``folder/specs`` and every layer kind."""
+    """File name -> source, for every spec in ``folder/specs`` and every layer kind that
+    applies to its weight space (e.g. MAGEP layers need a chain with fixed input and output)."""
     files = {}
     for spec_path in sorted((folder / "specs").glob("*.yaml")):
         derivation = derive(load_spec(spec_path))
-        for layer in LAYER_KINDS:
-            files[f"{spec_path.stem}_{layer}.py"] = generate(derivation, layer)
-        try:  # MAGEP polynomial layers where the group allows them (HNP: fixed input and output)
-            chain_of(derivation.space)
-        except GenerationError:
-            continue
-        for layer in POLYNOMIAL_LAYER_KINDS:
-            name = f"{spec_path.stem}_{layer.replace('-', '_')}.py"
-            files[name] = generate(derivation, layer)
+        for kind in LAYER_KINDS.values():
+            if kind.applies(derivation) is None:
+                files[f"{spec_path.stem}_{kind.file_stem}.py"] = generate(derivation, kind.name)
     return files
 
 

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from derive.codegen import codefmt
 from derive.basis.linear import enumerate_block
+from derive.basis.polynomial import enumerate_polynomial
 from derive.plan.features import PRODUCT, Feature, feature_for, tensor_var
 from derive.basis.magep import virtual_name
 from derive.plan.magep import MagepPlan, magep_invariants
 from derive.weightspace.model import Scaling, TensorSpec, WeightSpaceSpec
-from derive.codegen.views import PsiDecl
-from derive.codegen.statements import Statement, split_long
 
 __all__ = [
     "Canonicalization",
     "InvariantPlan",
-    "InvariantView",
     "canonicalization",
     "permutation_only",
     "invariant_plan",
-    "invariant_view",
 ]
 
 
@@ -106,8 +102,6 @@ def invariant_plan(
         for term in magep.terms:
             features.append(feature_for(magep.space, (virtual_name(term), (), ()), taken))
     elif polynomial:  # complete family: every invariant monomial of degree 2..degree
-        from derive.basis.polynomial import enumerate_polynomial
-
         for d in range(2, (degree or 2) + 1):
             basis = enumerate_polynomial(space, d, limit=max_terms)
             for block in basis.blocks:
@@ -119,77 +113,3 @@ def invariant_plan(
                     features.append(feature_for(space, key, taken))
     factor = sum(f.factor for f in features)
     return InvariantPlan(space, canonical, tuple(features), factor, magep, trainable_psi)
-
-
-@dataclass(frozen=True)
-class InvariantView:
-    unpack_line: str
-    unpack: tuple[str, ...]
-    canonical: tuple[Statement, ...]
-    features: tuple[Statement, ...]
-    pooled: str
-    in_factor: int
-    formula: tuple[str, ...]
-    products: tuple[Statement, ...] = ()
-    psis: tuple[PsiDecl, ...] = ()
-
-
-def invariant_view(plan: InvariantPlan) -> InvariantView:
-    """All strings of the invariant-layer template."""
-    variables = [tensor_var(t.name) for t in plan.space.tensors]
-    canonical = []
-    for canon in plan.canonical:
-        if not canon.needed:
-            continue
-        var = tensor_var(canon.tensor)
-        expr = f"unit_channels({var})" if canon.normalize else var
-        if canon.absolute:
-            expr = f"{expr}.abs()"
-        what = " and ".join(
-            w
-            for w, on in (
-                ("unit channel norm", canon.normalize),
-                ("absolute value", canon.absolute),
-            )
-            if on
-        )
-        canonical.append(Statement(f"{canonical_var(canon.tensor)} = {expr}", what))
-    features = tuple(
-        Statement(f"{f.name} = {f.code}", f.description) for f in plan.features if f.code != f.name
-    )
-    names = [f.name for f in plan.features]
-    pooled = codefmt.wrap_list(names, 8, prefix="parts = ")
-    formula = tuple(f"{f.name} = {f.description}" for f in plan.features)
-    products: list[Statement] = []
-    psis: list[PsiDecl] = []
-    if plan.magep is not None:
-        for code, comment in plan.magep.statements:
-            for k, line in enumerate(split_long(code)):
-                products.append(Statement(line, comment if k == 0 else ""))
-        psis = [
-            PsiDecl(
-                p.name,
-                ", ".join(["in_channels", *(str(n) for n in p.shape)]),
-                repr(p.std),
-                plan.trainable_psi,
-            )
-            for p in plan.magep.psis
-        ]
-        described = {virtual_name(t).lower(): t.formula for t in plan.magep.terms}
-        formula = tuple(
-            f"{f.name} = {described[f.source.lower()]}" if f.source.lower() in described else line
-            for f, line in zip(plan.features, formula)
-        )
-    return InvariantView(
-        unpack_line=codefmt.assign_tuple(
-            variables, "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8
-        ),
-        unpack=tuple(variables),
-        canonical=tuple(canonical),
-        features=features,
-        pooled=pooled,
-        in_factor=plan.in_factor,
-        formula=formula,
-        products=tuple(products),
-        psis=tuple(psis),
-    )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from derive.verify.checklist import VerifyReport
-from derive.pipeline import Derivation
+from derive.derivation import Derivation
 from nfn_runtime import OUTSIDE_GROUP_KINDS, network_symmetry_error, sample_outside_group
 
 __all__ = ["network_checks", "NETWORK_TOLERANCE", "MIN_OUTSIDE_CHANGE"]

@@ -1,0 +1,81 @@
+"""The exactly invariant layer: canonicalize the scaling, pool with the complete basis of
+invariant functionals, mix with one ``nn.Linear`` (docs/math.md section 4).
+
+Checks: agreement with the slow reference (one einsum per pooling map), float64/float32
+invariance under sampled group elements, sensitivity to transforms outside the group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from derive.codegen.invariant_view import invariant_view
+from derive.derivation import Derivation
+from derive.layers.kind import CheckOptions, LayerKind, LayerOptions, generated_class
+from derive.plan.invariant import invariant_plan
+from derive.verify.checklist import VerifyReport, sensitivity_check
+from derive.verify.reference import ReferenceInvariant
+from nfn_runtime import invariance_error, random_weight_space
+
+__all__ = ["INVARIANT"]
+
+
+def _context(derivation: Derivation, options: LayerOptions) -> Mapping[str, object]:
+    return {"view": invariant_view(invariant_plan(derivation.space))}
+
+
+def _reference(derivation: Derivation, options: LayerOptions, c_in: int, c_out: int) -> nn.Module:
+    return ReferenceInvariant(derivation.space, c_in, c_out)
+
+
+def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions) -> None:
+    cls = generated_class(derivation, "invariant")
+    module = cls(2, 3).double()
+    reference = ReferenceInvariant(derivation.space, 2, 3).double()
+    module.load_state_dict(reference.state_dict(), strict=False)
+    layout = derivation.space.to_layout()
+    x = random_weight_space(layout, 2, 2, torch.float64, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = module(x), reference(x)
+    error = float((got - want).norm() / want.norm().clamp_min(1e-300))
+    report.add(
+        "invariant matches reference",
+        error <= 1e-12,
+        f"relative difference {error:.2e} (one einsum per pooling map)",
+    )
+    generator = torch.Generator().manual_seed(options.seed)
+    torch.manual_seed(options.seed)
+    invariant = cls(2, 3)
+    samples = options.samples
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        name = str(dtype).removeprefix("torch.")
+        err = invariance_error(
+            invariant, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator
+        )
+        report.add(
+            f"invariant layer ({name})",
+            err <= tol,
+            f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})",
+        )
+    sensitivity_check(
+        layout,
+        invariant,
+        ReferenceInvariant(derivation.space, 2, 3),
+        "invariant",
+        report,
+        generator,
+    )
+
+
+INVARIANT = LayerKind(
+    name="invariant",
+    help="the complete invariant layer (weight space -> vector), e.g. to predict accuracy",
+    class_suffix="Invariant",
+    template="invariant.py.jinja",
+    context=_context,
+    reference=_reference,
+    checks=_checks,
+)

@@ -1,0 +1,144 @@
+"""The equivariant linear layer: every map of the complete basis, mixed per merged placement.
+
+Checks (docs/math.md section 6): exact parameter count, agreement with the slow reference (one
+einsum per basis map), float64/float32 equivariance under sampled group elements, sensitivity
+to transforms outside the group, and numeric completeness block by block (on a proxy with the
+same group when the weight space is large).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from derive.codegen.views import linear_view
+from derive.derivation import Derivation, proxy_derivation, space_sizes
+from derive.layers.kind import CheckOptions, LayerKind, LayerOptions, generated_class
+from derive.verify.checklist import VerifyReport, sensitivity_check
+from derive.verify.numeric import completeness_report, layer_jacobians
+from derive.verify.reference import ReferenceLinear, load_into_generated
+from nfn_runtime import equivariance_error, random_weight_space
+
+__all__ = ["LINEAR", "PROXY_LIMIT"]
+
+#: a weight space with more entries than this is checked for completeness on a proxy
+PROXY_LIMIT = 80
+
+
+def _context(derivation: Derivation, options: LayerOptions) -> Mapping[str, object]:
+    return {
+        "title": "Equivariant linear layer",
+        "family_note": "",
+        "view": linear_view(derivation.linear_plan),
+    }
+
+
+def _reference(derivation: Derivation, options: LayerOptions, c_in: int, c_out: int) -> nn.Module:
+    return ReferenceLinear(derivation.basis, c_in, c_out)
+
+
+def _reference_agreement(
+    derivation: Derivation, cls: type[nn.Module], report: VerifyReport
+) -> None:
+    c_in, c_out = 2, 3
+    module = cls(c_in, c_out).double()
+    expected = c_in * c_out * derivation.basis.dim + c_out * derivation.basis.constant_dim
+    count = sum(p.numel() for p in module.parameters())
+    report.add(
+        "parameter count",
+        count == expected,
+        f"{count} parameters, expected C_in*C_out*dim + C_out*constants = {expected}",
+    )
+    reference = ReferenceLinear(derivation.basis, c_in, c_out).double()
+    load_into_generated(reference, derivation.linear_plan, module)
+    layout = derivation.space.to_layout()
+    generator = torch.Generator().manual_seed(0)
+    x = random_weight_space(layout, 2, c_in, torch.float64, generator)
+    with torch.no_grad():
+        got, want = module(x), reference(x)
+    error = max(
+        float((a - b).norm() / b.norm().clamp_min(1e-300))
+        for a, b in zip(got.tensors(), want.tensors())
+    )
+    report.add(
+        "linear matches reference",
+        error <= 1e-12,
+        f"relative difference {error:.2e} (one einsum per basis map)",
+    )
+
+
+def _equivariance(
+    derivation: Derivation, cls: type[nn.Module], report: VerifyReport, options: CheckOptions
+) -> None:
+    layout = derivation.space.to_layout()
+    generator = torch.Generator().manual_seed(options.seed)
+    torch.manual_seed(options.seed)
+    linear = cls(2, 3)
+    samples = options.samples
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        name = str(dtype).removeprefix("torch.")
+        err = equivariance_error(
+            linear, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator
+        )
+        report.add(
+            f"linear equivariance ({name})",
+            err <= tol,
+            f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})",
+        )
+    sensitivity_check(
+        layout, linear, ReferenceLinear(derivation.basis, 2, 3), "linear", report, generator
+    )
+
+
+def _completeness(
+    derivation: Derivation, cls: type[nn.Module], report: VerifyReport, proxy_note: str
+) -> None:
+    counts = {b.key: b.dim for b in derivation.basis.blocks}
+    module = cls(1, 1).double()
+
+    def randomize() -> None:
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                param.normal_() if name.endswith("_weight") else param.zero_()
+
+    draws = max(counts.values(), default=0) + 3
+    jacobians = layer_jacobians(derivation.space, module, draws, randomize)
+    checks = completeness_report(derivation.space, counts, jacobians)
+    bad = [c for c in checks if not c.ok]
+    total = sum(c.null_space for c in checks)
+    detail = (
+        f"{len(checks)} blocks: null space {total} = symbolic {derivation.basis.dim}; "
+        f"Jacobians span it{proxy_note}"
+        if not bad
+        else "; ".join(
+            f"{c.key}: symbolic {c.symbolic}, null {c.null_space}, span {c.jacobian_span}"
+            for c in bad[:3]
+        )
+    )
+    report.add("completeness", not bad, detail)
+
+
+def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions) -> None:
+    cls = generated_class(derivation, "linear")
+    _reference_agreement(derivation, cls, report)
+    _equivariance(derivation, cls, report, options)
+    if derivation.space.to_layout().num_params() <= PROXY_LIMIT:
+        _completeness(derivation, cls, report, "")
+    else:
+        proxy = proxy_derivation(derivation)
+        sizes = space_sizes(proxy.space)
+        note = f" (on a proxy with sizes {sizes}, same group)"
+        _completeness(proxy, generated_class(proxy, "linear"), report, note)
+
+
+LINEAR = LayerKind(
+    name="linear",
+    help="the complete equivariant linear layer (weight space -> weight space)",
+    class_suffix="Linear",
+    template="linear.py.jinja",
+    context=_context,
+    reference=_reference,
+    checks=_checks,
+)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from math import prod
 
-from derive.weightspace.model import Scaling, TensorSpec, WeightSpaceSpec
 from derive.basis.partitions import set_partitions
+from derive.weightspace.model import Scaling, TensorSpec, WeightSpaceSpec
 
 __all__ = [
     "Block",

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from math import prod
 
 from derive.basis.magep import Chain, MagepTerm, chain_of
-from derive.weightspace.model import WeightSpaceSpec
 from derive.basis.polynomial import PolyBlock, PolyMap
+from derive.weightspace.model import WeightSpaceSpec
 
 __all__ = ["term_diagrams", "diagram_signature", "magep_coverage"]
 

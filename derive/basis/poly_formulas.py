@@ -15,8 +15,8 @@ from math import prod
 import sympy
 
 from derive.basis.expressions import SymbolicCheck, tensor_symbol
-from derive.weightspace.model import Scaling, WeightSpaceSpec
 from derive.basis.polynomial import PolyMap
+from derive.weightspace.model import Scaling, WeightSpaceSpec
 
 __all__ = ["poly_formula_text", "poly_formula_latex", "verify_poly_map", "scaling_signature"]
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from math import prod
 
+from derive.basis.partitions import set_partitions
 from derive.errors import GenerationError
 from derive.weightspace.model import Scaling, TensorSpec, WeightSpaceSpec
-from derive.basis.partitions import set_partitions
 
 __all__ = [
     "PolyBlock",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from derive.basis.magep import MagepTerm
+from derive.basis.poly_formulas import poly_formula_text
+from derive.codegen.statements import Statement, rows_slice, scaled, split_long
+from derive.codegen.views import InitRows, LinearView, ParamDecl, PsiDecl, linear_view, wrap_words
+from derive.naming import comment_text
 from derive.plan.features import tensor_var
 from derive.plan.fold import fold_placement, fold_statements
-from derive.naming import comment_text
 from derive.plan.polynomial import PolynomialPlan
-from derive.codegen.views import InitRows, LinearView, ParamDecl, PsiDecl, linear_view, wrap_words
-from derive.codegen.statements import Statement, rows_slice, scaled, split_long
 
 __all__ = ["polynomial_view"]
 
@@ -34,14 +36,12 @@ def polynomial_view(pplan: PolynomialPlan) -> LinearView:
     )
     lines = []
     for term in pplan.terms:
-        if hasattr(term, "formula"):  # a MAGEP term
+        if isinstance(term, MagepTerm):
             degrees = ",".join(str(d) for d in term.degrees)
             lines += wrap_words(
                 comment_text(f"{term.output}' <- {term.formula} (degree {degrees})")
             )
         else:
-            from derive.basis.poly_formulas import poly_formula_text
-
             lines += wrap_words(comment_text(poly_formula_text(pplan.plan.space, term)))
     params = list(view.params)
     inits = list(view.inits)

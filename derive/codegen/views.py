@@ -8,9 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from derive.codegen import codefmt
-from derive.weightspace.model import WeightSpaceSpec
-from derive.naming import comment_text
-from derive.plan.linear import LinearPlan
 from derive.codegen.statements import (
     Statement,
     fused_terms,
@@ -19,6 +16,9 @@ from derive.codegen.statements import (
     rows_slice,
     scaled,
 )
+from derive.naming import comment_text
+from derive.plan.linear import LinearPlan
+from derive.weightspace.model import WeightSpaceSpec
 
 __all__ = [
     "ParamDecl",

@@ -21,8 +21,8 @@ from math import prod, sqrt
 from typing import Any
 
 from derive.basis.linear import BasisMap
-from derive.weightspace.model import WeightSpaceSpec
 from derive.naming import identifier
+from derive.weightspace.model import WeightSpaceSpec
 
 __all__ = [
     "Feature",

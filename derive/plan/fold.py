@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from math import prod
 
 from derive.basis.linear import BasisMap
-from derive.plan.features import tensor_var
 from derive.basis.magep import MagepTerm
+from derive.plan.features import tensor_var
+from derive.plan.linear import MapSlot
 from derive.plan.magep import MagepPlan
 from derive.weightspace.model import WeightSpaceSpec
-from derive.plan.linear import MapSlot
 
 __all__ = ["FoldGroup", "fold_groups", "fold_slots", "fold_statements"]
 

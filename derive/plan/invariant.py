@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from derive.basis.linear import enumerate_block
+from derive.basis.magep import virtual_name
 from derive.basis.polynomial import enumerate_polynomial
 from derive.plan.features import PRODUCT, Feature, feature_for, tensor_var
-from derive.basis.magep import virtual_name
 from derive.plan.magep import MagepPlan, magep_invariants
 from derive.weightspace.model import Scaling, TensorSpec, WeightSpaceSpec
 

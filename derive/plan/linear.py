@@ -21,7 +21,9 @@ from math import prod
 from typing import Any
 
 from derive.basis.linear import BasisMap, LinearBasis
+from derive.basis.polynomial import PolyMap
 from derive.errors import GenerationError
+from derive.naming import identifier
 from derive.plan.features import (
     PRODUCT,
     Feature,
@@ -34,7 +36,6 @@ from derive.plan.features import (
     tensor_var,
 )
 from derive.weightspace.model import TensorSpec, WeightSpaceSpec
-from derive.naming import identifier
 
 __all__ = [
     "Placement",
@@ -268,7 +269,7 @@ def assemble_plan(
     for basis_map in maps:
         kept_blocks = _kept_blocks(basis_map)
         placement = _placement_key(basis_map, kept_blocks)
-        if hasattr(basis_map, "factors"):
+        if isinstance(basis_map, PolyMap):
             feature = _product_feature_key(basis_map, kept_blocks)
         else:
             feature = feature_key(basis_map, kept_blocks)

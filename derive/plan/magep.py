@@ -13,8 +13,16 @@ from dataclasses import dataclass, field, replace
 from math import prod, sqrt
 
 from derive.basis.linear import BasisMap, Block
+from derive.basis.magep import (
+    Chain,
+    MagepTerm,
+    Psi,
+    chain_of,
+    is_foldable,
+    magep_terms,
+    virtual_name,
+)
 from derive.errors import GenerationError
-from derive.basis.magep import Chain, MagepTerm, Psi, chain_of, is_foldable, magep_terms, virtual_name
 from derive.weightspace.model import TensorSpec, WeightSpaceSpec
 
 __all__ = ["MagepPlan", "magep_plan", "magep_invariants", "glued_parts"]

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from derive.basis.linear import LinearBasis
+from derive.basis.magep import Psi
+from derive.basis.polynomial import enumerate_polynomial
 from derive.errors import GenerationError
 from derive.plan.fold import FoldGroup, fold_groups, fold_slots
-from derive.basis.magep import Psi
+from derive.plan.linear import LinearPlan, assemble_plan
 from derive.plan.magep import MagepPlan, magep_plan
 from derive.weightspace.model import WeightSpaceSpec
-from derive.plan.linear import LinearPlan, assemble_plan
 
 __all__ = [
     "FAMILIES",
@@ -83,8 +84,6 @@ def polynomial_plan(
             family, degree, plan, mp.statements, mp.psis, trainable_psi, mp.terms, mp, groups
         )
     if family == "complete":
-        from derive.basis.polynomial import enumerate_polynomial
-
         top = degree if degree is not None else 2
         if top < 2:
             raise GenerationError(f"--degree must be at least 2 for polynomial terms, got {top}")

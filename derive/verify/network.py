@@ -15,8 +15,8 @@ import copy
 import torch
 from torch import nn
 
-from derive.verify.checklist import VerifyReport
 from derive.derivation import Derivation
+from derive.verify.checklist import VerifyReport
 from nfn_runtime import OUTSIDE_GROUP_KINDS, network_symmetry_error, sample_outside_group
 
 __all__ = ["network_checks", "NETWORK_TOLERANCE", "MIN_OUTSIDE_CHANGE"]

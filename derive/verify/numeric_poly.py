@@ -18,8 +18,8 @@ from math import prod
 import torch
 from torch import Tensor
 
-from derive.weightspace.model import TensorSpec, WeightSpaceSpec
 from derive.verify.numeric import Generator, generators, tensor_action
+from derive.weightspace.model import TensorSpec, WeightSpaceSpec
 
 __all__ = ["symmetric_basis", "product_action", "sym_power_dimension"]
 

@@ -7,22 +7,16 @@ the numeric dimension of equivariant maps Sym^2(U) -> U against the enumeration.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 
 import torch
 from torch import nn
 
-from derive.verify.checklist import VerifyReport, layer_class, load_generated, sensitivity_check
-from derive.errors import GenerationError
-from derive.plan.invariant import invariant_plan
-from derive.basis.magep import chain_of
-from derive.verify.numeric_poly import sym_power_dimension
-from derive.derivation import Derivation, proxy_derivation, space_sizes
-from derive.plan.polynomial import polynomial_plan
 from derive.basis.polynomial import count_block
-from derive.verify.reference import ReferenceInvariant, load_into_generated
-from derive.verify.reference_poly import ReferencePolynomial
-from nfn_runtime import equivariance_error, invariance_error, random_weight_space
+from derive.derivation import Derivation, proxy_derivation, space_sizes
+from derive.verify.checklist import VerifyReport
+from derive.verify.numeric_poly import sym_power_dimension
+from derive.verify.reference import ReferenceInvariant
+from nfn_runtime import random_weight_space
 
 #: complete-family terms with more parameters per channel pair than this are checked on a proxy
 CHECK_PARAMS_LIMIT = 20000

@@ -15,12 +15,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from derive.basis.linear import BasisMap, LinearBasis
-from derive.weightspace.model import WeightSpaceSpec
+from derive.basis.linear import BasisMap, LinearBasis, enumerate_block
+from derive.plan.invariant import canonicalization, permutation_only
 from derive.plan.linear import LinearPlan
+from derive.verify.reference_magep import magep_term_value
+from derive.weightspace.model import WeightSpaceSpec
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = [
+    "BATCH",
+    "C_IN",
+    "C_OUT",
+    "einsum_letters",
+    "helper_tensor",
     "einsum_for_map",
     "apply_map",
     "ReferenceLinear",
@@ -28,10 +35,10 @@ __all__ = [
     "load_into_generated",
 ]
 
-_BATCH, _C_IN, _C_OUT = "Z", "Y", "X"
+BATCH, C_IN, C_OUT = "Z", "Y", "X"
 
 
-def _letters() -> Iterator[str]:
+def einsum_letters() -> Iterator[str]:
     yield from string.ascii_lowercase + "ABCDEFGHIJKLMNOPQRSTUVW"
 
 
@@ -48,7 +55,7 @@ def einsum_for_map(
     assert basis_map.output is not None
     out_tensor = space.tensor(basis_map.output)
     in_tensor = space.tensor(basis_map.input) if basis_map.input else None
-    letters = _letters()
+    letters = einsum_letters()
     out_sub = [""] * len(out_tensor.axes)
     in_sub = [""] * (len(in_tensor.axes) if in_tensor else 0)
     helpers: list[tuple[str, int]] = []
@@ -78,16 +85,16 @@ def einsum_for_map(
         out_sub[p] = letter
     for p, letter in zip(basis_map.in_fixed, fixed_in):
         in_sub[p] = letter
-    coeff = _C_OUT + "".join(fixed_out) + (_C_IN + "".join(fixed_in) if in_tensor else "")
+    coeff = C_OUT + "".join(fixed_out) + (C_IN + "".join(fixed_in) if in_tensor else "")
     operands = [coeff]
     if in_tensor is not None:
-        operands.append(_BATCH + _C_IN + "".join(in_sub))
+        operands.append(BATCH + C_IN + "".join(in_sub))
     operands += helper_subs
-    output = (_BATCH if in_tensor else "") + _C_OUT + "".join(out_sub)
+    output = (BATCH if in_tensor else "") + C_OUT + "".join(out_sub)
     return f"{','.join(operands)}->{output}", helpers, scale
 
 
-def _helper(kind: str, size: int, like: Tensor) -> Tensor:
+def helper_tensor(kind: str, size: int, like: Tensor) -> Tensor:
     if kind == "ones":
         return torch.ones(size, dtype=like.dtype, device=like.device)
     return torch.eye(size, dtype=like.dtype, device=like.device)
@@ -99,7 +106,7 @@ def apply_map(
     """The contribution of one map (with ``source`` of shape ``(B, C_in, *axes)``)."""
     equation, helpers, scale = einsum_for_map(space, basis_map)
     operands = [coefficient] + ([source] if source is not None else [])
-    operands += [_helper(kind, size, coefficient) for kind, size in helpers]
+    operands += [helper_tensor(kind, size, coefficient) for kind, size in helpers]
     return torch.einsum(equation, *operands) * scale
 
 
@@ -204,9 +211,6 @@ class ReferenceInvariant(nn.Module):
             if magep is not None
             else {}
         )
-        from derive.basis.linear import enumerate_block
-        from derive.plan.invariant import canonicalization, permutation_only
-
         self.space = space
         self.layout = space.to_layout()
         perm_space = permutation_only(space)
@@ -239,7 +243,7 @@ class ReferenceInvariant(nn.Module):
         pooled = []
         for name, basis_map in self.pools:
             x = canonical[name]
-            letters = _letters()
+            letters = einsum_letters()
             sub = [""] * (x.dim() - 2)
             scale = 1.0
             for block in basis_map.blocks:
@@ -251,14 +255,12 @@ class ReferenceInvariant(nn.Module):
             for p, letter in zip(basis_map.in_fixed, kept):
                 sub[p] = letter
             value = (
-                torch.einsum(f"{_BATCH}{_C_IN}{''.join(sub)}->{_BATCH}{_C_IN}{''.join(kept)}", x)
+                torch.einsum(f"{BATCH}{C_IN}{''.join(sub)}->{BATCH}{C_IN}{''.join(kept)}", x)
                 * scale
             )
             pooled.append(value.reshape(value.shape[0], -1))
         if self.magep is not None:
             psi = dict(self.psi.items())
-            from derive.verify.reference_poly import magep_term_value
-
             for term in self.magep.terms:
                 value = magep_term_value(term, self.magep.chain, named, psi)
                 pooled.append(value.reshape(value.shape[0], -1))

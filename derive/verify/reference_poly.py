@@ -13,72 +13,22 @@ import torch
 from torch import Tensor, nn
 
 from derive.basis.linear import LinearBasis
+from derive.basis.polynomial import PolyMap
+from derive.plan.features import product_divisor
+from derive.verify.reference import (
+    BATCH,
+    C_IN,
+    C_OUT,
+    ReferenceLinear,
+    apply_map,
+    einsum_letters,
+    helper_tensor,
+)
+from derive.verify.reference_magep import magep_term_value
 from derive.weightspace.model import WeightSpaceSpec
-from derive.verify.reference import _BATCH, _C_IN, _C_OUT, ReferenceLinear, _helper, _letters, apply_map
 from nfn_runtime.weight_space import WeightSpace
 
-__all__ = ["magep_term_value", "ReferencePolynomial", "apply_poly_map"]
-
-
-def _chain_product(weights: list[Tensor], sizes: list[int], s: int, t: int) -> Tensor:
-    """``[W](s,t) = W_s ... W_{t+1}`` for one batch of per-channel matrices, normalized like the
-    generated code (each contraction over n neurons divided by sqrt(n)), built right to left."""
-    product = weights[t]  # W_{t+1}
-    for k in range(t + 2, s + 1):
-        product = torch.matmul(weights[k - 1], product) / sizes[k - 1] ** 0.5
-    return product
-
-
-def magep_term_value(
-    term: Any, chain: Any, named: dict[str, Tensor], psi: dict[str, Tensor]
-) -> Tensor:
-    """One MAGEP term computed from its definition alone (no shared products)."""
-    L = chain.layers
-    sizes = list(chain.sizes)
-    weights = [named[name] for name in chain.weights]
-    biases = [named[name] if name else None for name in chain.biases]
-    i, t = term.i, term.t
-    if term.kind in ("WW", "WW0"):
-        glued: Tensor = (
-            _chain_product(weights, sizes, i, 0)
-            @ psi[term.psi[0].name]
-            @ _chain_product(weights, sizes, L, t)
-        )
-        return glued
-    if term.kind in ("bW", "bW0"):
-        row = psi[term.psi[0].name] @ _chain_product(weights, sizes, L, t)  # (B, C, 1, n_t)
-        bias = biases[i - 1]
-        assert bias is not None
-        result: Tensor = bias[..., None] * row
-        return result
-    if term.kind == "W":
-        return _chain_product(weights, sizes, i, 0)
-    if term.kind == "Wb":
-        paths = []
-        for source in range(1, i):
-            if biases[source - 1] is None or i - source + 1 not in term.degrees:
-                continue
-            vector = biases[source - 1]
-            assert vector is not None
-            for k in range(source + 1, i + 1):
-                vector = torch.einsum("bcij,bcj->bci", weights[k - 1], vector) / sizes[k - 1] ** 0.5
-            paths.append(vector)
-        summed: Tensor = torch.stack(paths).sum(0) / len(paths) ** 0.5
-        return summed
-    scale = sizes[t] ** 0.5
-    if term.kind == "trWW":
-        closed = (
-            _chain_product(weights, sizes, t, 0)
-            @ psi[term.psi[0].name]
-            @ _chain_product(weights, sizes, L, t)
-        )
-        trace: Tensor = torch.diagonal(closed, dim1=-2, dim2=-1).sum(-1) / scale
-        return trace
-    row = (psi[term.psi[0].name] @ _chain_product(weights, sizes, L, t)).squeeze(-2)
-    last = biases[t - 1]
-    assert last is not None
-    total: Tensor = (row * last).sum(-1) / scale
-    return total
+__all__ = ["ReferencePolynomial", "apply_poly_map"]
 
 
 class ReferencePolynomial(nn.Module):
@@ -102,7 +52,7 @@ class ReferencePolynomial(nn.Module):
     def _shape(self, basis_map: Any) -> tuple[int, ...]:
         out = self.space.tensor(basis_map.output)
         out_sizes = [self.space.shape(out)[p] for p in basis_map.out_fixed]
-        if hasattr(basis_map, "factors"):
+        if isinstance(basis_map, PolyMap):
             in_sizes = [
                 self.space.shape(self.space.tensor(basis_map.factors[f]))[p]
                 for f, p in basis_map.in_fixed
@@ -137,10 +87,8 @@ def apply_poly_map(
     space: WeightSpaceSpec, poly_map: Any, coefficient: Tensor, factors: list[Tensor]
 ) -> Tensor:
     """One polynomial map by one einsum over its factors (per channel), then channel mixing."""
-    from derive.plan.features import product_divisor
-
     out_tensor = space.tensor(poly_map.output)
-    letters = _letters()
+    letters = einsum_letters()
     out_sub = [""] * len(out_tensor.axes)
     in_subs = [[""] * len(space.tensor(name).axes) for name in poly_map.factors]
     helpers: list[tuple[str, int]] = []
@@ -168,18 +116,18 @@ def apply_poly_map(
     for (f, p), letter in zip(poly_map.in_fixed, fixed_in):
         in_subs[f][p] = letter
     product_sub = (
-        _BATCH
-        + _C_IN
+        BATCH
+        + C_IN
         + "".join(fixed_in)
         + "".join(sorted({letter for sub in in_subs for letter in sub} - set(fixed_in)))
     )
-    operands = [f"{_BATCH}{_C_IN}{''.join(sub)}" for sub in in_subs]
+    operands = [f"{BATCH}{C_IN}{''.join(sub)}" for sub in in_subs]
     product = torch.einsum(f"{','.join(operands)}->{product_sub}", *factors)
-    coeff = _C_OUT + "".join(fixed_out) + _C_IN + "".join(fixed_in)
+    coeff = C_OUT + "".join(fixed_out) + C_IN + "".join(fixed_in)
     equation = f"{coeff},{product_sub}" + "".join("," + h for h in helper_subs)
-    equation += f"->{_BATCH}{_C_OUT}{''.join(out_sub)}"
+    equation += f"->{BATCH}{C_OUT}{''.join(out_sub)}"
     operands_t = [coefficient, product] + [
-        _helper(kind, size, coefficient) for kind, size in helpers
+        helper_tensor(kind, size, coefficient) for kind, size in helpers
     ]
     kept = [b for b in poly_map.blocks if b.outputs and b.inputs]
     reduced = [b for b in poly_map.blocks if not b.outputs]

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
-
-from derive.basis.linear import LinearBasis
-from derive.verify.checklist import Check, VerifyReport, layer_class, load_generated, sensitivity_check
 from derive.basis.expressions import verify_map
+from derive.basis.linear import LinearBasis
 from derive.basis.partitions import partition_count
 from derive.derivation import Derivation, derive
 from derive.frontend.options import ArchitectureSpec
 from derive.layers import LAYER_KINDS
 from derive.layers.kind import CheckOptions
+from derive.verify.checklist import (
+    Check,
+    VerifyReport,
+    load_generated,
+)
 from derive.verify.network import network_checks
 
 __all__ = ["Check", "VerifyReport", "verify", "load_generated"]

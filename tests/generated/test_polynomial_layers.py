@@ -16,7 +16,8 @@ from derive.basis.magep import magep_terms
 from derive.pipeline import derive, generate
 from derive.plan.polynomial import polynomial_plan
 from derive.verify.reference import ReferenceInvariant, load_into_generated
-from derive.verify.reference_poly import ReferencePolynomial, magep_term_value
+from derive.verify.reference_magep import magep_term_value
+from derive.verify.reference_poly import ReferencePolynomial
 from derive.frontend.spec import mlp_spec
 from derive.verify.runner import load_generated
 from derive.verify.polynomial import load_invariant_reference, output_scale

@@ -49,6 +49,9 @@ class Derivation:
     def __str__(self) -> str:
         return f"Derivation of {self.spec.name} ({self.spec.summary()}): {self.space}"
 
+    def __repr__(self) -> str:
+        return f"<{self}>"
+
 
 def trace_spec(spec: ArchitectureSpec) -> WeightSpaceSpec:
     """The front end: build the spec's module and trace it into its weight space (no group)."""

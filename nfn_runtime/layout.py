@@ -9,7 +9,8 @@ A space that is neither permuted nor scaled is a fixed axis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
 
@@ -125,6 +126,66 @@ class WeightSpaceLayout:
         """Per layer, whether the layer has a bias tensor."""
         layers = {t.layer for t in self.tensors if t.kind == "bias"}
         return tuple(layer in layers for layer in range(1, self.num_layers + 1))
+
+    def with_source_keys(self, keys: Mapping[str, str]) -> WeightSpaceLayout:
+        """The same layout reading other state-dict keys: ``keys`` maps a tensor's name or its
+        current ``source_key`` to the key of the user's own model (e.g. ``{"0.weight":
+        "fc1.weight"}``); tensors not named keep their keys."""
+        known = {t.name for t in (*self.tensors, *self.buffers)}
+        known |= {t.source_key for t in (*self.tensors, *self.buffers) if t.source_key}
+        unknown = sorted(set(keys) - known)
+        if unknown:
+            raise ValueError(f"no tensor of the layout is named or read from {unknown[0]!r}")
+
+        def renamed(t: TensorLayout) -> TensorLayout:
+            key = keys.get(t.name, keys.get(t.source_key, t.source_key))
+            return replace(t, source_key=key)
+
+        return replace(
+            self,
+            tensors=tuple(renamed(t) for t in self.tensors),
+            buffers=tuple(renamed(t) for t in self.buffers),
+        )
+
+    def matched_to(self, shapes: Mapping[str, Sequence[int]]) -> WeightSpaceLayout:
+        """The same layout reading the entries of a user's ``state_dict`` (or any mapping of
+        key -> tensor or shape) whose keys differ from the layout's, e.g. a model with named
+        layers or extra modules such as dropout shifting ``nn.Sequential`` indices.
+
+        Keys the layout already reads (with the right shape) are kept; every other tensor and buffer takes, in layout
+        order, the next unused key in the mapping's order with the same shape. A ``ValueError``
+        names the first tensor that finds none."""
+        sizes = {key: tuple(getattr(value, "shape", value)) for key, value in shapes.items()}
+
+        def want(t: TensorLayout) -> tuple[int, ...]:
+            return tuple(t.source_shape) or self.shape(t)
+
+        def fits(t: TensorLayout) -> bool:
+            return sizes.get(t.source_key) == want(t)
+
+        used = {t.source_key for t in (*self.tensors, *self.buffers) if fits(t)}
+        order = [key for key in sizes if key not in used]
+        keys: dict[str, str] = {}
+
+        def take(t: TensorLayout, candidates: list[str]) -> str:
+            for key in candidates:
+                if key not in used and sizes[key] == want(t):
+                    used.add(key)
+                    keys[t.name] = key
+                    return key
+            raise ValueError(
+                f"no state-dict entry of shape {want(t)} left for tensor {t.name!r} "
+                f"(layout key {t.source_key!r})"
+            )
+
+        position = 0  # parameters keep their order; buffers may sit anywhere
+        for t in self.tensors:
+            if not fits(t):
+                position = order.index(take(t, order[position:])) + 1
+        for t in self.buffers:
+            if not fits(t):
+                take(t, order)
+        return self.with_source_keys(keys)
 
     def num_params(self) -> int:
         """Number of scalar entries in one network of this weight space."""

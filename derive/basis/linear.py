@@ -120,6 +120,16 @@ class LinearBasis:
     def by_key(self) -> dict[str, BlockBasis]:
         return {b.key: b for b in (*self.blocks, *self.constants, *self.invariants)}
 
+    def __str__(self) -> str:
+        return (
+            f"LinearBasis of {self.space.name}: dimension {self.dim} per channel pair in "
+            f"{self.num_maps} maps over {len(self.blocks)} blocks; {self.constant_dim} "
+            f"constants; {self.invariant_dim} invariant functionals"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self}>"
+
 
 _LocalPattern = tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
 

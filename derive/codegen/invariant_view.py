@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from derive.basis.magep import virtual_name
 from derive.codegen import codefmt
+from derive.codegen.feature_code import feature_expression
+from derive.codegen.magep_code import magep_code
 from derive.codegen.statements import Statement, split_long
 from derive.codegen.views import PsiDecl
 from derive.plan.features import tensor_var
@@ -48,8 +50,12 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
             if on
         )
         canonical.append(Statement(f"{canonical_var(canon.tensor)} = {expr}", what))
+    # MAGEP invariants are features of virtual tensors of the extended space
+    read_space = plan.magep.space if plan.magep is not None else plan.space
     features = tuple(
-        Statement(f"{f.name} = {f.code}", f.description) for f in plan.features if f.code != f.name
+        Statement(f"{f.name} = {feature_expression(read_space, f)}", f.description)
+        for f in plan.features
+        if not f.is_input
     )
     names = [f.name for f in plan.features]
     pooled = codefmt.wrap_list(names, 8, prefix="parts = ")
@@ -57,8 +63,8 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
     products: list[Statement] = []
     psis: list[PsiDecl] = []
     if plan.magep is not None:
-        for code, comment in plan.magep.statements:
-            for k, line in enumerate(split_long(code)):
+        for statement, comment in magep_code(plan.magep).statements:
+            for k, line in enumerate(split_long(statement)):
                 products.append(Statement(line, comment if k == 0 else ""))
         psis = [
             PsiDecl(

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 from derive.basis.magep import MagepTerm
 from derive.basis.poly_formulas import poly_formula_text
+from derive.codegen.magep_code import fold_placement, fold_statements, magep_code
 from derive.codegen.statements import Statement, rows_slice, scaled, split_long
 from derive.codegen.views import InitRows, LinearView, ParamDecl, PsiDecl, linear_view, wrap_words
 from derive.naming import comment_text
 from derive.plan.features import tensor_var
-from derive.plan.fold import fold_placement, fold_statements
 from derive.plan.polynomial import PolynomialPlan
 
 __all__ = ["polynomial_view"]
@@ -19,10 +19,11 @@ __all__ = ["polynomial_view"]
 
 def polynomial_view(pplan: PolynomialPlan) -> LinearView:
     """The linear view of the merged plan plus the product statements and Psi parameters."""
-    view = linear_view(pplan.plan)
+    code = magep_code(pplan.magep) if pplan.magep is not None else None
+    view = linear_view(pplan.plan, code.outer if code is not None else None)
     products = []
-    for code, comment in pplan.statements:
-        for line in split_long(code):
+    for statement, comment in code.statements if code is not None else ():
+        for line in split_long(statement):
             products.append(Statement(line, comment))
             comment = ""
     psis = tuple(
@@ -50,15 +51,15 @@ def polynomial_view(pplan: PolynomialPlan) -> LinearView:
     if pplan.folds:
         outputs.append(Statement("", "glued terms folded through their factorization"))
     for group in pplan.folds:
-        assert magep is not None
+        assert magep is not None and code is not None
         columns = scaled(group.in_size * len(group.parts), "in_channels")
         params.append(
             ParamDecl(group.weight, f"{scaled(group.out_factor, 'out_channels')}, {columns}")
         )
         bound = f"bound_{group.output.lower()}"
         inits.append(InitRows(group.weight, rows_slice(0, group.out_factor), bound, group.output))
-        for code, comment in fold_statements(magep, group):
-            outputs.append(Statement(code, comment))
+        for statement, comment in fold_statements(magep, code, group):
+            outputs.append(Statement(statement, comment))
         out_var = f"out_{tensor_var(group.output)}"
         outputs.append(
             Statement(f"{out_var} = {out_var} + {fold_placement(pplan.plan.space, group)}")

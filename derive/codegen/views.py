@@ -5,9 +5,11 @@ Nothing here decides what the layer computes; it only spells the plan as Python.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from derive.codegen import codefmt
+from derive.codegen.feature_code import feature_expression
 from derive.codegen.statements import (
     Statement,
     fused_terms,
@@ -130,23 +132,29 @@ def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def linear_view(plan: LinearPlan) -> LinearView:
-    """All strings of the linear-layer template."""
+def linear_view(
+    plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = None
+) -> LinearView:
+    """All strings of the linear-layer template; ``outer`` spells the vectors ``(u, v)`` of
+    every rank-one feature of ``plan.outer_features``."""
+    outer = dict(outer or {})
+    if set(outer) != plan.outer_features:
+        raise ValueError("every rank-one feature of the plan needs its vectors spelled")
     space = plan.space
     features = [
-        Statement(f"{f.name} = {f.code}", comment=f.description)
+        Statement(f"{f.name} = {feature_expression(space, f)}", comment=f.description)
         for f in plan.features
-        if f.code != f.name
+        if not f.is_input
     ]
     op_of = {term.name: op for op in plan.ops for term in op.terms}
     fused = fused_terms(plan)
     mixes: list[Statement] = []
     for op in plan.ops:
         if not (len(op.terms) == 1 and op.terms[0].name in fused):
-            mixes += mix_statements(op, plan.outer_features)
+            mixes += mix_statements(op, outer)
     outputs: list[Statement] = []
     for _, out_var, terms in plan.outputs:
-        outputs += output_statements(out_var, terms, op_of, fused, plan.outer_features)
+        outputs += output_statements(out_var, terms, op_of, fused, outer)
     weights = [out for (name, out, _) in plan.outputs if space.tensor(name).kind == "weight"]
     biases = {
         space.tensor(name).layer: out

@@ -33,7 +33,10 @@ __all__ = [
     "is_product_key",
     "has_kept",
     "key_factor",
-    "feature_code",
+    "feature_shape",
+    "fixed_positions",
+    "has_diagonal",
+    "reads_source_unchanged",
     "product_divisor",
     "feature_for",
     "build_features",
@@ -48,7 +51,10 @@ FeatureKey = tuple[Any, ...]
 
 @dataclass(frozen=True)
 class Feature:
-    """``(B, in_channels * factor, *kept)`` (or channels-last) computed by ``code``."""
+    """``(B, in_channels * factor, *kept)`` (or channels-last): the reduction or product
+    ``key`` of its source, read from the variable ``reads`` (the source tensor's variable, or
+    the parent feature whose key is ``parent``, from which it follows by more averaging).
+    Codegen spells it (:func:`derive.codegen.feature_code.feature_expression`)."""
 
     key: FeatureKey
     name: str
@@ -56,9 +62,15 @@ class Feature:
     kept: tuple[str, ...]
     kept_sizes: tuple[int, ...]
     factor: int  # product of the fixed axis sizes of the source(s), folded into channels
-    code: str  # expression computing it
     description: str  # e.g. "mean_p W2[p,i]"
     layout: str = "channels_first"
+    reads: str = ""  # the variable the feature is computed from ("" for products)
+    parent: FeatureKey | None = None  # the key of the feature ``reads`` names, if any
+
+    @property
+    def is_input(self) -> bool:
+        """True when the feature is the input variable itself (nothing to compute)."""
+        return self.name == self.reads
 
 
 def tensor_var(name: str) -> str:
@@ -78,7 +90,7 @@ def feature_key(basis_map: BasisMap, kept_blocks: Sequence[int]) -> FeatureKey:
     return (basis_map.input, kept, reduced)
 
 
-def _fixed_positions(space: WeightSpaceSpec, key: FeatureKey) -> list[tuple[int, int]]:
+def fixed_positions(space: WeightSpaceSpec, key: FeatureKey) -> list[tuple[int, int]]:
     """(factor, axis) of every fixed axis the feature folds into channels, in order."""
     factors = key[1] if is_product_key(key) else (key[0],)
     return [
@@ -92,7 +104,7 @@ def _fixed_positions(space: WeightSpaceSpec, key: FeatureKey) -> list[tuple[int,
 def key_factor(space: WeightSpaceSpec, key: FeatureKey) -> int:
     """Channels per input channel of a feature: the product of its fixed axis sizes."""
     factors = key[1] if is_product_key(key) else (key[0],)
-    return prod(space.shape(space.tensor(factors[f]))[p] for f, p in _fixed_positions(space, key))
+    return prod(space.shape(space.tensor(factors[f]))[p] for f, p in fixed_positions(space, key))
 
 
 def has_kept(key: FeatureKey) -> bool:
@@ -100,7 +112,7 @@ def has_kept(key: FeatureKey) -> bool:
     return bool(key[2] if is_product_key(key) else key[1])
 
 
-def _has_diagonal(key: FeatureKey) -> bool:
+def has_diagonal(key: FeatureKey) -> bool:
     groups = (*key[2], *key[3]) if is_product_key(key) else (*key[1], *key[2])
     return any(len(g) > 1 for g in groups)
 
@@ -120,119 +132,31 @@ def product_divisor(
     return sqrt(contracted) * averaged
 
 
-def _product_code(
-    space: WeightSpaceSpec, key: FeatureKey, channels_last: bool
-) -> tuple[str, tuple[str, ...], tuple[int, ...]]:
-    """One einsum over the factors (batch and channel shared), then the normalization.
-
-    A reduced block joining exactly two positions of two different factors is a contraction
-    like a matrix product and is divided by sqrt(n) (variance-preserving); any other reduced
-    block is an average (divided by n).
-    """
-    _, factors, kept, reduced = key
-    letters = iter("ijklmnopqrstuvwxyz")
-    sub = {}
-    for group in (*kept, *reduced):
-        letter = next(letters)
-        for position in group:
-            sub[position] = letter
-    fixed = _fixed_positions(space, key)
-    for position in fixed:
-        sub[position] = next(letters)
-    operands = []
-    for f, name in enumerate(factors):
-        axes = "".join(sub[(f, p)] for p in range(len(space.tensor(name).axes)))
-        operands.append(f"bc{axes}")
-    kept_sub = "".join(sub[g[0]] for g in kept)
-    fixed_sub = "".join(sub[p] for p in fixed)
-    out = f"b{kept_sub}c{fixed_sub}" if channels_last else f"bc{fixed_sub}{kept_sub}"
-    variables = ", ".join(tensor_var(name) for name in factors)
-    expr = f'torch.einsum("{",".join(operands)}->{out}", {variables})'
-    divisor = product_divisor(space, factors, reduced)
-    kept_spaces = [space.tensor(factors[g[0][0]]).axes[g[0][1]].space for g in kept]
-    kept_sizes = [space.space(name).size for name in kept_spaces]
-    if fixed:
-        shape = (
-            [*(str(n) for n in kept_sizes), "-1"]
-            if channels_last
-            else ["-1", *(str(n) for n in kept_sizes)]
-        )
-        expr = f"{expr}.reshape(batch, {', '.join(shape)})"
-    if divisor != 1.0:
-        expr = f"{expr} / {divisor!r}" if divisor != int(divisor) else f"{expr} / {int(divisor)}"
-    return expr, tuple(kept_spaces), tuple(kept_sizes)
-
-
-def feature_code(
-    space: WeightSpaceSpec,
-    key: FeatureKey,
-    var: str | None = None,
-    layout: str = "channels_first",
-    parent: tuple[str, FeatureKey] | None = None,
-) -> tuple[str, tuple[str, ...], tuple[int, ...], int]:
-    """Torch code for a feature, its kept spaces, kept sizes and channel factor.
-
-    A linear feature reads the source variable ``var``, or ``parent = (name, key)``: a
-    channels-first feature of the same source without fixed axes whose averages are a subset.
-    """
-    channels_last = layout == "channels_last"
+def feature_shape(
+    space: WeightSpaceSpec, key: FeatureKey
+) -> tuple[tuple[str, ...], tuple[int, ...], int]:
+    """The spaces and sizes of a feature's kept axes, and its channel factor."""
     if is_product_key(key):
-        expr, kept_spaces, kept_sizes = _product_code(space, key, channels_last and bool(key[2]))
-        return expr, kept_spaces, kept_sizes, key_factor(space, key)
-    source, kept, reduced = key
-    tensor = space.tensor(source)
-    sizes = space.shape(tensor)
-    fixed = [p for p, axis in enumerate(tensor.axes) if space.is_fixed_axis(axis)]
-    kept_spaces = tuple(tensor.axes[g[0]].space for g in kept)
-    kept_sizes = tuple(sizes[g[0]] for g in kept)
-    factor = prod(sizes[p] for p in fixed)
-    channels_last = channels_last and bool(kept)
-    # dims after (b, c): the source's axes, or the parent's kept axes in their order
-    present = list(range(len(tensor.axes)))
-    already: tuple[tuple[int, ...], ...] = ()
-    var = var or tensor_var(source)
-    if parent is not None:
-        var, parent_key = parent
-        present = [g[0] for g in parent_key[1]]
-        already = parent_key[2]
-    if _has_diagonal(key):
-        assert parent is None
-        letters = "ijklmnopqrstuvwxyz"
-        sub = [""] * len(tensor.axes)
-        for k, group in enumerate((*kept, *reduced)):
-            for p in group:
-                sub[p] = letters[k]
-        for k, p in enumerate(fixed):
-            sub[p] = letters[len(kept) + len(reduced) + k]
-        kept_sub = "".join(sub[g[0]] for g in kept)
-        fixed_sub = "".join(sub[p] for p in fixed)
-        out = f"b{kept_sub}c{fixed_sub}" if channels_last else f"bc{fixed_sub}{kept_sub}"
-        expr = f'torch.einsum("bc{"".join(sub)}->{out}", {var})'
+        factors, kept = key[1], key[2]
+        kept_spaces = tuple(space.tensor(factors[g[0][0]]).axes[g[0][1]].space for g in kept)
     else:
-        to_reduce = [g[0] for g in reduced if g not in already]
-        reduced_dims = sorted(2 + present.index(p) for p in to_reduce)
-        expr = var
-        if reduced_dims:
-            dims = reduced_dims[0] if len(reduced_dims) == 1 else tuple(reduced_dims)
-            expr = f"{var}.sum(dim={dims})"
-        remaining = ["c"] + [p for p in present if p not in to_reduce]
-        kept_order: list[int | str] = [g[0] for g in kept]
-        target = [*kept_order, "c", *fixed] if channels_last else ["c", *fixed, *kept_order]
-        permutation = [remaining.index(p) for p in target]
-        if permutation != sorted(permutation):
-            expr = f"{expr}.permute(0, {', '.join(str(1 + i) for i in permutation)})"
-    if fixed:
-        shape = (
-            [*(str(n) for n in kept_sizes), "-1"]
-            if channels_last
-            else ["-1", *(str(n) for n in kept_sizes)]
-        )
-        expr = f"{expr}.reshape(batch, {', '.join(shape)})"
-    # Averages divide the small reduced result (a mean's backward would divide a full tensor).
-    divisor = prod(sizes[g[0]] for g in reduced if g not in already)
-    if divisor != 1:
-        expr = f"{expr} / {divisor}"
-    return expr, kept_spaces, kept_sizes, factor
+        tensor = space.tensor(key[0])
+        kept_spaces = tuple(tensor.axes[g[0]].space for g in key[1])
+    kept_sizes = tuple(space.space(name).size for name in kept_spaces)
+    return kept_spaces, kept_sizes, key_factor(space, key)
+
+
+def reads_source_unchanged(space: WeightSpaceSpec, key: FeatureKey, layout: str) -> bool:
+    """Whether the feature is its source tensor itself (every axis kept in order, no fixed
+    axis, channels first): generated code then reads the input variable directly."""
+    if is_product_key(key) or has_diagonal(key) or key[2]:
+        return False
+    tensor = space.tensor(key[0])
+    if any(space.is_fixed_axis(a) for a in tensor.axes):
+        return False
+    if layout == "channels_last" and key[1]:
+        return False
+    return [g[0] for g in key[1]] == list(range(len(tensor.axes)))
 
 
 def _description(space: WeightSpaceSpec, key: FeatureKey) -> str:
@@ -272,19 +196,35 @@ def feature_for(
     layout: str = "channels_first",
     parent: tuple[str, FeatureKey] | None = None,
 ) -> Feature:
-    """The feature for ``key``, named uniquely against ``taken`` (which it extends)."""
-    code, kept_spaces, kept_sizes, factor = feature_code(space, key, var, layout, parent)
+    """The feature for ``key``, named uniquely against ``taken`` (which it extends).
+
+    A linear feature reads the source variable ``var`` (default: the tensor's variable), or
+    ``parent = (name, key)``: a channels-first feature of the same source without fixed axes
+    whose averages are a subset."""
+    kept_spaces, kept_sizes, factor = feature_shape(space, key)
     layout = layout if kept_spaces else "channels_first"
-    name = _feature_name(key, code, space, taken, layout)
     source = "*".join(key[1]) if is_product_key(key) else key[0]
+    reads = "" if is_product_key(key) else var or tensor_var(source)
+    parent_key = None
+    if parent is not None:
+        reads, parent_key = parent
+    unchanged = parent is None and reads_source_unchanged(space, key, layout)
+    name = reads if unchanged else _feature_name(key, space, taken, layout)
     return Feature(
-        key, name, source, kept_spaces, kept_sizes, factor, code, _description(space, key), layout
+        key,
+        name,
+        source,
+        kept_spaces,
+        kept_sizes,
+        factor,
+        _description(space, key),
+        layout,
+        reads,
+        parent_key,
     )
 
 
-def _feature_name(
-    key: FeatureKey, code: str, space: WeightSpaceSpec, taken: set[str], layout: str
-) -> str:
+def _feature_name(key: FeatureKey, space: WeightSpaceSpec, taken: set[str], layout: str) -> str:
     if is_product_key(key):
         stem = "prod_" + "_".join(tensor_var(name) for name in key[1])
         kept_groups = key[2]
@@ -292,20 +232,18 @@ def _feature_name(
         source, kept_groups, reduced = key
         tensor = space.tensor(source)
         var = tensor_var(source)
-        if code == var:
-            return var  # the input tensor itself
         fixed = any(space.is_fixed_axis(a) for a in tensor.axes)
         full = not reduced and len(kept_groups) == sum(
             not space.is_fixed_axis(a) for a in tensor.axes
         )
-        if full and fixed and not _has_diagonal(key):
+        if full and fixed and not has_diagonal(key):
             stem = f"{var}_all"
         elif kept_groups:
             names = (identifier(tensor.axes[g[0]].space, part=True) for g in kept_groups)
             stem = f"{var}_by_" + "_".join(names)
         else:
             stem = f"{var}_pooled"
-    if _has_diagonal(key) and not is_product_key(key):
+    if has_diagonal(key) and not is_product_key(key):
         stem += "_diag"
     if layout == "channels_last":
         stem += "_cl"
@@ -327,14 +265,14 @@ def _parent_key(
     if is_product_key(key):
         return None
     source, kept, reduced = key
-    if not reduced or _has_diagonal(key) or _fixed_positions(space, key):
+    if not reduced or has_diagonal(key) or fixed_positions(space, key):
         return None  # a parent merges fixed axes into its channels (even axes of size 1)
     best = None
     for cand in candidates:
         if is_product_key(cand):
             continue
         c_source, c_kept, c_reduced = cand
-        if c_source != source or cand == key or _has_diagonal(cand) or not c_kept:
+        if c_source != source or cand == key or has_diagonal(cand) or not c_kept:
             continue
         if list(c_kept) != sorted(c_kept):
             continue  # parent axes must be in source order

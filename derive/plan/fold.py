@@ -25,7 +25,7 @@ from derive.plan.linear import MapSlot
 from derive.plan.magep import MagepPlan
 from derive.weightspace.model import WeightSpaceSpec
 
-__all__ = ["FoldGroup", "fold_groups", "fold_slots", "fold_statements"]
+__all__ = ["FoldGroup", "fold_groups", "fold_slots"]
 
 
 @dataclass(frozen=True)
@@ -68,58 +68,3 @@ def fold_slots(group: FoldGroup) -> dict[BasisMap, MapSlot]:
         basis_map: MapSlot(group.name, 0, group.out_factor, k * group.in_size, group.in_size)
         for k, (_, basis_map) in enumerate(group.parts)
     }
-
-
-def fold_statements(magep: MagepPlan, group: FoldGroup) -> list[tuple[str, str]]:
-    """Statements leaving ``group.name`` as ``(B, rows, out_channels * out_factor)``."""
-    chain = magep.chain
-    n0 = chain.sizes[0]
-    out: list[tuple[str, str]] = []
-    lefts, rights = [], []
-    for k, (term, _) in enumerate(group.parts):
-        theta, left, right = f"{group.name}_theta{k}", f"{group.name}_a{k}", f"{group.name}_g{k}"
-        columns = (
-            f"{k * n0} * c_in : {(k + 1) * n0} * c_in" if k else f": {n0} * c_in"
-        )  # units of c_in
-        out.append((f"{theta} = self.{group.weight}[:, {columns}].view(-1, c_in, {n0})", ""))
-        if term.kind.startswith("WW"):
-            glued = magep.left[term.var]
-            left_code = f"{glued}.permute(0, 2, 1, 3).reshape(batch, {group.rows}, -1)"
-            right_code = f'torch.einsum("bclu,zcu->bclz", q0, {theta}).flatten(1, 2)'
-        else:
-            bias = (chain.biases[term.i - 1] or "").lower()
-            row = f"{group.name}_r{k}"
-            out.append(
-                (f"{row} = {magep.right[term.var]}.squeeze(-2)", f"{term.formula}: Psi' [W](L,0)")
-            )
-            left_code = f"{bias}.permute(0, 2, 1)"
-            right_code = f'torch.einsum("bcu,zcu->bcz", {row}, {theta})'
-        out.append((f"{left} = {left_code}", f"{term.formula}: factor A per row"))
-        out.append((f"{right} = {right_code}", "factor R contracted with the mixing weights"))
-        lefts.append(left)
-        rights.append(right)
-    if len(lefts) == 1:
-        out.append((f"{group.name} = torch.bmm({lefts[0]}, {rights[0]})", ""))
-        return out
-    out.append((f"{group.name}_a = torch.cat([{', '.join(lefts)}], dim=-1)", ""))
-    out.append((f"{group.name}_g = torch.cat([{', '.join(rights)}], dim=1)", ""))
-    out.append((f"{group.name} = torch.bmm({group.name}_a, {group.name}_g)", ""))
-    return out
-
-
-def fold_placement(space: WeightSpaceSpec, group: FoldGroup) -> str:
-    """``group.name`` ``(B, rows, c_out * fixed)`` spelled in the output's layout."""
-    tensor = space.tensor(group.output)
-    fixed = [space.space(a.space).size for a in tensor.axes if space.is_fixed_axis(a)]
-    current = ["row", "channel", *(f"fixed{k}" for k in range(len(fixed)))]
-    target = ["channel"]
-    k = 0
-    for axis in tensor.axes:
-        if space.is_fixed_axis(axis):
-            target.append(f"fixed{k}")
-            k += 1
-        else:
-            target.append("row")
-    view = ", ".join(["batch", str(group.rows), "c_out", *(str(n) for n in fixed)])
-    permutation = ", ".join(str(1 + current.index(role)) for role in target)
-    return f"{group.name}.view({view}).permute(0, {permutation})"

@@ -59,8 +59,20 @@ class InvariantPlan:
     canonical: tuple[Canonicalization, ...]
     features: tuple[Feature, ...]
     in_factor: int
-    magep: MagepPlan | None = None  # polynomial invariants (their statements and Psi)
+    magep: MagepPlan | None = None  # polynomial invariants (their terms and Psi)
     trainable_psi: bool = True
+
+    def __str__(self) -> str:
+        canonical = sum(c.needed for c in self.canonical)
+        terms = len(self.magep.terms) if self.magep is not None else 0
+        return (
+            f"InvariantPlan of {self.space.name}: {canonical} tensors canonicalized, "
+            f"{len(self.features)} pooled features ({terms} MAGEP invariants), "
+            f"{self.in_factor} values per input channel"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self}>"
 
 
 def permutation_only(space: WeightSpaceSpec) -> WeightSpaceSpec:

@@ -176,10 +176,27 @@ class LinearPlan:
     constant_slots: dict[BasisMap, MapSlot]
     fan_in: dict[str, int]  # per output tensor, sum of feature factors over its terms
     #: features u (x) v of two per-channel vectors, mixed as rank-one updates (never built)
-    outer_features: dict[str, tuple[str, str]] = field(default_factory=dict)
+    outer_features: set[str] = field(default_factory=set)
 
     def feature(self, name: str) -> Feature:
         return next(f for f in self.features if f.name == name)
+
+    def __str__(self) -> str:
+        lines = [
+            f"LinearPlan of {self.space.name}: {len(self.map_slots)} maps read "
+            f"{len(self.features)} features through {len(self.ops)} channel-mixing matmuls "
+            f"into {len(self.outputs)} outputs"
+        ]
+        for op in self.ops:
+            kept = f" over {','.join(op.kept)}" if op.kept else ""
+            lines.append(
+                f"  {op.name}{kept}: {len(op.features)} features -> {len(op.terms)} terms "
+                f"(weight out x {op.out_factor}, in x {op.in_factor}; {op.layout})"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<{str(self).splitlines()[0]}>"
 
 
 #: output axis groups that share one index (diagonal writes), sorted

@@ -48,12 +48,22 @@ class PolynomialPlan:
     family: str
     degree: int | None
     plan: LinearPlan  # over the weight space extended by virtual tensors (magep)
-    statements: tuple[tuple[str, str], ...]  # product statements (code, comment)
     psis: tuple[Psi, ...]
     trainable_psi: bool
     terms: tuple[Any, ...]  # MagepTerm or PolyMap records, for the docstring and reports
     magep: MagepPlan | None
     folds: tuple[FoldGroup, ...] = ()  # glued terms computed through their factorization
+
+    def __str__(self) -> str:
+        bound = f"degree <= {self.degree}" if self.degree is not None else "all degrees"
+        return (
+            f"PolynomialPlan ({self.family} family, {bound}): {len(self.terms)} terms, "
+            f"{len(self.psis)} Psi parameters, {len(self.folds)} folded groups; "
+            + str(self.plan).splitlines()[0]
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self}>"
 
 
 def polynomial_plan(
@@ -81,7 +91,7 @@ def polynomial_plan(
             plan.map_slots.update(fold_slots(group))
             plan.fan_in[group.output] += group.in_size * len(group.parts)
         return PolynomialPlan(
-            family, degree, plan, mp.statements, mp.psis, trainable_psi, mp.terms, mp, groups
+            family, degree, plan, mp.psis, trainable_psi, mp.terms, mp, groups
         )
     if family == "complete":
         top = degree if degree is not None else 2
@@ -101,5 +111,5 @@ def polynomial_plan(
                 "raise it with --max-params N, lower --degree, or use --family magep"
             )
         plan = assemble_plan(space, [*linear_maps, *poly_maps], constants, outputs=real)
-        return PolynomialPlan(family, top, plan, (), (), trainable_psi, tuple(poly_maps), None, ())
+        return PolynomialPlan(family, top, plan, (), trainable_psi, tuple(poly_maps), None, ())
     raise GenerationError(f"unknown polynomial family {family!r} (valid: {', '.join(FAMILIES)})")

@@ -136,6 +136,9 @@ class WeightSpaceSpec:
         )
         return f"WeightSpace {self.name} [{self.setting or 'no group yet'}]: spaces {spaces}; tensors {tensors}"
 
+    def __repr__(self) -> str:
+        return f"<{self}>"
+
     @cached_property
     def _spaces(self) -> dict[str, NeuronSpace]:
         return {space.name: space for space in self.spaces}

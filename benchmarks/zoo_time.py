@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, ZooSettings, generate_zoo
+from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, ZooSettings
+from nfn_tasks.zoo_build import generate_zoo
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ from nfn_tasks.robustness import (
     transformations,
 )
 from nfn_tasks.train import TaskData, TrainConfig, metric_name, task_data, train_model
-from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, Zoo, build_zoo
+from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, Zoo
+from nfn_tasks.zoo_build import build_zoo
 
 __all__ = [
     "TASK_NAMES",

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from derive.basis.magep import chain_of
+from derive.errors import GenerationError
+from derive.frontend.torch_spec import torch_spec
+from derive.pipeline import Derivation, derive, generate
+from derive.verify.checklist import layer_class, load_generated
 from nfn_runtime import EquivariantNonlinearity, WeightSpace, WeightSpaceLayout, to_nfn
 from nfn_tasks.kinds import EQUIVARIANT_KINDS, MODEL_KINDS
-
-if TYPE_CHECKING:
-    from derive.pipeline import Derivation
 
 __all__ = [
     "MODEL_KINDS",
@@ -76,9 +78,6 @@ def _group_options(kind: str) -> tuple[str, str]:
 
 @cache
 def _derivation(architecture: str, input_shape: tuple[int, ...], kind: str) -> Derivation:
-    from derive.pipeline import derive
-    from derive.frontend.torch_spec import torch_spec
-
     permute, scaling = _group_options(kind)
     return derive(torch_spec(architecture, input_shape, permute, scaling, name="zoo"))
 
@@ -96,11 +95,6 @@ def generated_layers(
     architecture: str, input_shape: tuple[int, ...], kind: str, degree: int = 2
 ) -> GeneratedLayers:
     """Derive, generate and load the layers of ``kind`` for an architecture (cached)."""
-    from derive.verify.checklist import layer_class, load_generated
-    from derive.errors import GenerationError
-    from derive.basis.magep import chain_of
-    from derive.pipeline import generate
-
     derivation = _derivation(architecture, tuple(input_shape), kind)
 
     def load(layer: str, **options: Any) -> type[nn.Module]:

@@ -7,7 +7,7 @@
 - The INR zoo (:class:`INRZooSettings`): a SIREN fit to every digit image (for several seeds);
   the target is the digit.
 
-:func:`build_zoo` trains the networks of a zoo together (``torch.func.vmap`` / batched matmuls)
+:func:`nfn_tasks.zoo_build.build_zoo` trains the networks of a zoo together (``torch.func.vmap`` / batched matmuls)
 and caches the result on disk under a SHA-256 hash of the settings and the zoo format version,
 so the same settings load the same bytes.
 """
@@ -36,7 +36,6 @@ __all__ = [
     "ZooSettings",
     "default_cache_dir",
     "settings_hash",
-    "build_zoo",
     "save_zoo",
     "load_zoo",
 ]
@@ -261,33 +260,3 @@ def load_zoo(path: Path) -> Zoo:
         info=dict(payload["info"]),
         settings=json.loads(payload["settings"]),
     )
-
-
-def generate_zoo(settings: ZooSettings, progress: bool = False) -> Zoo:
-    """Train the zoo's networks (no cache)."""
-    settings.validate()
-    if isinstance(settings, CNNZooSettings):
-        from nfn_tasks.zoo_cnn import train_cnn_zoo
-
-        return train_cnn_zoo(settings, progress)
-    from nfn_tasks.zoo_inr import fit_inr_zoo
-
-    return fit_inr_zoo(settings, progress)
-
-
-def cache_path(settings: ZooSettings, cache_dir: Path | None = None) -> Path:
-    directory = cache_dir if cache_dir is not None else default_cache_dir()
-    return directory / f"{settings.name}-{settings_hash(settings)[:16]}.pt"
-
-
-def build_zoo(settings: ZooSettings, cache_dir: Path | None = None, progress: bool = False) -> Zoo:
-    """The zoo for ``settings``: loaded from the cache, or generated and cached."""
-    path = cache_path(settings, cache_dir)
-    if path.exists():
-        try:
-            return load_zoo(path)
-        except Exception:  # a damaged cache entry is rebuilt, not trusted
-            path.unlink(missing_ok=True)
-    zoo = generate_zoo(settings, progress)
-    save_zoo(zoo, path)
-    return zoo

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, Zoo, build_zoo
+from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, Zoo
+from nfn_tasks.zoo_build import build_zoo
 
 
 @pytest.fixture(scope="session")

@@ -8,18 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfn_tasks import zoo as zoo_module
+from nfn_tasks import zoo_build as zoo_module
 from nfn_tasks.data import digits, pixel_grid, stratified_split
-from nfn_tasks.zoo import (
-    CNNZooSettings,
-    INRZooSettings,
-    Zoo,
-    build_zoo,
-    cache_path,
-    generate_zoo,
-    settings_hash,
-    zoo_bytes,
-)
+from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, Zoo, settings_hash, zoo_bytes
+from nfn_tasks.zoo_build import build_zoo, cache_path, generate_zoo
 
 
 def test_digits_and_grid() -> None:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test results bench regenerate clean
+.PHONY: demo test test-all lint results bench regenerate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/nfn-derive demo -o nfn_demo
 
-## the test suite
+## the fast test tier (what CI runs): every feature, at small sizes; tests marked slow are skipped
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+## every test, the slow ones too
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15
+
+## formatting, lint and strict typing (CI runs it beside the fast tier); all three always run
+LINT_DIRS := derive nfn_runtime nfn_tasks tests benchmarks
+TYPED_DIRS := derive nfn_runtime nfn_tasks
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff format --check $(LINT_DIRS)"; $(BIN)/ruff format --check $(LINT_DIRS) || status=1; \
+	echo "ruff check $(LINT_DIRS)"; $(BIN)/ruff check $(LINT_DIRS) || status=1; \
+	echo "mypy --strict $(TYPED_DIRS)"; $(BIN)/mypy --strict $(TYPED_DIRS) || status=1; \
+	exit $$status
 
 ## model zoos, every NFN and baseline on every task, the robustness experiment (small setting)
 results: $(STAMP)
@@ -37,7 +51,7 @@ bench: $(STAMP)
 
 ## rewrite generated/ from generated/specs
 regenerate: $(STAMP)
-	$(BIN)/python -m derive.codegen.regenerate
+	$(BIN)/python -m derive.cli.regenerate
 
 clean:
-	rm -rf $(VENV) nfn_demo .pytest_cache
+	rm -rf $(VENV) nfn_demo .pytest_cache .mypy_cache .ruff_cache

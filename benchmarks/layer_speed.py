@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from derive.pipeline import derive, generate
 from derive.frontend.spec import mlp_spec
-from derive.verify.runner import load_generated
+from derive.pipeline import derive, generate
+from derive.verify.checklist import load_generated
 from nfn_runtime import WeightSpace, random_weight_space, to_nfn
 
 LAYERS = (

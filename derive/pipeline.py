@@ -7,8 +7,20 @@ module -> verification.
 >>> source = generate(derivation, "linear")               # template -> module source
 
 Every intermediate is a value that prints as a short summary. The layer kinds come from the
-registry in :mod:`derive.layers`; ``verify`` (:mod:`derive.verify.runner`) runs every kind's
-checks.
+registry in :mod:`derive.layers`; :func:`verify` runs the symbolic proofs, the group check on
+the network itself and every kind's checks (docs/math.md section 6):
+
+1. symbolic: every basis map (linear, constants, invariants) proved equivariant with symbolic
+   scales, and per block the enumeration count equals the partition formula (Bell / Stirling)
+   where the group is permutations only;
+2. the network group check: the derived group applied to the network's own parameters leaves
+   its outputs unchanged, and transforms outside the group change them;
+3. per layer kind (:mod:`derive.layers`), e.g. for the linear layer: agreement with the slow
+   reference (one einsum per basis map) and the exact parameter count; float64 / float32
+   equivariance under sampled group elements (log-uniform positive scales 1e-2..1e2, sign
+   flips, permutations); sensitivity to transforms outside the group; completeness block by
+   block (numeric null space = symbolic count, spanned by the generated layer's Jacobians; on
+   a proxy with the same group for large weight spaces, said in the report).
 """
 
 from __future__ import annotations
@@ -16,6 +28,10 @@ from __future__ import annotations
 from derive.derivation import Derivation, derive, proxy_derivation, space_sizes, trace_spec
 from derive.frontend.options import ArchitectureSpec
 from derive.layers import LAYER_KINDS, LayerOptions, generate
+from derive.layers.kind import CheckOptions
+from derive.verify.checklist import VerifyReport
+from derive.verify.network import network_checks
+from derive.verify.symbolic import symbolic_checks
 
 __all__ = [
     "Derivation",
@@ -26,6 +42,8 @@ __all__ = [
     "space_sizes",
     "LAYER_KINDS",
     "LayerOptions",
+    "VerifyReport",
+    "verify",
     "spec_command",
 ]
 
@@ -33,3 +51,22 @@ __all__ = [
 def spec_command(spec: ArchitectureSpec) -> str:
     """The options that reproduce ``spec`` (used in generated headers)."""
     return spec.options()
+
+
+def verify(
+    spec: ArchitectureSpec | Derivation,
+    samples: int = 3,
+    seed: int = 0,
+    degree: int | None = None,
+    family: str = "magep",
+) -> VerifyReport:
+    """Run every check: the symbolic proofs of the basis, the group check on the network
+    itself, then each registered layer kind's checks."""
+    report = VerifyReport()
+    derivation = spec if isinstance(spec, Derivation) else derive(spec)
+    options = CheckOptions(samples=samples, seed=seed, family=family, degree=degree)
+    symbolic_checks(derivation, report)
+    network_checks(derivation, report, samples, seed)
+    for kind in LAYER_KINDS.values():
+        kind.checks(derivation, report, options)
+    return report

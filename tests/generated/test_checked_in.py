@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from derive.codegen.regenerate import GENERATED_DIR
+from derive.cli.regenerate import GENERATED_DIR
 from nfn_runtime import assert_equivariant, assert_invariant
 
 MODULES = sorted(p.stem for p in GENERATED_DIR.glob("*_linear.py")) + sorted(

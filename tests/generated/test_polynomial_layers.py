@@ -10,17 +10,17 @@ from functools import cache
 import pytest
 import torch
 
-from derive.errors import GenerationError
-from derive.plan.invariant import invariant_plan
 from derive.basis.magep import magep_terms
+from derive.errors import GenerationError
+from derive.frontend.spec import mlp_spec
 from derive.pipeline import derive, generate
+from derive.plan.invariant import invariant_plan
 from derive.plan.polynomial import polynomial_plan
+from derive.verify.checklist import load_generated
+from derive.verify.polynomial import load_invariant_reference, output_scale
 from derive.verify.reference import ReferenceInvariant, load_into_generated
 from derive.verify.reference_magep import magep_term_value
 from derive.verify.reference_poly import ReferencePolynomial
-from derive.frontend.spec import mlp_spec
-from derive.verify.runner import load_generated
-from derive.verify.polynomial import load_invariant_reference, output_scale
 from nfn_runtime import (
     assert_equivariant,
     assert_invariant,

@@ -1,7 +1,7 @@
 """Regenerate the checked-in modules of ``generated/`` from ``generated/specs/*.yaml``.
 
-python -m derive.codegen.regenerate           # rewrite generated/*.py
-python -m derive.codegen.regenerate --check   # exit 1 with a unified diff if anything is stale
+python -m derive.cli.regenerate           # rewrite generated/*.py
+python -m derive.cli.regenerate --check   # exit 1 with a unified diff if anything is stale
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             write_atomic(path, source)
             print(f"wrote generated/{name}")
     if args.check and stale:
-        print(f"{stale} generated file(s) are stale: run python -m derive.codegen.regenerate")
+        print(f"{stale} generated file(s) are stale: run python -m derive.cli.regenerate")
         return 1
     return 0
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from derive.pipeline import derive, generate
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive, generate
 
 SETTINGS = {
     "perm (HNP)": {"activation": "relu", "scaling": "none"},

@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from derive.basis import linear as basis_module
 from derive.basis import partitions
-from derive.verify.numeric import completeness_report
-from derive.pipeline import derive
 from derive.basis.polynomial import count_polynomial, enumerate_polynomial
 from derive.cli.report import report_table
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive
+from derive.verify.numeric import completeness_report
 
 GROUPS = {
     "perm (HNP)": {"activation": "relu", "scaling": "none"},

@@ -18,10 +18,10 @@ from torch import nn
 
 from derive.basis import linear as basis_module
 from derive.basis import partitions
-from derive.symmetry.group import derive_group
-from derive.pipeline import Derivation, generate
 from derive.frontend.torch_spec import torch_spec
 from derive.frontend.trace import trace_network
+from derive.pipeline import Derivation, generate
+from derive.symmetry.group import derive_group
 from nfn_runtime.architectures import activation_module
 
 

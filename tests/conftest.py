@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -10,9 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from derive.pipeline import Derivation, derive, generate
 from derive.frontend.spec import mlp_spec
-from derive.verify.runner import load_generated
+from derive.pipeline import Derivation, derive, generate
+from derive.verify.checklist import load_generated
+
+# One thread per process, in subprocesses too: the tests' tensors are tiny, and torch's thread pool
+# spinning against any other busy process on a 2-core machine made training tests up to 10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @cache

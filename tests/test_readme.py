@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from pathlib import Path
 
 from derive.cli.main import main
+from derive.verify.checklist import load_generated
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+def _check_linear_source(namespace: dict[str, object], class_name: str) -> None:
+    """The example's ``source`` is the linear layer of its derivation ``d``: one class, named
+    after the network, with one parameter per basis map and per constant (one channel)."""
+    source, derivation = namespace["source"], namespace["d"]
+    assert isinstance(source, str)
+    classes = [node.name for node in ast.parse(source).body if isinstance(node, ast.ClassDef)]
+    assert classes == [class_name]
+    module = load_generated(source, "readme_example")
+    assert module.__all__[0] == class_name
+    layer = getattr(module, class_name)(1, 1)
+    parameters = sum(p.numel() for p in layer.parameters())
+    assert parameters == derivation.basis.dim + derivation.basis.constant_dim
 
 
 def test_readme_opens_with_the_two_setup_commands():
@@ -22,8 +38,9 @@ def test_readme_opens_with_the_two_setup_commands():
     assert lines == ["make demo", "make test"]
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     assert "demo: $(STAMP)" in makefile and "test: $(STAMP)" in makefile
+    assert 'pytest -q -m "not slow"' in makefile and "test-all: $(STAMP)" in makefile
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
-    assert "make test" in ci
+    assert "make lint" in ci and "make test" in ci
 
 
 def test_generated_module_example_runs(tmp_path, monkeypatch):
@@ -56,18 +73,14 @@ def test_pipeline_example_runs():
     example = next(block for block in _python_blocks() if "from derive.pipeline import" in block)
     namespace: dict[str, object] = {}
     exec(compile(example, "README pipeline example", "exec"), namespace)
-    assert (
-        "class TanhMlpLinear" in namespace["source"] or "Linear(nn.Module)" in namespace["source"]
-    )
+    _check_linear_source(namespace, "Mlp784646410Linear")
 
 
 def test_traced_module_example_runs():
     example = next(block for block in _python_blocks() if "import SmallCNN" in block)
     namespace: dict[str, object] = {}
     exec(compile(example, "README traced example", "exec"), namespace)
-    assert (
-        "class SmallcnnLinear" in namespace["source"] or "Linear(nn.Module)" in namespace["source"]
-    )
+    _check_linear_source(namespace, "SmallCNNLinear")
     derivation = namespace["d"]
     assert {s.scaling.value for s in derivation.space.spaces} == {"none", "sign"}
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from derive.errors import GenerationError
 from derive.basis.magep import MagepTerm, magep_terms
 from derive.basis.magep_diagrams import magep_coverage, term_diagrams
-from derive.derivation import Derivation
 from derive.basis.poly_formulas import poly_formula_latex, poly_formula_text
 from derive.basis.polynomial import PolyMap, count_polynomial, enumerate_polynomial
+from derive.derivation import Derivation
+from derive.errors import GenerationError
 
 __all__ = ["polynomial_data", "polynomial_json", "polynomial_table"]
 

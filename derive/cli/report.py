@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from derive.basis.linear import BlockBasis, LinearBasis
 from derive.basis.expressions import formula_text, map_formula
-from derive.weightspace.model import TensorSpec, WeightSpaceSpec
+from derive.basis.linear import BlockBasis, LinearBasis
 from derive.derivation import Derivation
+from derive.weightspace.model import TensorSpec, WeightSpaceSpec
 
 __all__ = ["report_json", "report_table", "report_data"]
 

@@ -24,8 +24,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from derive.frontend import trace_ops as ops
 from derive.errors import SpecError
+from derive.frontend import trace_ops as ops
 from derive.weightspace.model import Axis, NeuronSpace, Role, Scaling, TensorSpec, WeightSpaceSpec
 from nfn_runtime.architectures import Activation
 

@@ -8,8 +8,8 @@ import pytest
 
 from derive.basis.linear import linear_basis
 from derive.basis.partitions import partition_count, set_partitions
-from derive.pipeline import derive
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive
 
 
 def _dim(widths, activation="relu", permute="hidden", scaling="auto"):

@@ -1,14 +1,19 @@
 """Completeness: numeric null spaces equal the symbolic counts block by block, and the Jacobians
-of the generated layer span them (MATH.md section 6)."""
+of the generated layer span them (docs/math.md section 6)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from derive.verify.numeric import completeness_report, equivariant_dimension, generators, layer_jacobians
-from derive.pipeline import derive
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive
+from derive.verify.numeric import (
+    completeness_report,
+    equivariant_dimension,
+    generators,
+    layer_jacobians,
+)
 
 SETTINGS = {
     "perm-2332": ((2, 3, 3, 2), "relu", "hidden", "none"),

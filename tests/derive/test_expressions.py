@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from derive.basis.linear import BasisMap, Block
 from derive.basis.expressions import formula_text, map_formula, verify_map
-from derive.pipeline import derive
+from derive.basis.linear import BasisMap, Block
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive
 
 SETTINGS = [
     ((2, 3, 3, 2), "relu", "hidden", "auto"),

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
+from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive, trace_spec
 from derive.symmetry.group import derive_group
 from derive.weightspace.graph import space_node, tensor_node, weight_space_graph
 from derive.weightspace.model import NeuronSpace, Scaling
-from derive.pipeline import derive, trace_spec
-from derive.frontend.spec import mlp_spec
 
 WIDTHS = (2, 3, 3, 2)
 

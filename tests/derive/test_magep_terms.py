@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from derive.errors import GenerationError
 from derive.basis.magep import chain_of, magep_terms
 from derive.basis.magep_diagrams import diagram_signature, magep_coverage, term_diagrams
-from derive.pipeline import derive
 from derive.basis.poly_formulas import poly_formula_text, verify_poly_map
 from derive.basis.polynomial import enumerate_polynomial
+from derive.errors import GenerationError
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive
 
 
 @pytest.mark.parametrize(

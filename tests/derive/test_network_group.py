@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from derive.verify.checklist import VerifyReport
 from derive.pipeline import derive
+from derive.verify.checklist import VerifyReport
 from derive.verify.network import network_checks
 from nfn_runtime import (
     architectures as arch,

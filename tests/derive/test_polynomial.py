@@ -9,8 +9,6 @@ import time
 import pytest
 
 from derive.basis.linear import linear_basis
-from derive.errors import GenerationError
-from derive.pipeline import derive
 from derive.basis.poly_formulas import (
     poly_formula_latex,
     poly_formula_text,
@@ -25,7 +23,9 @@ from derive.basis.polynomial import (
     enumerate_block_poly,
     enumerate_polynomial,
 )
+from derive.errors import GenerationError
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive
 
 SETTINGS = {
     "relu-2332": ((2, 3, 3, 2), "relu", "hidden", "auto"),

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from derive.errors import SpecError
-from derive.pipeline import derive
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive
 from nfn_runtime import architectures as arch
 
 

@@ -18,24 +18,30 @@ ARGS = ["train", "--task", "generalization", "--model", "hnp", "--setting", "tin
         "--seeds", "0", "--epochs", "3", "--batch-size", "8", "--no-progress"]  # fmt: skip
 
 
-def _run(command: list[str], tmp: Path, cache: Path, name: str) -> tuple[dict, dict]:
-    out, checkpoints = tmp / f"{name}.json", tmp / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    full = [*command, *ARGS, "--cache-dir", str(cache), "--out", str(out),
-            "--checkpoint-dir", str(checkpoints)]  # fmt: skip
-    done = subprocess.run(full, check=False, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    saved = torch.load(checkpoints / "generalization-relu_hnp_seed0.pt", weights_only=True)
-    return json.loads(out.read_text()), saved
+def _argv(tmp: Path, cache: Path, name: str) -> list[str]:
+    return [*ARGS, "--cache-dir", str(cache), "--out", str(tmp / f"{name}.json"),
+            "--checkpoint-dir", str(tmp / name)]  # fmt: skip
 
 
-def test_two_processes_agree_with_one(relu_zoo, zoo_cache: Path, tmp_path: Path) -> None:
+def _outputs(tmp: Path, name: str) -> tuple[dict, dict]:
+    saved = torch.load(tmp / name / "generalization-relu_hnp_seed0.pt", weights_only=True)
+    return json.loads((tmp / f"{name}.json").read_text()), saved
+
+
+def test_two_processes_agree_with_one(cli, relu_zoo, zoo_cache: Path, tmp_path: Path) -> None:
     assert CNNZooSettings.tiny("relu").networks == len(relu_zoo)  # the zoo is cached already
-    cli = [sys.executable, "-m", "derive.cli"]
+    # one process: this one (one thread, like each torchrun worker below)
+    assert torch.get_num_threads() == 1
+    code, _, err = cli(*_argv(tmp_path, zoo_cache, "single"))
+    assert code == 0, err
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node=2", "-m", "derive.cli"]  # fmt: skip
-    single, single_state = _run(cli, tmp_path, zoo_cache, "single")
-    double, double_state = _run(torchrun, tmp_path, zoo_cache, "double")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*torchrun, *_argv(tmp_path, zoo_cache, "double")], check=False,
+                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    single, single_state = _outputs(tmp_path, "single")
+    double, double_state = _outputs(tmp_path, "double")
     assert single["processes"] == 1 and double["processes"] == 2
     assert double["runs"][0]["best_epoch"] == single["runs"][0]["best_epoch"]
     assert double["mean"] == pytest.approx(single["mean"], abs=1e-6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from derive.codegen.emit import template_dir
-from derive.pipeline import derive, generate
 from derive.frontend.spec import mlp_spec
+from derive.pipeline import derive, generate
 
 SPECS = [
     ((784, 64, 64, 10), "relu", "hidden", "auto"),
@@ -51,19 +50,22 @@ def test_generation_is_deterministic_and_valid_python(spec_args):
                 assert all(a.annotation is not None for a in function.args.args if a.arg != "self")
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is a test dependency")
 @pytest.mark.parametrize("spec_args", SPECS, ids=lambda s: f"{len(s[0]) - 1}L-{s[1]}-{s[2]}-{s[3]}")
 def test_generated_code_is_formatted(spec_args, tmp_path):
+    # ruff is a pinned test dependency: run the one installed beside this interpreter (its bin/
+    # need not be on PATH, as under `make test`)
+    paths = []
     for layer, source in _sources(spec_args).items():
-        path = tmp_path / f"{layer}.py"
-        path.write_text(source)
-        result = subprocess.run(
-            ["ruff", "format", "--line-length", "100", "--diff", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+        paths.append(tmp_path / f"{layer}.py")
+        paths[-1].write_text(source)
+    ruff = [sys.executable, "-m", "ruff", "format", "--line-length", "100", "--diff"]
+    result = subprocess.run(
+        [*ruff, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_code_size_grows_linearly_with_depth():

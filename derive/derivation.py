@@ -83,8 +83,7 @@ def derive(
 
 def _capped(space: WeightSpaceSpec, hidden: int, other: int, name: str) -> WeightSpaceSpec:
     spaces = tuple(
-        replace(s, size=min(s.size, hidden if s.role == "hidden" else other))
-        for s in space.spaces
+        replace(s, size=min(s.size, hidden if s.role == "hidden" else other)) for s in space.spaces
     )
     return replace(
         space,

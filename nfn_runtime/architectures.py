@@ -267,4 +267,3 @@ def siren() -> Siren:
 def residual_mlp() -> ResidualMLP:
     """The generated example: 16 -> 32 (stream) with two ReLU blocks (hidden 32) -> 10."""
     return ResidualMLP(16, 32, 32, 2, 10, "relu")
-

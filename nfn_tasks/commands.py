@@ -1,5 +1,8 @@
 """``nfn-derive zoo``, ``train`` and ``experiment``: the task commands of the command line.
 
+The command line finds them through the ``nfn_derive.commands`` entry point ``tasks``, which
+names :func:`register`; ``derive`` itself never imports ``nfn_tasks``.
+
 ``train`` runs unchanged under ``torchrun --nproc_per_node=N -m derive.cli.main train ...``: with
 more than one process it joins a gloo process group and trains with DistributedDataParallel;
 rank 0 alone prints, writes the results and the checkpoints.
@@ -12,6 +15,7 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +23,16 @@ from typing import Any
 from derive.errors import SpecError
 from nfn_tasks.kinds import MODEL_KINDS, TASK_NAMES
 
-__all__ = ["add_task_commands", "TASK_COMMANDS"]
+__all__ = ["register", "add_task_commands", "TASK_COMMANDS"]
 
 SETTING_CHOICES = ("tiny", "small", "full")
+
+
+def register(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """The ``nfn_derive.commands`` entry point: add the subcommands to ``commands`` (argparse
+    subparsers) and return their handlers."""
+    add_task_commands(commands)
+    return dict(TASK_COMMANDS)
 
 
 def add_task_commands(commands: Any) -> None:
@@ -225,4 +236,8 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-TASK_COMMANDS = {"zoo": _zoo, "train": _train, "experiment": _experiment}
+TASK_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "zoo": _zoo,
+    "train": _train,
+    "experiment": _experiment,
+}

@@ -1,35 +1,89 @@
-"""``nfn-derive``: inspect, generate and verify equivariant layers for an architecture.
+"""The ``nfn-derive`` command line: inspect, generate and verify equivariant layers.
 
 Bad input never shows a traceback: the message names what is wrong and where, and the exit
 code is 2. No output file is written unless generation succeeds completely.
+
+Commands beyond the built-in ones (``zoo``, ``train`` and ``experiment`` of ``nfn_tasks``) are
+discovered through the entry-point group :data:`COMMAND_GROUP`: each entry point loads a
+function ``register(subparsers) -> {command name: handler}`` that adds its subcommands to the
+argparse subparsers and returns a handler (``args -> exit code``) for each. ``derive`` never
+imports a plug-in itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from derive.errors import GenerationError, SpecError
-from derive.frontend.spec import (
-    PERMUTE_CHOICES,
-    SCALING_CHOICES,
-    ArchitectureSpec,
-    MLPSpec,
-    check_name,
-    load_spec,
-    mlp_spec,
-    parse_activations,
-    parse_widths,
+from derive.frontend.options import PERMUTE_CHOICES, SCALING_CHOICES
+
+if TYPE_CHECKING:
+    from derive.frontend.options import ArchitectureSpec
+    from derive.frontend.spec import MLPSpec
+
+__all__ = ["main", "version", "COMMAND_GROUP", "LAYER_CHOICES", "DEFAULT_LAYER", "Handler"]
+
+#: a command's implementation: parsed arguments -> exit code
+Handler = Callable[[argparse.Namespace], int]
+
+#: entry-point group of plug-in commands (see the module docstring)
+COMMAND_GROUP = "nfn_derive.commands"
+
+
+class _LayerKindNames:
+    """The names of the registered layer kinds (``derive.pipeline.LAYER_KINDS``), read on first
+    use: the registry imports torch, which ``--help`` and ``--version`` do not need."""
+
+    def _names(self) -> tuple[str, ...]:
+        from derive.pipeline import LAYER_KINDS
+
+        return tuple(LAYER_KINDS)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __repr__(self) -> str:
+        return f"LAYER_CHOICES{self._names()!r}"
+
+
+#: what ``generate --layer`` accepts: every registered layer kind
+LAYER_CHOICES = _LayerKindNames()
+DEFAULT_LAYER = "linear"
+
+# --help is plain text: no reStructuredText markup from docstrings.
+_DESCRIPTION = (
+    "Derive the complete basis of equivariant layers for the weight space of a neural network, "
+    "write PyTorch modules for them, and verify them."
 )
+_EPILOG = "Run 'nfn-derive COMMAND --help' for the options of a command."
 
-__all__ = ["main", "DEFAULT_EXAMPLE"]
 
-#: the built-in example of ``nfn-derive demo``: a ReLU MLP on 28x28 images
-DEFAULT_EXAMPLE = mlp_spec((784, 64, 64, 10), "relu", name="relu_mlp", source="built-in example")
+def version() -> str:
+    """The installed version of nfn-derive (the ``derive`` package's own if not installed)."""
+    try:
+        return importlib.metadata.version("nfn-derive")
+    except importlib.metadata.PackageNotFoundError:
+        import derive
+
+        return str(getattr(derive, "__version__", "unknown"))
+
+
+def _default_example() -> MLPSpec:
+    """The built-in example of ``nfn-derive demo``: a ReLU MLP on 28x28 images (built on use:
+    building it imports torch, which ``--help`` and ``--version`` do not need)."""
+    from derive.frontend.spec import mlp_spec
+
+    return mlp_spec((784, 64, 64, 10), "relu", name="relu_mlp", source="built-in example")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,15 +156,23 @@ def _check_polynomial_options(args: argparse.Namespace) -> None:
         )
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nfn-derive", description=__doc__.splitlines()[0] if __doc__ else None)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    """The parser with every command, and each command's handler."""
+    parser = _Parser(prog="nfn-derive", description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"nfn-derive {version()}")
+    commands = parser.add_subparsers(
+        dest="command", title="commands", metavar="COMMAND", parser_class=_Parser
+    )
     inspect = commands.add_parser(
         "inspect", help="print the group, the weight space and the sharing patterns"
     )
     _add_spec_arguments(inspect)
     inspect.add_argument("--latex", action="store_true", help="print formulas as LaTeX")
-    inspect.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+    inspect.add_argument(
+        "--json",
+        action="store_true",
+        help="print a machine-readable JSON report (with --latex: each map also has a LaTeX formula)",
+    )
     inspect.add_argument(
         "--degree",
         type=int,
@@ -123,8 +185,10 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_spec_arguments(generate)
     generate.add_argument(
         "--layer",
-        choices=("linear", "invariant", "polynomial", "polynomial-invariant"),
-        default="linear",
+        choices=LAYER_CHOICES,
+        default=DEFAULT_LAYER,
+        metavar="KIND",
+        help="layer to generate: %(choices)s (default %(default)s)",
     )
     generate.add_argument("-o", "--output", required=True, help="output .py file")
     _add_polynomial_arguments(generate)
@@ -141,10 +205,58 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-o", "--output-dir", default="nfn_demo", help="folder for the generated modules"
     )
-    from nfn_tasks.commands import add_task_commands
+    handlers: dict[str, Handler] = {
+        "inspect": _inspect,
+        "generate": _generate,
+        "verify": _verify,
+        "demo": _demo,
+    }
+    _add_plugin_commands(commands, handlers)
+    return parser, handlers
 
-    add_task_commands(commands)
-    return parser
+
+def _add_plugin_commands(commands: Any, handlers: dict[str, Handler]) -> None:
+    """Add the commands of every entry point in :data:`COMMAND_GROUP` (in name order).
+
+    A plug-in that fails to load or register is skipped with a one-line warning, so a broken
+    plug-in never takes the built-in commands down with it.
+    """
+    entry_points = sorted(
+        importlib.metadata.entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name
+    )
+    for entry_point in entry_points:
+        try:
+            added = entry_point.load()(commands)
+            if not isinstance(added, dict) or not all(
+                isinstance(name, str) and callable(handler) for name, handler in added.items()
+            ):
+                raise TypeError("register() must return a dict of command name -> handler")
+            taken = sorted(set(added) & set(handlers))
+            if taken:
+                raise ValueError(f"command {taken[0]!r} exists already")
+        except Exception as exc:
+            sys.stderr.write(
+                f"nfn-derive: warning: skipping the commands of entry point {entry_point.name!r} "
+                f"({entry_point.value}): {type(exc).__name__}: {exc}\n"
+            )
+            continue
+        handlers.update(added)
+
+
+def _check_widths_text(text: str) -> None:
+    """Reject ``--mlp`` text that is not a comma list of integers, naming the entry at fault.
+
+    ``784x64x10`` or ``784-64-10`` is one entry, ``widths[0]``; the message then shows the comma
+    list that was probably meant. Values (zero, negative) are checked later, with the spec.
+    """
+    for index, part in enumerate(text.split(",")):
+        entry = part.strip()
+        if re.fullmatch(r"[+-]?[0-9]+", entry):
+            continue
+        hint = ""
+        if "," not in text and re.fullmatch(r"[0-9]+([^0-9,.]+[0-9]+)+", entry):
+            hint = f" (separate widths with commas, e.g. {','.join(re.findall('[0-9]+', entry))})"
+        raise SpecError(f"widths[{index}] must be a positive integer, got {entry!r}{hint}", "--mlp")
 
 
 def _spec_from_args(args: argparse.Namespace) -> ArchitectureSpec:
@@ -185,6 +297,8 @@ def _spec_from_args(args: argparse.Namespace) -> ArchitectureSpec:
             raise SpecError(
                 "--activation applies to --mlp; set 'activation' in the spec file", "arguments"
             )
+        from derive.frontend.spec import check_name, load_spec
+
         spec = load_spec(args.spec)
         overrides = {
             k: getattr(args, k)
@@ -199,6 +313,9 @@ def _spec_from_args(args: argparse.Namespace) -> ArchitectureSpec:
             spec = replace(spec, **overrides)
         return spec
     if args.mlp:
+        from derive.frontend.spec import mlp_spec, parse_activations, parse_widths
+
+        _check_widths_text(args.mlp)
         widths = parse_widths(args.mlp)
         activation = parse_activations(args.activation) if args.activation is not None else "relu"
         return mlp_spec(
@@ -215,8 +332,8 @@ def _spec_from_args(args: argparse.Namespace) -> ArchitectureSpec:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from derive.pipeline import derive
     from derive.cli.report import report_json, report_table
+    from derive.pipeline import derive
 
     _check_polynomial_options(args)
     derivation = derive(_spec_from_args(args))
@@ -272,16 +389,14 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from derive.pipeline import derive
-    from derive.verify.runner import verify
+    from derive.pipeline import derive, verify
 
     spec = _spec_from_args(args)
     if args.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {args.samples}", "arguments")
     _check_polynomial_options(args)
     derivation = derive(spec)  # bad input is reported here, before anything is printed
-    what = "-".join(map(str, spec.widths)) if isinstance(spec, MLPSpec) else spec.summary()
-    print(f"Verifying the generated layers of {spec.name} ({what})")
+    print(f"Verifying the generated layers of {spec.name} ({spec.summary()})")
     report = verify(
         derivation, samples=args.samples, seed=args.seed, degree=args.degree, family=args.family
     )
@@ -291,10 +406,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from derive.codegen.emit import write_atomic
-    from derive.pipeline import derive, generate
-    from derive.verify.runner import verify
+    from derive.pipeline import derive, generate, verify
 
-    spec = DEFAULT_EXAMPLE
+    spec = _default_example()
     start = time.perf_counter()
     derivation = derive(spec)
     basis = derivation.basis
@@ -313,21 +427,27 @@ def _demo(args: argparse.Namespace) -> int:
         path = folder / f"{spec.name}_{layer}.py"
         write_atomic(path, generate(derivation, layer))
         print(f"wrote {path}")
-    print("Verifying (symbolic proofs, reference, equivariance, sensitivity, completeness):")
-    report = verify(spec)
+    print(
+        "Verifying (symbolic proofs, the network's own group, reference, equivariance, "
+        "sensitivity, completeness):"
+    )
+    report = verify(derivation)
     sys.stdout.write(report.text())
     return 0 if report.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    parser, handlers = _build_parser()
     args = parser.parse_args(argv)
-    from nfn_tasks.commands import TASK_COMMANDS
-
-    handlers = {"inspect": _inspect, "generate": _generate, "verify": _verify, "demo": _demo}
-    handlers.update(TASK_COMMANDS)
+    if args.command is None:  # a bare ``nfn-derive``: what there is to run
+        sys.stderr.write(parser.format_help())
+        return 2
+    handler = handlers.get(args.command)
+    if handler is None:  # a plug-in added the command, then failed (warned about above)
+        sys.stderr.write(f"nfn-derive: error: command {args.command!r} is not available\n")
+        return 2
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except SpecError as exc:
         sys.stderr.write(f"nfn-derive: error: {exc}\n")
         return 2

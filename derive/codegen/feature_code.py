@@ -79,9 +79,7 @@ def feature_expression(space: WeightSpaceSpec, feature: Feature) -> str:
     return expr
 
 
-def _product_code(
-    space: WeightSpaceSpec, key: FeatureKey, channels_last: bool
-) -> str:
+def _product_code(space: WeightSpaceSpec, key: FeatureKey, channels_last: bool) -> str:
     """One einsum over the factors (batch and channel shared), then the normalization.
 
     A reduced block joining exactly two positions of two different factors is a contraction

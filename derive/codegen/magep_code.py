@@ -186,9 +186,7 @@ def _wb_statements(
     return out
 
 
-def fold_statements(
-    magep: MagepPlan, code: MagepCode, group: FoldGroup
-) -> list[tuple[str, str]]:
+def fold_statements(magep: MagepPlan, code: MagepCode, group: FoldGroup) -> list[tuple[str, str]]:
     """Statements leaving ``group.name`` as ``(B, rows, out_channels * out_factor)``."""
     chain = magep.chain
     n0 = chain.sizes[0]

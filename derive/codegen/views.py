@@ -132,9 +132,7 @@ def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def linear_view(
-    plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = None
-) -> LinearView:
+def linear_view(plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = None) -> LinearView:
     """All strings of the linear-layer template; ``outer`` spells the vectors ``(u, v)`` of
     every rank-one feature of ``plan.outer_features``."""
     outer = dict(outer or {})

@@ -134,7 +134,6 @@ class MLPSpec:
         }
 
 
-
 def _check_widths(values: object, where: str) -> tuple[int, ...]:
     if not isinstance(values, (list, tuple)):
         raise SpecError(f"field 'widths': expected a list of integers, got {values!r}", where)

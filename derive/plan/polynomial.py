@@ -90,9 +90,7 @@ def polynomial_plan(
         for group in groups:  # the folded maps' coefficients live in the groups' own weights
             plan.map_slots.update(fold_slots(group))
             plan.fan_in[group.output] += group.in_size * len(group.parts)
-        return PolynomialPlan(
-            family, degree, plan, mp.psis, trainable_psi, mp.terms, mp, groups
-        )
+        return PolynomialPlan(family, degree, plan, mp.psis, trainable_psi, mp.terms, mp, groups)
     if family == "complete":
         top = degree if degree is not None else 2
         if top < 2:

@@ -45,4 +45,3 @@ def weight_space_graph(space: WeightSpaceSpec) -> nx.MultiDiGraph:
                 character=axis.character,
             )
     return graph
-

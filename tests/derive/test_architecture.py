@@ -104,8 +104,18 @@ def test_no_import_cycles_and_stages_only_import_earlier_ones():
     assert not backwards, backwards
 
 
+#: the command line imports the pipeline when a command runs, so that --help, --version and a
+#: bare ``nfn-derive`` answer without importing torch (0.2 s instead of several seconds)
+LAZY_IMPORTS_ALLOWED = {"derive.cli.main"}
+
+
 def test_no_function_level_imports_of_project_modules():
-    nested = [entry for path in _sources() for entry in _imports(path)[1]]
+    nested = [
+        entry
+        for path in _sources()
+        if _module_name(path) not in LAZY_IMPORTS_ALLOWED
+        for entry in _imports(path)[1]
+    ]
     assert not nested, nested
 
 

@@ -83,3 +83,18 @@ def test_printing_the_intermediates_is_short():
         assert len(str(value)) < 1000 and len(repr(value)) < 1000
     assert str(derivation.basis).startswith("LinearBasis of printed: dimension 616427")
     assert str(derivation.linear_plan).startswith("LinearPlan of printed:")
+
+
+@pytest.mark.parametrize(("activation", "override"), [("tanh", "none"), ("relu", "none")])
+def test_a_chosen_subgroup_is_said_not_failed(activation, override):
+    report = VerifyReport()
+    spec = mlp_spec((3, 4, 2), activation, scaling=override)
+    network_checks(derive(spec), report, 2, 0)
+    outside = report.checks[-1]
+    assert outside.ok and "subgroup chosen by --scaling none" in outside.detail
+
+
+def test_a_claimed_group_larger_than_the_network_fails():
+    report = VerifyReport()
+    network_checks(derive(mlp_spec((3, 4, 2), "tanh", scaling="positive")), report, 2, 0)
+    assert not report.checks[0].ok  # positive scales are no symmetry of tanh

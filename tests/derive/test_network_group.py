@@ -4,6 +4,8 @@ wrong group (too large or too small) is caught."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from torch import nn
 from derive.pipeline import derive
 from derive.verify.checklist import VerifyReport
 from derive.verify.network import network_checks
+from derive.weightspace.model import Scaling
 from nfn_runtime import (
     architectures as arch,
 )
@@ -139,9 +142,10 @@ def test_batch_norm_buffers_are_transformed():
 @pytest.mark.parametrize(
     ("scaling", "failures"),
     [
-        # sign flips are not symmetries of a ReLU network, and scaling by 2 is one
-        ("sign", {"network group check": "max relative", "network outside group": "scale_on_sign"}),
-        ("none", {"network outside group": "positive_scale on h"}),  # misses positive scaling
+        # sign flips are not symmetries of a ReLU network: the claimed group is too large
+        ("sign", {"network group check": "max relative"}),
+        # an explicit subgroup: the positive scalings the network has beyond it are reported
+        ("none", {}),
         ("nonzero", {"network group check": "max relative"}),
     ],
 )
@@ -154,6 +158,31 @@ def test_a_wrong_group_is_caught(scaling, failures):
     assert set(failed) == set(failures)
     for name, fragment in failures.items():
         assert fragment in failed[name]
+    if scaling == "none":
+        outside = next(c for c in report.checks if c.name == "network outside group")
+        assert "subgroup chosen by --scaling none" in outside.detail
+
+
+def test_a_group_derived_too_small_is_caught():
+    # the same network with the group the derivation should have found, then shrunk by hand
+    # (as a derivation bug would): positive scales of the hidden spaces leave the outputs alone
+    torch.manual_seed(0)
+    derivation = derive(arch.SmallCNN(1, (3, 3), 2, "relu"), (1, 6, 6))
+    shrunk = dataclasses.replace(
+        derivation,
+        space=dataclasses.replace(
+            derivation.space,
+            spaces=tuple(
+                dataclasses.replace(s, scaling=Scaling.NONE) for s in derivation.space.spaces
+            ),
+        ),
+    )
+    report = VerifyReport()
+    network_checks(shrunk, report, samples=2, seed=0)
+    failed = {c.name: c.detail for c in report.checks if not c.ok}
+    assert set(failed) == {"network outside group"}
+    assert "positive_scale on h" in failed["network outside group"]
+    assert "group may be too small" in failed["network outside group"]
 
 
 @pytest.mark.parametrize("name", ["flatten-cnn", "batchnorm-maxpool", "conv-residual"])

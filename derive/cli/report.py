@@ -63,6 +63,16 @@ def _maps(
     return out
 
 
+def _tensor_entry(space: WeightSpaceSpec, tensor: TensorSpec) -> dict[str, Any]:
+    return {
+        "name": tensor.name,
+        "shape": list(space.shape(tensor)),
+        "axes": [a.space for a in tensor.axes],
+        "characters": [a.character for a in tensor.axes],
+        "source_key": tensor.source_key,
+    }
+
+
 def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
     """The machine-readable report (see README for the fields)."""
     space = derivation.space
@@ -82,26 +92,8 @@ def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
             }
             for s in space.spaces
         ],
-        "tensors": [
-            {
-                "name": t.name,
-                "shape": list(space.shape(t)),
-                "axes": [a.space for a in t.axes],
-                "characters": [a.character for a in t.axes],
-                "source_key": t.source_key,
-            }
-            for t in space.tensors
-        ],
-        "buffers": [
-            {
-                "name": t.name,
-                "shape": list(space.shape(t)),
-                "axes": [a.space for a in t.axes],
-                "characters": [a.character for a in t.axes],
-                "source_key": t.source_key,
-            }
-            for t in space.buffers
-        ],
+        "tensors": [_tensor_entry(space, t) for t in space.tensors],
+        "buffers": [_tensor_entry(space, t) for t in space.buffers],
         "linear": {
             "dim": basis.dim,
             "num_maps": basis.num_maps,

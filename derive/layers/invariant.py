@@ -16,9 +16,9 @@ from derive.codegen.invariant_view import invariant_view
 from derive.derivation import Derivation
 from derive.layers.kind import CheckOptions, LayerKind, LayerOptions, generated_class
 from derive.plan.invariant import invariant_plan
-from derive.verify.checklist import VerifyReport, sensitivity_check
+from derive.verify.checklist import VerifyReport, group_checks, sensitivity_check
 from derive.verify.reference import ReferenceInvariant
-from nfn_runtime import invariance_error, random_weight_space
+from nfn_runtime import random_weight_space
 
 __all__ = ["INVARIANT"]
 
@@ -49,17 +49,9 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     invariant = cls(2, 3)
-    samples = options.samples
-    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
-        name = str(dtype).removeprefix("torch.")
-        err = invariance_error(
-            invariant, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator
-        )
-        report.add(
-            f"invariant layer ({name})",
-            err <= tol,
-            f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})",
-        )
+    group_checks(
+        report, "invariant layer ({dtype})", invariant, layout, options.samples, generator, True
+    )
     sensitivity_check(
         layout,
         invariant,

@@ -16,10 +16,10 @@ from torch import nn
 from derive.codegen.views import linear_view
 from derive.derivation import Derivation, proxy_derivation, space_sizes
 from derive.layers.kind import CheckOptions, LayerKind, LayerOptions, generated_class
-from derive.verify.checklist import VerifyReport, sensitivity_check
+from derive.verify.checklist import VerifyReport, group_checks, sensitivity_check
 from derive.verify.numeric import completeness_report, layer_jacobians
 from derive.verify.reference import ReferenceLinear, load_into_generated
-from nfn_runtime import equivariance_error, random_weight_space
+from nfn_runtime import random_weight_space
 
 __all__ = ["LINEAR", "PROXY_LIMIT"]
 
@@ -76,17 +76,9 @@ def _equivariance(
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     linear = cls(2, 3)
-    samples = options.samples
-    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
-        name = str(dtype).removeprefix("torch.")
-        err = equivariance_error(
-            linear, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator
-        )
-        report.add(
-            f"linear equivariance ({name})",
-            err <= tol,
-            f"max relative error {err:.2e} over {samples} group elements (bound {tol:g})",
-        )
+    group_checks(
+        report, "linear equivariance ({dtype})", linear, layout, options.samples, generator
+    )
     sensitivity_check(
         layout, linear, ReferenceLinear(derivation.basis, 2, 3), "linear", report, generator
     )

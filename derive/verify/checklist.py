@@ -10,11 +10,25 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from nfn_runtime import outside_group_kinds, sample_outside_group, sensitivity_error
+from nfn_runtime import (
+    equivariance_error,
+    invariance_error,
+    outside_group_kinds,
+    sample_outside_group,
+    sensitivity_error,
+)
 from nfn_runtime.layout import WeightSpaceLayout
 from nfn_runtime.weight_space import WeightSpace
 
-__all__ = ["Check", "VerifyReport", "load_generated", "layer_class", "sensitivity_check"]
+__all__ = [
+    "Check",
+    "VerifyReport",
+    "DTYPE_BOUNDS",
+    "load_generated",
+    "layer_class",
+    "group_checks",
+    "sensitivity_check",
+]
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,33 @@ def layer_class(module: types.ModuleType) -> type[nn.Module]:
     cls = getattr(module, module.__all__[0])
     assert isinstance(cls, type) and issubclass(cls, nn.Module)
     return cls
+
+
+#: the numeric checks' dtypes and bounds on the relative error
+DTYPE_BOUNDS = ((torch.float64, 1e-10), (torch.float32, 1e-4))
+
+
+def group_checks(
+    report: VerifyReport,
+    name: str,
+    layer: nn.Module,
+    layout: WeightSpaceLayout,
+    samples: int,
+    generator: torch.Generator,
+    invariant: bool = False,
+) -> None:
+    """Equivariance (or, with ``invariant``, invariance) of ``layer`` under ``samples`` sampled
+    group elements, in float64 and float32; ``name`` formats ``{dtype}`` into the check name."""
+    error_of = invariance_error if invariant else equivariance_error
+    for dtype, bound in DTYPE_BOUNDS:
+        err = error_of(
+            layer, layout, n_samples=samples, channels=2, dtype=dtype, generator=generator
+        )
+        report.add(
+            name.format(dtype=str(dtype).removeprefix("torch.")),
+            err <= bound,
+            f"max relative error {err:.2e} over {samples} group elements (bound {bound:g})",
+        )
 
 
 def sensitivity_check(

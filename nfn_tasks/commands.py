@@ -3,7 +3,7 @@
 The command line finds them through the ``nfn_derive.commands`` entry point ``tasks``, which
 names :func:`register`; ``derive`` itself never imports ``nfn_tasks``.
 
-``train`` runs unchanged under ``torchrun --nproc_per_node=N -m derive.cli.main train ...``: with
+``train`` runs unchanged under ``torchrun --nproc_per_node=N -m derive.cli train ...``: with
 more than one process it joins a gloo process group and trains with DistributedDataParallel;
 rank 0 alone prints, writes the results and the checkpoints.
 """

@@ -25,7 +25,10 @@ the network itself and every kind's checks (docs/math.md section 6):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from derive.derivation import Derivation, derive, proxy_derivation, space_sizes, trace_spec
+from derive.errors import SpecError
 from derive.frontend.options import ArchitectureSpec
 from derive.layers import LAYER_KINDS, LayerOptions, generate
 from derive.layers.kind import CheckOptions
@@ -44,6 +47,7 @@ __all__ = [
     "LayerOptions",
     "VerifyReport",
     "verify",
+    "check_group_names",
     "spec_command",
 ]
 
@@ -53,20 +57,39 @@ def spec_command(spec: ArchitectureSpec) -> str:
     return spec.options()
 
 
+#: the groups of checks ``verify --only`` selects, besides every layer kind's name
+CHECK_GROUPS = ("symbolic", "network")
+
+
+def check_group_names() -> tuple[str, ...]:
+    """``symbolic``, ``network`` and every registered layer kind, in the order they run."""
+    return (*CHECK_GROUPS, *LAYER_KINDS)
+
+
 def verify(
     spec: ArchitectureSpec | Derivation,
     samples: int = 3,
     seed: int = 0,
     degree: int | None = None,
     family: str = "magep",
+    only: Sequence[str] | None = None,
 ) -> VerifyReport:
     """Run every check: the symbolic proofs of the basis, the group check on the network
-    itself, then each registered layer kind's checks."""
+    itself, then each registered layer kind's checks; ``only`` names the groups to run (see
+    :func:`check_group_names`)."""
+    valid = check_group_names()
+    chosen = set(valid if only is None else only)
+    unknown = sorted(chosen - set(valid))
+    if unknown:
+        raise SpecError(f"unknown check {unknown[0]!r} (valid: {', '.join(valid)})", "--only")
     report = VerifyReport()
     derivation = spec if isinstance(spec, Derivation) else derive(spec)
     options = CheckOptions(samples=samples, seed=seed, family=family, degree=degree)
-    symbolic_checks(derivation, report)
-    network_checks(derivation, report, samples, seed)
+    if "symbolic" in chosen:
+        symbolic_checks(derivation, report)
+    if "network" in chosen:
+        network_checks(derivation, report, samples, seed)
     for kind in LAYER_KINDS.values():
-        kind.checks(derivation, report, options)
+        if kind.name in chosen:
+            kind.checks(derivation, report, options)
     return report

@@ -66,6 +66,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "leaky_relu": F.leaky_relu,
     "prelu": lambda x: F.leaky_relu(x, PRELU_SLOPE),
+    "abs": torch.abs,
     "tanh": torch.tanh,
     "sin": torch.sin,
     "softsign": F.softsign,

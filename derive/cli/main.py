@@ -198,6 +198,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     _add_spec_arguments(verify)
     verify.add_argument("--samples", type=int, default=3, help="group elements per numeric check")
     verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument(
+        "--only",
+        metavar="CHECKS",
+        help="run only these groups of checks, comma separated: symbolic, network, or a layer "
+        "kind (linear, invariant, polynomial, polynomial-invariant); e.g. --only network",
+    )
     _add_polynomial_arguments(verify)
     demo = commands.add_parser(
         "demo", help="derive, generate and verify the built-in example (a ReLU MLP)"
@@ -389,8 +395,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from derive.pipeline import derive, verify
+    from derive.pipeline import check_group_names, derive, verify
 
+    only = None
+    if args.only is not None:
+        only = [part.strip() for part in args.only.split(",") if part.strip()]
+        valid = check_group_names()
+        unknown = [name for name in only if name not in valid]
+        if unknown or not only:
+            got = repr(unknown[0]) if unknown else "nothing"
+            raise SpecError(f"unknown check {got} (valid: {', '.join(valid)})", "--only")
     spec = _spec_from_args(args)
     if args.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {args.samples}", "arguments")
@@ -398,7 +412,12 @@ def _verify(args: argparse.Namespace) -> int:
     derivation = derive(spec)  # bad input is reported here, before anything is printed
     print(f"Verifying the generated layers of {spec.name} ({spec.summary()})")
     report = verify(
-        derivation, samples=args.samples, seed=args.seed, degree=args.degree, family=args.family
+        derivation,
+        samples=args.samples,
+        seed=args.seed,
+        degree=args.degree,
+        family=args.family,
+        only=only,
     )
     sys.stdout.write(report.text())
     return 0 if report.ok else 1

@@ -13,6 +13,7 @@ decides its group). Every spec, an ``--mlp`` shorthand included, comes through h
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 from collections.abc import Iterator, Sequence
@@ -71,12 +72,15 @@ class Label:
     """The neurons of a traced value: channel space ``space`` and spatial ``positions``.
 
     Unflattened values have shape ``(B, n_space, *positions)``; flattened ones
-    ``(B, n_space * prod(positions))`` with the channel as the slow index.
+    ``(B, n_space * prod(positions))`` with the channel as the slow index. ``copies``: every
+    position holds the same value (a pool that spread one position over many, e.g. an adaptive
+    average pool of a 1x1 map to 7x7), so permuting the positions is a symmetry.
     """
 
     space: int
     positions: tuple[int, ...]
     flat: bool = False
+    copies: bool = False
 
 
 def _where(node: fx.Node) -> str:
@@ -131,6 +135,7 @@ class _Walker:
         self.parent: dict[int, int] = {}
         self.params: list[_ParamRecord] = []
         self.fixed: dict[str, tuple[int, str]] = {}
+        self.replicated: set[str] = set()  # fixed spaces whose positions are copies
         self.called: set[str] = set()
         self.layer = 0
         self.input_key = -1
@@ -165,7 +170,8 @@ class _Walker:
                 )
             )
         for fixed, (size, what) in sorted(self.fixed.items()):
-            spaces.append(NeuronSpace(fixed, size, role="fixed", origin=what))
+            kind: Role = "replicated" if fixed in self.replicated else "fixed"
+            spaces.append(NeuronSpace(fixed, size, role=kind, origin=what))
         tensors: list[TensorSpec] = []
         buffers: list[TensorSpec] = []
         for param in self.params:
@@ -289,6 +295,8 @@ class _Walker:
                     raise self.fail(node, "is not a supported operation on network activations")
 
     def placeholder(self, node: fx.Node) -> None:
+        if node.args:  # an optional argument traced at its default: not an input
+            return
         if self.input_key >= 0:
             raise self.fail(node, "only networks with one tensor input are supported")
         shape = _shape(node)
@@ -370,7 +378,12 @@ class _Walker:
         axes: list[tuple[int | str, int]] = [(out, 1), (x.space, -1)]
         if x.positions:
             count = math.prod(x.positions)
-            axes.append((self.fixed_space("p", count, "flattened spatial positions"), 0))
+            if x.copies:
+                name = self.fixed_space("r", count, "flattened copies of one spatial position")
+                self.replicated.add(name)
+            else:
+                name = self.fixed_space("p", count, "flattened spatial positions")
+            axes.append((name, 0))
         self.add_param(path, "weight", "weight", axes)
         if module.bias is not None:
             self.add_param(path, "bias", "bias", [(out, 1)])
@@ -455,7 +468,7 @@ class _Walker:
             self.add_param(path, "weight", "weight", [(x.space, 0), *rest])
             if module.bias is not None:
                 self.add_param(path, "bias", "bias", [(x.space, 1), *rest])
-        return x
+        return Label(x.space, x.positions, x.flat)  # positions differ after the affine
 
     # -- shared by modules, functions and methods ---------------------------------------
     def activation(self, node: fx.Node, x: Label, name: str, where: str) -> Label:
@@ -481,7 +494,8 @@ class _Walker:
                     "a sign flip turns max into min)",
                 )
             )
-        return Label(x.space, out_shape[2:])
+        spread = math.prod(in_shape[2:]) == 1 and math.prod(out_shape[2:]) > 1
+        return Label(x.space, out_shape[2:], copies=x.copies or spread)
 
     def spatial(self, node: fx.Node, x: Label, pad_value: float, what: str) -> Label:
         """Resampling or padding of the spatial positions, channel by channel."""
@@ -489,7 +503,10 @@ class _Walker:
             self.record(x.space).constraints.append(
                 (Scaling.NONE, f"{what} in '{_where(node)}' pads with the constant {pad_value:g}")
             )
-        return self.pool(node, x, False, what)
+        label = self.pool(node, x, False, what)
+        if "pad" in what.lower():  # padded positions are not copies of the others
+            return Label(label.space, label.positions, label.flat)
+        return label
 
     def reshape(self, node: fx.Node, x: Label) -> Label:
         out_shape = _shape(node)
@@ -505,12 +522,12 @@ class _Walker:
             and out_shape[1] == size * math.prod(x.positions)
         ):
             return (
-                Label(x.space, x.positions, flat=True)
+                Label(x.space, x.positions, flat=True, copies=x.copies)
                 if math.prod(x.positions) > 1
                 else Label(x.space, ())
             )
         elif out_shape[:2] == in_shape[:2] and math.prod(out_shape[2:]) == math.prod(x.positions):
-            return Label(x.space, out_shape[2:])
+            return Label(x.space, out_shape[2:], copies=x.copies)
         raise self.fail(
             node,
             f"reshapes {in_shape} to {out_shape}; only flattening (batch, channels, ...) into "
@@ -528,7 +545,7 @@ class _Walker:
                     node, f"adds tensors of different shapes {sorted(map(str, shapes))}"
                 )
             self.tie(a.space, b.space, f"the addition in '{_where(node)}'")
-            return a
+            return Label(a.space, a.positions, a.flat, a.copies and b.copies)
         (x,) = (self.labels[n] for n in labelled)
         if any(isinstance(o, fx.Node) for o in others):
             raise self.fail(node, "adds a tensor that does not come from the network input")
@@ -547,6 +564,23 @@ class _Walker:
         if divides and operands[0] is not labelled[0]:
             raise self.fail(node, "divides by network activations (not a linear map)")
         return self.labels[labelled[0]]
+
+    def rounding(self, node: fx.Node, operands: Sequence[Any]) -> Label:
+        """Floor division and rounding: elementwise, so permutations pass; no scaling does."""
+        labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
+        if len(labelled) != 1 or operands[0] is not labelled[0]:
+            raise self.fail(node, "rounds a quotient of network activations by a tensor")
+        if any(isinstance(a, fx.Node) for a in operands[1:]):
+            raise self.fail(node, "divides network activations by a tensor")
+        x = self.labels[labelled[0]]
+        self.record(x.space).constraints.append(
+            (
+                Scaling.NONE,
+                f"{ops.target_name(node.target)} in '{_where(node)}' rounds (floor(d x) differs "
+                "from d floor(x))",
+            )
+        )
+        return x
 
     def reduce(self, node: fx.Node, x: Label, is_max: bool) -> Label:
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
@@ -579,8 +613,15 @@ class _Walker:
             return self.activation(
                 node, self.label(node, first, "its input"), name, _describe(node)
             )
-        if target in ops.PASSTHROUGH_FUNCTIONS:
+        if target in ops.PASSTHROUGH_FUNCTIONS or ops.is_stochastic_depth(target):
             return self.label(node, first, "its input")
+        if target in ops.CLAMP_FUNCTIONS:
+            name = ops.clamp_activation(target, tuple(args), dict(node.kwargs))
+            return self.activation(
+                node, self.label(node, first, "its input"), name, _describe(node)
+            )
+        if ops.rounds(target, dict(node.kwargs)):
+            return self.rounding(node, list(args[:2]))
         if target in ops.POOL_FUNCTIONS:
             return self.pool(
                 node,
@@ -618,6 +659,11 @@ class _Walker:
             return self.activation(node, x, ops.ACTIVATION_METHODS[method], _describe(node))
         if method in ops.PASSTHROUGH_METHODS:
             return x
+        if method in ops.CLAMP_METHODS:
+            name = ops.clamp_activation(method, tuple(node.args), dict(node.kwargs))
+            return self.activation(node, x, name, _describe(node))
+        if method in ops.ROUNDING_METHODS or node.kwargs.get("rounding_mode") is not None:
+            return self.rounding(node, list(node.args[:2]))
         if method in ops.REDUCE_METHODS:
             return self.reduce(node, x, ops.REDUCE_METHODS[method])
         if method in ops.RESHAPE_METHODS:
@@ -644,9 +690,25 @@ def _supported_module(module: nn.Module) -> bool:
     )
 
 
+def _defaults(module: nn.Module) -> dict[str, Any]:
+    """The forward arguments with a default that is not a tensor (a mask, a flag, a scale):
+    traced at their default, so they are not network inputs."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.default is not inspect.Parameter.empty
+        and not isinstance(p.default, torch.Tensor)
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
 def _check_graph(graph_module: fx.GraphModule, where: str) -> None:
     """Errors that need no shapes: several inputs, unsupported modules."""
-    inputs = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    inputs = [n for n in graph_module.graph.nodes if n.op == "placeholder" and not n.args]
     if len(inputs) != 1:
         raise SpecError(
             f"the network takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); "
@@ -689,7 +751,8 @@ def trace_network(
             where,
         )
     try:
-        graph_module = fx.GraphModule(module, _Tracer().trace(module))
+        graph = _Tracer().trace(module, concrete_args=_defaults(module))
+        graph_module = fx.GraphModule(module, graph)
     except Exception as exc:  # fx raises many kinds; the message is what the user needs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"torch.fx cannot trace the module: {first}", where) from None

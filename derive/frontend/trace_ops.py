@@ -40,6 +40,13 @@ __all__ = [
     "SOFTMAX_FUNCTIONS",
     "SOFTMAX_METHODS",
     "CONV_MODULES",
+    "CLAMP_FUNCTIONS",
+    "CLAMP_METHODS",
+    "ROUNDING_FUNCTIONS",
+    "ROUNDING_METHODS",
+    "clamp_activation",
+    "is_stochastic_depth",
+    "rounds",
     "NORM_MODULES",
     "module_activation",
     "function_activation",
@@ -97,6 +104,7 @@ ACTIVATION_FUNCTIONS: dict[Callable[..., Any], str] = {
     F.logsigmoid: "logsigmoid",
     torch.sin: "sin",
     torch.cos: "cos",
+    torch.abs: "abs",
 }
 
 ACTIVATION_METHODS: dict[str, str] = {
@@ -109,7 +117,29 @@ ACTIVATION_METHODS: dict[str, str] = {
     "sin": "sin",
     "sin_": "sin",
     "cos": "cos",
+    "abs": "abs",
+    "abs_": "abs",
 }
+
+#: clamping: relu for ``min=0`` alone, hardtanh for ``-a..a``, else permutations only
+CLAMP_FUNCTIONS: tuple[Callable[..., Any], ...] = (torch.clamp, torch.clip, torch.clamp_min)
+CLAMP_METHODS: frozenset[str] = frozenset(
+    {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
+)
+
+#: rounding (floor division, floor, round): elementwise but not linear, permutations only
+ROUNDING_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    operator.floordiv,
+    operator.ifloordiv,
+    torch.floor_divide,
+    torch.floor,
+    torch.ceil,
+    torch.round,
+    torch.trunc,
+)
+ROUNDING_METHODS: frozenset[str] = frozenset(
+    {"floor", "ceil", "round", "trunc", "floor_divide", "__floordiv__"}
+)
 
 PASSTHROUGH_MODULES: tuple[type[nn.Module], ...] = (
     nn.Identity,
@@ -252,6 +282,33 @@ def pad_value(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> flo
         value = kwargs.get("value", args[3] if len(args) > 3 else None)
         return float(value or 0.0) if mode == "constant" else 0.0
     return 0.0
+
+
+def clamp_activation(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The activation a clamp call computes: ``relu`` (``min=0``), ``hardtanh`` (``-a..a``)
+    or ``hardtanh_asymmetric`` (any other bounds: permutations only)."""
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    low = kwargs.get("min", args[1] if len(args) > 1 else None)
+    high = kwargs.get("max", args[2] if len(args) > 2 else None)
+    if name.startswith("clamp_min"):
+        low, high = kwargs.get("min", args[1] if len(args) > 1 else None), None
+    if low == 0 and high is None:
+        return "relu"
+    if low is not None and high is not None and low == -high:
+        return "hardtanh"
+    return "hardtanh_asymmetric"
+
+
+def is_stochastic_depth(target: Any) -> bool:
+    """torchvision's ``stochastic_depth`` (the identity in eval mode, how NFNs read networks)."""
+    return getattr(target, "__name__", "") == "stochastic_depth" and str(
+        getattr(target, "__module__", "")
+    ).startswith("torchvision")
+
+
+def rounds(target: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a call rounds its result (floor division, ``div(..., rounding_mode=...)``)."""
+    return target in ROUNDING_FUNCTIONS or kwargs.get("rounding_mode") is not None
 
 
 def module_activation(module: nn.Module) -> str | None:

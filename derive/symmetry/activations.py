@@ -12,6 +12,7 @@ ACTIVATION_SCALING: dict[str, Scaling] = {
     "relu": Scaling.POSITIVE,
     "leaky_relu": Scaling.POSITIVE,
     "prelu": Scaling.POSITIVE,
+    "abs": Scaling.POSITIVE,  # |d x| = d |x| for d > 0; a sign flip is lost (|-x| = |x|)
     # odd: act(-x) = -act(x)
     "tanh": Scaling.SIGN,
     "sin": Scaling.SIGN,

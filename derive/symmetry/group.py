@@ -47,6 +47,13 @@ def space_symmetry(space: NeuronSpace, permute: str, scaling: str) -> NeuronSpac
     origin = _origin(space)
     if space.role == "fixed":
         return replace(space, permuted=False, scaling=Scaling.NONE, decided_by=f"fixed: {origin}")
+    if space.role == "replicated":
+        return replace(
+            space,
+            permuted=True,
+            scaling=Scaling.NONE,
+            decided_by=f"permuted: {origin} (every position holds the same value)",
+        )
     if space.role == "hidden":
         kind, reason = _hidden_symmetry(space, scaling)
         where = f" ({origin})" if origin else ""

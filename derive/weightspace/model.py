@@ -23,9 +23,10 @@ from nfn_runtime.layout import AxisLayout, SpaceLayout, TensorLayout, WeightSpac
 
 __all__ = ["Scaling", "Role", "NeuronSpace", "Axis", "TensorSpec", "WeightSpaceSpec"]
 
-#: what a neuron space is to the network: its input, an inner space, its output, or a fixed
-#: axis (kernel offsets, spatial or flattened positions)
-Role = Literal["input", "hidden", "output", "fixed"]
+#: what a neuron space is to the network: its input, an inner space, its output, a fixed axis
+#: (kernel offsets, spatial or flattened positions), or positions that are copies of one value
+#: (permuting them is a symmetry; no scaling of a single copy is)
+Role = Literal["input", "hidden", "output", "fixed", "replicated"]
 
 
 class Scaling(str, Enum):

@@ -1,0 +1,153 @@
+"""Constructs of real networks: clamp, abs, rounding, stochastic depth, optional forward
+arguments, and positions that a pool spreads from one (VGG / AlexNet heads at small inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx
+from torch import nn
+
+from derive.pipeline import derive, verify
+from derive.weightspace.model import Scaling
+
+
+class _Head(nn.Module):
+    """``op(fc1(x))`` into ``fc2``: the op decides the scaling of the hidden space."""
+
+    def __init__(self, op) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 4)
+        self.fc2 = nn.Linear(4, 2)
+        self.op = op
+
+    def forward(self, x):
+        return self.fc2(self.op(self.fc1(x)))
+
+
+@pytest.mark.parametrize(
+    ("op", "name", "scaling"),
+    [
+        (lambda h: torch.clamp(h, min=0), "relu", Scaling.POSITIVE),
+        (lambda h: h.clamp(min=0.0), "relu", Scaling.POSITIVE),
+        (lambda h: torch.clamp_min(h, 0), "relu", Scaling.POSITIVE),
+        (lambda h: torch.clamp(h, -1.0, 1.0), "hardtanh", Scaling.SIGN),
+        (lambda h: h.clamp(-0.2, 0.1), "hardtanh_asymmetric", Scaling.NONE),
+        (lambda h: torch.abs(h), "abs", Scaling.POSITIVE),
+        (lambda h: h.abs(), "abs", Scaling.POSITIVE),
+    ],
+    ids=["clamp-min0", "method-clamp", "clamp_min", "clamp-sym", "clamp-asym", "abs", "Tensor.abs"],
+)
+def test_clamp_and_abs_are_activations(op, name, scaling):
+    derivation = derive(_Head(op), (3,))
+    hidden = derivation.space.space("h1")
+    assert [a for a, _ in hidden.activations] == [name]
+    assert hidden.scaling is scaling
+    report = verify(derivation, samples=2, only=["network"])
+    assert report.ok, report.text()
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda h: torch.div(h, 2, rounding_mode="floor"),
+        lambda h: h // 2,
+        lambda h: torch.floor(h),
+        lambda h: h.div(3, rounding_mode="trunc"),
+    ],
+    ids=["div-floor", "floordiv", "floor", "Tensor.div-trunc"],
+)
+def test_rounding_leaves_permutations_only(op):
+    derivation = derive(_Head(op), (3,))
+    hidden = derivation.space.space("h1")
+    assert hidden.permuted and hidden.scaling is Scaling.NONE
+    assert "rounds" in hidden.decided_by
+    # the group is a symmetry of the network (the outside check needs a network whose output
+    # moves under small changes, which rounding prevents)
+    report = verify(derivation, samples=2, only=["network"])
+    assert report.checks[0].name == "network group check" and report.checks[0].ok
+
+
+def test_rounding_by_a_tensor_is_refused():
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return h // h
+
+    with pytest.raises(Exception, match="rounds a quotient of network activations by a tensor"):
+        derive(Bad(), (3,))
+
+
+def stochastic_depth(x, p, mode, training=True):
+    """Stands in for torchvision.ops.stochastic_depth (same name and module, fx-wrapped)."""
+    return x
+
+
+stochastic_depth.__module__ = "torchvision.ops.stochastic_depth"
+torch.fx.wrap("stochastic_depth")
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(3, 4)
+        self.block = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 4))
+        self.fc_out = nn.Linear(4, 2)
+
+    def forward(self, x, mask=None, scale: float = 1.0):
+        h = self.fc_in(x)
+        h = h + stochastic_depth(self.block(h), 0.2, "row", self.training)
+        if mask is not None:
+            h = h * mask
+        return self.fc_out(h * scale)
+
+
+def test_stochastic_depth_and_optional_arguments():
+    derivation = derive(_Residual(), (3,))
+    assert [s.name for s in derivation.space.spaces] == ["in", "h1", "h2", "out"]
+    report = verify(derivation, samples=2, only=["network", "linear"])
+    assert report.ok, report.text()
+
+
+class _TinyVGG(nn.Module):
+    """A VGG-style head: features pooled to a fixed 3x3 map, flattened into the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.avgpool = nn.AdaptiveAvgPool2d((3, 3))
+        self.classifier = nn.Sequential(nn.Linear(4 * 9, 5), nn.ReLU(), nn.Linear(5, 3))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def test_positions_spread_from_one_are_permuted():
+    # at 2x2 inputs the feature map is 1x1 and the adaptive pool copies it to 3x3: permuting
+    # the classifier's 9 position columns is a symmetry, derived rather than flagged
+    derivation = derive(_TinyVGG(), (3, 2, 2))
+    copies = derivation.space.space("r9")
+    assert copies.role == "replicated" and copies.permuted and copies.scaling is Scaling.NONE
+    assert "same value" in copies.decided_by
+    report = verify(derivation, samples=2, only=["network", "linear"])
+    assert report.ok, report.text()
+
+
+def test_positions_that_differ_stay_fixed():
+    derivation = derive(_TinyVGG(), (3, 12, 12))  # a 6x6 map pooled to 3x3: positions differ
+    assert derivation.space.space("p9").role == "fixed"
+    report = verify(derivation, samples=2, only=["network"])
+    assert report.ok, report.text()
+
+
+def test_verify_only_names_a_valid_group(cli, one_line_error):
+    code, out, _ = cli("verify", "--mlp", "3,4,2", "--only", "network")
+    assert code == 0 and "network group check" in out and "linear" not in out
+    one_line_error(
+        *cli("verify", "--mlp", "3,4,2", "--only", "netw"),
+        ["--only", "unknown check 'netw'", "valid: symbolic, network, linear"],
+    )

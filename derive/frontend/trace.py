@@ -17,7 +17,7 @@ import inspect
 import io
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -136,6 +136,9 @@ class _Walker:
         self.params: list[_ParamRecord] = []
         self.fixed: dict[str, tuple[int, str]] = {}
         self.replicated: set[str] = set()  # fixed spaces whose positions are copies
+        # per layer node: (parameter index, axis position) of its output-row axes, so that a
+        # BatchNorm reading it alone can take the scaling of its output (see batch_norm)
+        self.rows: dict[fx.Node, list[tuple[int, int]]] = {}
         self.called: set[str] = set()
         self.layer = 0
         self.input_key = -1
@@ -384,9 +387,11 @@ class _Walker:
             else:
                 name = self.fixed_space("p", count, "flattened spatial positions")
             axes.append((name, 0))
+        start = len(self.params)
         self.add_param(path, "weight", "weight", axes)
         if module.bias is not None:
             self.add_param(path, "bias", "bias", [(out, 1)])
+        self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
         return Label(out, ())
 
     def conv(
@@ -398,18 +403,31 @@ class _Walker:
                 f"expects (batch, channels, {dims} spatial axes) from the layer before",
                 module,
             )
-        if module.groups != 1:
+        depthwise = module.groups == module.in_channels == module.out_channels
+        if module.groups != 1 and not depthwise:
             raise self.fail(
-                node, f"grouped convolutions (groups={module.groups}) are not supported", module
+                node,
+                f"grouped convolutions (groups={module.groups}, {module.in_channels} -> "
+                f"{module.out_channels} channels) are not supported; depthwise ones (groups = "
+                "in = out channels) and groups=1 are",
+                module,
             )
         self.layer += 1
         out_shape = _shape(node)
         assert out_shape is not None
-        out = self.new_space(module.out_channels, f"output of {path} ({type(module).__name__})")
         kernel = [(self.fixed_space("k", int(k), "kernel offsets"), 0) for k in module.kernel_size]
-        self.add_param(path, "weight", "weight", [(out, 1), (x.space, -1), *kernel])
+        start = len(self.params)
+        if depthwise:
+            # channel c maps x[c] to y[c]: one permutation for input and output, so the output
+            # is the input's space and the weight's channel axis carries d_out / d_in = 1
+            out = x.space
+            self.add_param(path, "weight", "weight", [(out, 0), *kernel])
+        else:
+            out = self.new_space(module.out_channels, f"output of {path} ({type(module).__name__})")
+            self.add_param(path, "weight", "weight", [(out, 1), (x.space, -1), *kernel])
         if module.bias is not None:
             self.add_param(path, "bias", "bias", [(out, 1)])
+        self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
         return Label(out, out_shape[2:])
 
     def batch_norm(
@@ -418,11 +436,32 @@ class _Walker:
         if x.flat:
             raise self.fail(node, "acts on a flattened feature map", module)
         space = self.record(x.space)
+        source = node.args[0]
+        what = f"{type(module).__name__} at '{path}'"
+        if module.affine and isinstance(source, fx.Node) and self._sole_layer_output(source):
+            # The layer before feeds this norm alone: leave its rows and the running statistics
+            # unscaled, and let the affine parameters carry the output's scaling (y -> d y).
+            for index, position in self.rows[source]:
+                self._unscale(index, position)
+            space.constraints.append(
+                (
+                    Scaling.NONZERO,
+                    f"{what} takes its output's scaling into its affine parameters (the rows of "
+                    "the layer before and the running statistics stay unscaled)",
+                )
+            )
+            self.layer += 1
+            self.add_param(path, "weight", "weight", [(x.space, 1)])
+            self.add_param(path, "bias", "bias", [(x.space, 1)])
+            if module.track_running_stats:
+                self.add_param(path, "running_mean", "buffer", [(x.space, 0)])
+                self.add_param(path, "running_var", "buffer", [(x.space, 0)])
+            return x
         space.constraints.append(
             (
                 Scaling.SIGN,
-                f"{type(module).__name__} at '{path}' (eps in sqrt(var + eps) breaks positive "
-                "scaling; sign flips pass with the running mean flipped)",
+                f"{what} (eps in sqrt(var + eps) breaks positive scaling; sign flips pass with "
+                "the running mean flipped)",
             )
         )
         if module.affine:
@@ -433,6 +472,18 @@ class _Walker:
             self.add_param(path, "running_mean", "buffer", [(x.space, 1)])
             self.add_param(path, "running_var", "buffer", [(x.space, 0)])
         return x
+
+    def _sole_layer_output(self, source: fx.Node) -> bool:
+        """Whether ``source`` is a linear or conv layer's output read by one node only."""
+        return source in self.rows and len(source.users) == 1
+
+    def _unscale(self, index: int, position: int) -> None:
+        """Remove the output-row character (+1) of one axis of a recorded parameter."""
+        record = self.params[index]
+        axes = list(record.axes)
+        space, character = axes[position]
+        axes[position] = (space, character - 1)
+        self.params[index] = replace(record, axes=tuple(axes))
 
     def layer_norm(self, node: fx.Node, module: nn.LayerNorm, path: str, x: Label) -> Label:
         shape = _shape(node)

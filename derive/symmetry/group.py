@@ -28,7 +28,9 @@ def _hidden_symmetry(space: NeuronSpace, override: str) -> tuple[Scaling, str]:
         reasons.append(f"{activation} ({ACTIVATION_REASON[allowed]}) at {origin}")
     for allowed, why in space.constraints:
         scaling = scaling.meet(allowed)
-        reasons.append(f"{allowed.value} scaling only: {why}")
+        reasons.append(
+            why if allowed is Scaling.NONZERO else f"{allowed.value} scaling only: {why}"
+        )
     if not reasons:
         return scaling, "no activation (linear)"
     return scaling, "; ".join(reasons)

@@ -58,7 +58,11 @@ def network_checks(derivation: Derivation, report: VerifyReport, samples: int, s
     model = _test_network(spec.build(), seed)
     layout = derivation.space.to_layout()
     generator = torch.Generator().manual_seed(seed)
+    # inputs at four magnitudes, so that saturating activations (relu6, clamps) leave their
+    # linear range and a scaling they do not allow shows in the outputs
+    magnitudes = torch.tensor([0.1, 1.0, 10.0, 100.0], dtype=torch.float64)
     inputs = torch.randn((4, *spec.input_shape), generator=generator, dtype=torch.float64)
+    inputs = inputs * magnitudes.view(4, *([1] * len(spec.input_shape)))
     errors = [
         network_symmetry_error(model, layout, inputs, generator=generator) for _ in range(samples)
     ]

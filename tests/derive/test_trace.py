@@ -9,7 +9,7 @@ from torch import nn
 
 from derive.errors import SpecError
 from derive.frontend.spec import mlp_spec
-from derive.pipeline import derive
+from derive.pipeline import derive, verify
 from nfn_runtime import architectures as arch
 
 
@@ -268,22 +268,60 @@ def test_nested_modules_give_module_paths():
     assert names == [f"{k}{i}" for i in range(1, 7) for k in "Wb"]
 
 
-def test_batch_norm_allows_sign_flips_only_and_tracks_its_buffers():
+def test_batch_norm_takes_its_output_scaling_into_its_affine_parameters():
+    # conv -> BN -> tanh: the conv feeds the norm alone, so the conv rows and the running
+    # statistics stay unscaled and gamma, beta carry the output's sign flips
     model = nn.Sequential(
         nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(), nn.Linear(12, 2)
     )
     derivation = derive(model, (1, 4, 4))
     space = derivation.space.space("h1")
     assert space.scaling.value == "sign"
-    assert "BatchNorm2d" in space.decided_by and "eps" in space.decided_by
+    assert "BatchNorm2d at '1' takes its output's scaling" in space.decided_by
     axes = _axes(derivation)
-    assert axes["W2"] == [("h1", 0)] and axes["b2"] == [("h1", 1)]
+    assert axes["W1"][0] == ("h1", 0) and axes["b1"] == [("h1", 0)]
+    assert axes["W2"] == [("h1", 1)] and axes["b2"] == [("h1", 1)]
     buffers = {
         b.source_key: [(a.space, a.character) for a in b.axes] for b in derivation.space.buffers
     }
-    assert buffers == {"1.running_mean": [("h1", 1)], "1.running_var": [("h1", 0)]}
+    assert buffers == {"1.running_mean": [("h1", 0)], "1.running_var": [("h1", 0)]}
+    # BN -> ReLU keeps positive scaling (the output side is positively homogeneous)
     relu = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
-    assert derive(relu, (2,)).space.space("h1").scaling.value == "none"
+    assert derive(relu, (2,)).space.space("h1").scaling.value == "positive"
+
+
+class _SharedInput(nn.Module):
+    """The conv output feeds the norm and a skip: its rows cannot stay unscaled."""
+
+    def __init__(self, affine: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3, affine=affine)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = torch.relu(self.bn(h) + h)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["shared-input", "no-affine"])
+def test_batch_norm_without_its_own_input_allows_sign_flips_only(affine):
+    model = _SharedInput(affine) if affine else nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, affine=False), nn.Tanh(), nn.Flatten(),
+        nn.Linear(12, 2),
+    )  # fmt: skip
+    derivation = derive(model, (1, 4, 4))
+    space = derivation.space.space("h1")
+    assert "eps in sqrt(var + eps)" in space.decided_by
+    assert space.scaling.value in ("sign", "none")
+    buffers = {
+        b.source_key.rpartition(".")[2]: [(a.space, a.character) for a in b.axes]
+        for b in derivation.space.buffers
+    }
+    assert buffers == {"running_mean": [("h1", 1)], "running_var": [("h1", 0)]}
+    report = verify(derivation, samples=2, only=["network"])
+    assert report.ok, report.text()
 
 
 def test_layer_norm_breaks_scaling_but_keeps_permutations():

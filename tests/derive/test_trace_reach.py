@@ -32,11 +32,11 @@ class _Head(nn.Module):
         (lambda h: h.clamp(min=0.0), "relu", Scaling.POSITIVE),
         (lambda h: torch.clamp_min(h, 0), "relu", Scaling.POSITIVE),
         (lambda h: torch.clamp(h, -1.0, 1.0), "hardtanh", Scaling.SIGN),
-        (lambda h: h.clamp(-0.2, 0.1), "hardtanh_asymmetric", Scaling.NONE),
+        (lambda h: h.clamp(0, 6), "hardtanh_asymmetric", Scaling.NONE),
         (lambda h: torch.abs(h), "abs", Scaling.POSITIVE),
         (lambda h: h.abs(), "abs", Scaling.POSITIVE),
     ],
-    ids=["clamp-min0", "method-clamp", "clamp_min", "clamp-sym", "clamp-asym", "abs", "Tensor.abs"],
+    ids=["clamp-min0", "method-clamp", "clamp_min", "clamp-sym", "clamp-0-6", "abs", "Tensor.abs"],
 )
 def test_clamp_and_abs_are_activations(op, name, scaling):
     derivation = derive(_Head(op), (3,))
@@ -151,3 +151,80 @@ def test_verify_only_names_a_valid_group(cli, one_line_error):
         *cli("verify", "--mlp", "3,4,2", "--only", "netw"),
         ["--only", "unknown check 'netw'", "valid: symbolic, network, linear"],
     )
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(h)) + x)
+
+
+class _TinyResNet(nn.Module):
+    """conv -> BN -> ReLU stem, one basic block with its residual, pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.block = _BasicBlock(4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = self.block(torch.relu(self.bn(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNet v2's block: 1x1 expansion, depthwise 3x3, 1x1 projection, each with BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(3, 6, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.project = nn.Conv2d(6, 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = nn.functional.relu6(self.bn1(self.expand(x)))
+        h = torch.relu(self.bn2(self.dw(h)))
+        h = self.bn3(self.project(h))
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
+def test_batchnorm_relu_networks_keep_positive_scaling():
+    derivation = derive(_TinyResNet(), (3, 5, 5))
+    hidden = [s for s in derivation.space.spaces if s.role == "hidden"]
+    assert [(s.name, s.scaling) for s in hidden] == [
+        ("h1", Scaling.POSITIVE),  # stem BN output, tied with the block's residual stream
+        ("h2", Scaling.POSITIVE),  # the block's inner BN output
+    ]
+    report = verify(derivation, samples=2, only=["network", "linear", "invariant"])
+    assert report.ok, report.text()
+
+
+def test_depthwise_convolutions_tie_their_channels():
+    derivation = derive(_InvertedResidual(), (3, 5, 5))
+    weight = derivation.space.tensor("W3")  # the depthwise kernel: one channel axis
+    assert weight.source_key == "dw.weight" and [a.space for a in weight.axes] == ["h1", "k3", "k3"]
+    assert weight.axes[0].character == -1  # its rows stay unscaled: bn2 takes the scaling
+    assert derivation.space.space("h1").scaling is Scaling.NONE  # relu6 after the expansion
+    report = verify(derivation, samples=2, only=["network", "linear"])
+    assert report.ok, report.text()
+
+
+def test_grouped_convolutions_say_what_is_supported():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(Exception, match=r"grouped convolutions \(groups=2, 4 -> 4 channels\)"):
+        derive(model, (4, 3, 3))

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from nfn.common import WeightSpaceFeatures
 
 __all__ = [
+    "read_source",
+    "write_sources",
     "from_nfn",
     "state_dicts_from_weight_space",
     "to_nfn",
@@ -38,16 +40,47 @@ def _source_key(spec: TensorLayout) -> str:
 
 
 def _source_shape(layout: WeightSpaceLayout, spec: TensorLayout) -> tuple[int, ...]:
-    """The state-dict shape of ``spec``; the axis shape when the layout gives none."""
+    """The state-dict shape of ``spec``'s entry (the whole entry for a part of one); the axis
+    shape when the layout gives none."""
     axis_shape = layout.shape(spec)
     if not spec.source_shape:
         return axis_shape
-    if math.prod(spec.source_shape) != math.prod(axis_shape):
+    if math.prod(spec.part_shape()) != math.prod(axis_shape):
         raise ValueError(
-            f"layout error: tensor {spec.name!r} has source_shape {spec.source_shape} but axis "
+            f"layout error: tensor {spec.name!r} has source_shape {spec.part_shape()} but axis "
             f"shape {axis_shape}; they must have the same number of entries"
         )
     return tuple(spec.source_shape)
+
+
+def read_source(layout: WeightSpaceLayout, spec: TensorLayout, value: Tensor) -> Tensor:
+    """``spec``'s entries taken from its state-dict entry ``value`` (its slice of it, for a
+    part), in axis shape."""
+    if spec.source_slice is not None:
+        dim, start, stop = spec.source_slice
+        value = value.narrow(dim, start, stop - start)
+    return value.reshape(layout.shape(spec))
+
+
+def write_sources(
+    layout: WeightSpaceLayout, specs: Sequence[TensorLayout], values: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """State-dict entries from tensors in axis shape (``values`` by tensor name): the parts of
+    one entry are joined along their slice dimension (autograd flows through)."""
+    out: dict[str, Tensor] = {}
+    parts: dict[str, list[tuple[int, int, Tensor]]] = {}
+    for spec in specs:
+        key = _source_key(spec)
+        value = values[spec.name]
+        if spec.source_slice is None:
+            out[key] = value.reshape(_source_shape(layout, spec))
+            continue
+        dim, start, _ = spec.source_slice
+        parts.setdefault(key, []).append((dim, start, value.reshape(spec.part_shape())))
+    for key, pieces in parts.items():
+        pieces.sort(key=lambda piece: piece[1])
+        out[key] = torch.cat([piece[2] for piece in pieces], dim=pieces[0][0])
+    return out
 
 
 def weight_space_from_state_dicts(
@@ -93,8 +126,7 @@ def weight_space_from_state_dicts(
     tensors: dict[str, Tensor] = {}
     for spec in layout.tensors:
         key = _source_key(spec)
-        axis_shape = layout.shape(spec)
-        stacked = torch.stack([sd[key].reshape(axis_shape) for sd in state_dicts])
+        stacked = torch.stack([read_source(layout, spec, sd[key]) for sd in state_dicts])
         tensors[spec.name] = (
             stacked.unsqueeze(1) if dtype is None else stacked.unsqueeze(1).to(dtype)
         )
@@ -118,12 +150,15 @@ def state_dicts_from_weight_space(
         channel = 0
     if not -ws.channels <= channel < ws.channels:
         raise ValueError(f"channel {channel} out of range for {ws.channels} channels")
-    state_dicts: list[OrderedDict[str, Tensor]] = [OrderedDict() for _ in range(ws.batch_size)]
-    for spec in layout.tensors:
-        value = ws.get(spec)
-        shape = _source_shape(layout, spec)
-        for batch, state_dict in enumerate(state_dicts):
-            state_dict[_source_key(spec)] = value[batch, channel].reshape(shape).clone()
+    state_dicts: list[OrderedDict[str, Tensor]] = []
+    values = {spec.name: ws.get(spec) for spec in layout.tensors}
+    for batch in range(ws.batch_size):
+        entries = write_sources(
+            layout,
+            layout.tensors,
+            {name: value[batch, channel].clone() for name, value in values.items()},
+        )
+        state_dicts.append(OrderedDict(entries))
     return state_dicts
 
 

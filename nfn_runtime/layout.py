@@ -73,6 +73,18 @@ class TensorLayout:
     axes: tuple[AxisLayout, ...]
     source_key: str = ""
     source_shape: tuple[int, ...] = ()
+    #: ``(dim, start, stop)`` when the tensor is one part of its state-dict entry (a layer
+    #: reading a concatenation has one weight per part); ``source_shape`` is the whole entry's
+    source_slice: tuple[int, int, int] | None = None
+
+    def part_shape(self) -> tuple[int, ...]:
+        """The shape of the tensor's entries in the state dict (its slice, if any)."""
+        if self.source_slice is None:
+            return tuple(self.source_shape)
+        dim, start, stop = self.source_slice
+        shape = list(self.source_shape)
+        shape[dim] = stop - start
+        return tuple(shape)
 
 
 @dataclass(frozen=True)
@@ -158,7 +170,7 @@ class WeightSpaceLayout:
         sizes = {key: tuple(getattr(value, "shape", value)) for key, value in shapes.items()}
 
         def want(t: TensorLayout) -> tuple[int, ...]:
-            return tuple(t.source_shape) or self.shape(t)
+            return tuple(t.source_shape) or self.shape(t)  # the whole entry, for a part too
 
         def fits(t: TensorLayout) -> bool:
             return sizes.get(t.source_key) == want(t)

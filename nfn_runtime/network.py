@@ -14,7 +14,12 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from nfn_runtime.convert import state_dicts_from_weight_space, weight_space_from_state_dicts
+from nfn_runtime.convert import (
+    read_source,
+    state_dicts_from_weight_space,
+    weight_space_from_state_dicts,
+    write_sources,
+)
 from nfn_runtime.group import (
     GroupElement,
     _transform_axis,
@@ -22,29 +27,24 @@ from nfn_runtime.group import (
     inverse_permutation,
     sample_group_element,
 )
-from nfn_runtime.layout import TensorLayout, WeightSpaceLayout
+from nfn_runtime.layout import WeightSpaceLayout
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = ["network_symmetry_error", "transform_buffers", "transform_network_state"]
-
-
-def _source_shape(layout: WeightSpaceLayout, spec: TensorLayout) -> tuple[int, ...]:
-    return tuple(spec.source_shape) or layout.shape(spec)
 
 
 def transform_buffers(
     state: Mapping[str, Tensor], layout: WeightSpaceLayout, g: GroupElement
 ) -> dict[str, Tensor]:
     """``g`` applied to the buffers the layout lists (keys of ``state``; others are left out)."""
-    out: dict[str, Tensor] = {}
+    moved: dict[str, Tensor] = {}
     for spec in layout.buffers:
-        key = spec.source_key or spec.name
-        value = state[key].reshape(layout.shape(spec)).unsqueeze(0)
+        value = read_source(layout, spec, state[spec.source_key or spec.name]).unsqueeze(0)
         for index, axis in enumerate(spec.axes):
             factor = None if axis.character == 0 else g.factor(axis.space, axis.character)
             value = _transform_axis(value, 1 + index, g.permutations[axis.space], factor)
-        out[key] = value.reshape(_source_shape(layout, spec))
-    return out
+        moved[spec.name] = value[0]
+    return write_sources(layout, layout.buffers, moved)
 
 
 def transform_network_state(

@@ -70,6 +70,7 @@ def _tensor_entry(space: WeightSpaceSpec, tensor: TensorSpec) -> dict[str, Any]:
         "axes": [a.space for a in tensor.axes],
         "characters": [a.character for a in tensor.axes],
         "source_key": tensor.source_key,
+        "source_slice": list(tensor.source_slice) if tensor.source_slice is not None else None,
     }
 
 

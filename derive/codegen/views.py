@@ -125,6 +125,8 @@ def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
                 safe_string(t.source_key),
                 shape_tuple,
             ]
+            if t.source_slice is not None:
+                args.append(f"source_slice={t.source_slice!r}")
             call = codefmt.call("TensorLayout", args, indent + 8, prefix=f"{pad}        ")
             lines.append(call + ",")
         lines.append(f"{pad}    ),")

@@ -61,6 +61,7 @@ class _ParamRecord:
     layer: int
     axes: tuple[tuple[int | str, int], ...]
     shape: tuple[int, ...]
+    source_slice: tuple[int, int, int] | None = None
 
     @property
     def source_key(self) -> str:
@@ -81,6 +82,14 @@ class Label:
     positions: tuple[int, ...]
     flat: bool = False
     copies: bool = False
+    #: a concatenation along the channel axis: the spaces of its parts, in order (then
+    #: ``space`` is the first); empty for one space
+    parts: tuple[int, ...] = ()
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The spaces along the channel axis, in order."""
+        return self.parts or (self.space,)
 
 
 def _where(node: fx.Node) -> str:
@@ -184,6 +193,8 @@ class _Walker:
             )
             if param.kind == "buffer":  # named by its state-dict key (unique, never a feature)
                 tensor_name = param.source_key
+                if param.source_slice is not None:
+                    tensor_name += "[{1}:{2}]".format(*param.source_slice)
             else:
                 tensor_name = f"{'W' if param.kind == 'weight' else 'b'}{param.layer}"
             (buffers if param.kind == "buffer" else tensors).append(
@@ -194,6 +205,7 @@ class _Walker:
                     axes=axes,
                     source_key=param.source_key,
                     source_shape=param.shape,
+                    source_slice=param.source_slice,
                 )
             )
         return WeightSpaceSpec(
@@ -241,8 +253,15 @@ class _Walker:
         return name
 
     def add_param(
-        self, module_path: str, attr: str, kind: str, axes: list[tuple[int | str, int]]
+        self,
+        module_path: str,
+        attr: str,
+        kind: str,
+        axes: list[tuple[int | str, int]],
+        part: tuple[int, int, int] | None = None,
     ) -> None:
+        """Record a parameter (``part``: its slice ``(dim, start, stop)`` when it is one part
+        of the entry, for a layer reading a concatenation)."""
         value = getattr(self.modules[module_path], attr)
         self.params.append(
             _ParamRecord(
@@ -252,8 +271,26 @@ class _Walker:
                 layer=self.layer,
                 axes=tuple(axes),
                 shape=tuple(int(n) for n in value.shape),
+                source_slice=part,
             )
         )
+
+    def part_ranges(self, x: Label, scale: int = 1) -> list[tuple[int, int, int]]:
+        """``(space, start, stop)`` of every part along the channel axis (in units of
+        ``scale`` entries per channel)."""
+        out, start = [], 0
+        for key in x.members:
+            size = self.record(key).size * scale
+            out.append((key, start, start + size))
+            start += size
+        return out
+
+    def channels(self, x: Label) -> int:
+        return sum(self.record(key).size for key in x.members)
+
+    def constrain(self, x: Label, scaling: Scaling, why: str) -> None:
+        for key in dict.fromkeys(self.root_of(k) for k in x.members):
+            self.spaces[key].constraints.append((scaling, why))
 
     def label(self, node: fx.Node, value: Any, what: str) -> Label:
         if isinstance(value, fx.Node) and value in self.labels:
@@ -277,7 +314,7 @@ class _Walker:
                 )
 
     def vector_size(self, label: Label) -> int:
-        return self.record(label.space).size * math.prod(label.positions)
+        return self.channels(label) * math.prod(label.positions)
 
     # -- the walk -----------------------------------------------------------------------
     def run(self, graph: fx.Graph) -> None:
@@ -315,6 +352,8 @@ class _Walker:
         value = node.args[0]
         if not (isinstance(value, fx.Node) and value in self.labels):
             raise self.fail(node, "the network must return one tensor computed from its input")
+        if self.labels[value].parts:
+            raise self.fail(node, "returns a concatenation; only one output space is supported")
         self.output_key = self.labels[value].space
         self.record(self.output_key).is_output = True
 
@@ -378,19 +417,28 @@ class _Walker:
             raise self.fail(node, "acts on an unflattened feature map; flatten it first", module)
         self.layer += 1
         out = self.new_space(module.out_features, f"output of {path} (Linear)")
-        axes: list[tuple[int | str, int]] = [(out, 1), (x.space, -1)]
+        rest: list[tuple[int | str, int]] = []
+        count = math.prod(x.positions)
         if x.positions:
-            count = math.prod(x.positions)
             if x.copies:
                 name = self.fixed_space("r", count, "flattened copies of one spatial position")
                 self.replicated.add(name)
             else:
                 name = self.fixed_space("p", count, "flattened spatial positions")
-            axes.append((name, 0))
+            rest.append((name, 0))
         start = len(self.params)
-        self.add_param(path, "weight", "weight", axes)
+        if x.parts:  # one weight per part of the concatenation it reads (column slices)
+            for k, (key, lo, hi) in enumerate(self.part_ranges(x, count)):
+                self.layer += k > 0
+                self.add_param(path, "weight", "weight", [(out, 1), (key, -1), *rest], (1, lo, hi))
+            first = self.params[start].layer
+            self.layer, last = first, self.layer
+        else:
+            self.add_param(path, "weight", "weight", [(out, 1), (x.space, -1), *rest])
         if module.bias is not None:
             self.add_param(path, "bias", "bias", [(out, 1)])
+        if x.parts:
+            self.layer = last
         self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
         return Label(out, ())
 
@@ -417,6 +465,8 @@ class _Walker:
         assert out_shape is not None
         kernel = [(self.fixed_space("k", int(k), "kernel offsets"), 0) for k in module.kernel_size]
         start = len(self.params)
+        if depthwise and x.parts:
+            raise self.fail(node, "a depthwise convolution of a concatenation", module)
         if depthwise:
             # channel c maps x[c] to y[c]: one permutation for input and output, so the output
             # is the input's space and the weight's channel axis carries d_out / d_in = 1
@@ -424,9 +474,15 @@ class _Walker:
             self.add_param(path, "weight", "weight", [(out, 0), *kernel])
         else:
             out = self.new_space(module.out_channels, f"output of {path} ({type(module).__name__})")
-            self.add_param(path, "weight", "weight", [(out, 1), (x.space, -1), *kernel])
+            for k, (key, lo, hi) in enumerate(self.part_ranges(x)):
+                self.layer += k > 0  # one weight per part of a concatenation (column slices)
+                part = (1, lo, hi) if x.parts else None
+                self.add_param(path, "weight", "weight", [(out, 1), (key, -1), *kernel], part)
+        last = self.layer
+        self.layer = self.params[start].layer
         if module.bias is not None:
             self.add_param(path, "bias", "bias", [(out, 1)])
+        self.layer = last
         self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
         return Label(out, out_shape[2:])
 
@@ -438,6 +494,8 @@ class _Walker:
         space = self.record(x.space)
         source = node.args[0]
         what = f"{type(module).__name__} at '{path}'"
+        if x.parts:
+            return self._batch_norm_parts(module, path, x, what)
         if module.affine and isinstance(source, fx.Node) and self._sole_layer_output(source):
             # The layer before feeds this norm alone: leave its rows and the running statistics
             # unscaled, and let the affine parameters carry the output's scaling (y -> d y).
@@ -473,6 +531,28 @@ class _Walker:
             self.add_param(path, "running_var", "buffer", [(x.space, 0)])
         return x
 
+    def _batch_norm_parts(
+        self, module: nn.modules.batchnorm._BatchNorm, path: str, x: Label, what: str
+    ) -> Label:
+        """A norm over a concatenation: per part, sign flips only (as without a layer of its
+        own before it), its parameters and statistics sliced along the channels."""
+        self.constrain(
+            x,
+            Scaling.SIGN,
+            f"{what} over a concatenation (eps in sqrt(var + eps) breaks positive scaling; sign "
+            "flips pass with the running mean flipped)",
+        )
+        for key, lo, hi in self.part_ranges(x):
+            self.layer += 1
+            part = (0, lo, hi)
+            if module.affine:
+                self.add_param(path, "weight", "weight", [(key, 0)], part)
+                self.add_param(path, "bias", "bias", [(key, 1)], part)
+            if module.track_running_stats:
+                self.add_param(path, "running_mean", "buffer", [(key, 1)], part)
+                self.add_param(path, "running_var", "buffer", [(key, 0)], part)
+        return x
+
     def _sole_layer_output(self, source: fx.Node) -> bool:
         """Whether ``source`` is a linear or conv layer's output read by one node only."""
         return source in self.rows and len(source.users) == 1
@@ -495,15 +575,13 @@ class _Walker:
                 f"non-batch axes {shape[1:]} (the whole neuron space) is supported",
                 module,
             )
-        self.record(x.space).constraints.append(
-            (
-                Scaling.NONE,
-                f"LayerNorm at '{path}' (its mean and variance mix the neurons of the space, "
-                "so no per-neuron scaling passes)",
-            )
+        self.constrain(
+            x,
+            Scaling.NONE,
+            f"LayerNorm at '{path}' (its mean and variance mix the neurons of the space, "
+            "so no per-neuron scaling passes)",
         )
         if module.elementwise_affine:
-            self.layer += 1
             rest: list[tuple[int | str, int]]
             if x.flat and x.positions:
                 rest = [
@@ -516,20 +594,23 @@ class _Walker:
                 ]
             else:
                 rest = [(self.fixed_space("x", n, "spatial positions"), 0) for n in x.positions]
-            self.add_param(path, "weight", "weight", [(x.space, 0), *rest])
-            if module.bias is not None:
-                self.add_param(path, "bias", "bias", [(x.space, 1), *rest])
-        return Label(x.space, x.positions, x.flat)  # positions differ after the affine
+            per_channel = math.prod(x.positions) if x.flat else 1
+            for key, lo, hi in self.part_ranges(x, per_channel):
+                self.layer += 1
+                part = (0, lo, hi) if x.parts else None
+                self.add_param(path, "weight", "weight", [(key, 0), *rest], part)
+                if module.bias is not None:
+                    self.add_param(path, "bias", "bias", [(key, 1), *rest], part)
+        return replace(x, copies=False)  # positions differ after the affine
 
     # -- shared by modules, functions and methods ---------------------------------------
     def activation(self, node: fx.Node, x: Label, name: str, where: str) -> Label:
-        self.record(x.space).activations.append((name, where))
+        for key in dict.fromkeys(self.root_of(k) for k in x.members):
+            self.spaces[key].activations.append((name, where))
         return x
 
     def softmax(self, node: fx.Node, x: Label, where: str) -> Label:
-        self.record(x.space).constraints.append(
-            (Scaling.NONE, f"{where} (normalizes across neurons; no scaling passes)")
-        )
+        self.constrain(x, Scaling.NONE, f"{where} (normalizes across neurons; no scaling passes)")
         return x
 
     def pool(self, node: fx.Node, x: Label, is_max: bool, what: str) -> Label:
@@ -538,32 +619,31 @@ class _Walker:
         if x.flat or out_shape is None or in_shape is None or out_shape[:2] != in_shape[:2]:
             raise self.fail(node, "pools over something other than spatial positions")
         if is_max:
-            self.record(x.space).constraints.append(
-                (
-                    Scaling.POSITIVE,
-                    f"{what} in '{_where(node)}' (max commutes with positive scaling; "
-                    "a sign flip turns max into min)",
-                )
+            self.constrain(
+                x,
+                Scaling.POSITIVE,
+                f"{what} in '{_where(node)}' (max commutes with positive scaling; "
+                "a sign flip turns max into min)",
             )
         spread = math.prod(in_shape[2:]) == 1 and math.prod(out_shape[2:]) > 1
-        return Label(x.space, out_shape[2:], copies=x.copies or spread)
+        return replace(x, positions=out_shape[2:], copies=x.copies or spread)
 
     def spatial(self, node: fx.Node, x: Label, pad_value: float, what: str) -> Label:
         """Resampling or padding of the spatial positions, channel by channel."""
         if pad_value != 0:
-            self.record(x.space).constraints.append(
-                (Scaling.NONE, f"{what} in '{_where(node)}' pads with the constant {pad_value:g}")
+            self.constrain(
+                x, Scaling.NONE, f"{what} in '{_where(node)}' pads with the constant {pad_value:g}"
             )
         label = self.pool(node, x, False, what)
         if "pad" in what.lower():  # padded positions are not copies of the others
-            return Label(label.space, label.positions, label.flat)
+            return replace(label, copies=False)
         return label
 
     def reshape(self, node: fx.Node, x: Label) -> Label:
         out_shape = _shape(node)
         in_shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
         assert out_shape is not None and in_shape is not None
-        size = self.record(x.space).size
+        size = self.channels(x)
         if x.flat:
             if out_shape == in_shape:
                 return x
@@ -573,12 +653,12 @@ class _Walker:
             and out_shape[1] == size * math.prod(x.positions)
         ):
             return (
-                Label(x.space, x.positions, flat=True, copies=x.copies)
+                replace(x, flat=True)
                 if math.prod(x.positions) > 1
-                else Label(x.space, ())
+                else replace(x, positions=(), copies=False)
             )
         elif out_shape[:2] == in_shape[:2] and math.prod(out_shape[2:]) == math.prod(x.positions):
-            return Label(x.space, out_shape[2:], copies=x.copies)
+            return replace(x, positions=out_shape[2:])
         raise self.fail(
             node,
             f"reshapes {in_shape} to {out_shape}; only flattening (batch, channels, ...) into "
@@ -595,14 +675,21 @@ class _Walker:
                 raise self.fail(
                     node, f"adds tensors of different shapes {sorted(map(str, shapes))}"
                 )
-            self.tie(a.space, b.space, f"the addition in '{_where(node)}'")
-            return Label(a.space, a.positions, a.flat, a.copies and b.copies)
+            sizes_a = [self.record(k).size for k in a.members]
+            sizes_b = [self.record(k).size for k in b.members]
+            if sizes_a != sizes_b:
+                raise self.fail(
+                    node, f"adds concatenations whose parts differ ({sizes_a} and {sizes_b})"
+                )
+            for key_a, key_b in zip(a.members, b.members):
+                self.tie(key_a, key_b, f"the addition in '{_where(node)}'")
+            return replace(a, copies=a.copies and b.copies)
         (x,) = (self.labels[n] for n in labelled)
         if any(isinstance(o, fx.Node) for o in others):
             raise self.fail(node, "adds a tensor that does not come from the network input")
         if any(o != 0 for o in others):
-            self.record(x.space).constraints.append(
-                (Scaling.NONE, f"the constant added in '{_where(node)}' (shifts break scaling)")
+            self.constrain(
+                x, Scaling.NONE, f"the constant added in '{_where(node)}' (shifts break scaling)"
             )
         return x
 
@@ -616,6 +703,30 @@ class _Walker:
             raise self.fail(node, "divides by network activations (not a linear map)")
         return self.labels[labelled[0]]
 
+    def cat(self, node: fx.Node) -> Label:
+        """Concatenation along the channel axis: a direct sum of the parts' spaces (each part
+        keeps its own permutation and scaling; layers reading it get one weight per part)."""
+        values = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if not isinstance(values, (list, tuple)) or not values:
+            raise self.fail(node, "concatenates something other than a list of tensors")
+        labels = [self.label(node, value, "a concatenated tensor") for value in values]
+        first = labels[0]
+        rank = 2 + (0 if first.flat else len(first.positions))
+        if not isinstance(dim, int) or dim % rank != 1:
+            raise self.fail(
+                node, f"concatenates along dim {dim}; only the channel axis (dim 1) is supported"
+            )
+        if any(x.flat or x.positions != first.positions for x in labels):
+            raise self.fail(node, "concatenates tensors of different spatial shapes or flattened")
+        members = tuple(key for x in labels for key in x.members)
+        return Label(
+            members[0],
+            first.positions,
+            copies=all(x.copies for x in labels),
+            parts=members if len(members) > 1 else (),
+        )
+
     def rounding(self, node: fx.Node, operands: Sequence[Any]) -> Label:
         """Floor division and rounding: elementwise, so permutations pass; no scaling does."""
         labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
@@ -624,12 +735,11 @@ class _Walker:
         if any(isinstance(a, fx.Node) for a in operands[1:]):
             raise self.fail(node, "divides network activations by a tensor")
         x = self.labels[labelled[0]]
-        self.record(x.space).constraints.append(
-            (
-                Scaling.NONE,
-                f"{ops.target_name(node.target)} in '{_where(node)}' rounds (floor(d x) differs "
-                "from d floor(x))",
-            )
+        self.constrain(
+            x,
+            Scaling.NONE,
+            f"{ops.target_name(node.target)} in '{_where(node)}' rounds (floor(d x) differs "
+            "from d floor(x))",
         )
         return x
 
@@ -666,6 +776,8 @@ class _Walker:
             )
         if target in ops.PASSTHROUGH_FUNCTIONS or ops.is_stochastic_depth(target):
             return self.label(node, first, "its input")
+        if target in ops.CAT_FUNCTIONS:
+            return self.cat(node)
         if target in ops.CLAMP_FUNCTIONS:
             name = ops.clamp_activation(target, tuple(args), dict(node.kwargs))
             return self.activation(

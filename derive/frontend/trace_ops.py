@@ -40,6 +40,7 @@ __all__ = [
     "SOFTMAX_FUNCTIONS",
     "SOFTMAX_METHODS",
     "CONV_MODULES",
+    "CAT_FUNCTIONS",
     "CLAMP_FUNCTIONS",
     "CLAMP_METHODS",
     "ROUNDING_FUNCTIONS",
@@ -120,6 +121,9 @@ ACTIVATION_METHODS: dict[str, str] = {
     "abs": "abs",
     "abs_": "abs",
 }
+
+#: concatenation (only along the channel axis: a direct sum of the parts' spaces)
+CAT_FUNCTIONS: tuple[Callable[..., Any], ...] = (torch.cat, torch.concat, torch.concatenate)
 
 #: clamping: relu for ``min=0`` alone, hardtanh for ``-a..a``, else permutations only
 CLAMP_FUNCTIONS: tuple[Callable[..., Any], ...] = (torch.clamp, torch.clip, torch.clamp_min)

@@ -111,6 +111,9 @@ class TensorSpec:
     axes: tuple[Axis, ...]
     source_key: str = ""
     source_shape: tuple[int, ...] = ()
+    #: ``(dim, start, stop)``: the tensor is this slice of its state-dict entry (one part of a
+    #: layer that reads a concatenation); ``source_shape`` is the whole entry's shape
+    source_slice: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class WeightSpaceSpec:
                 axes=tuple(AxisLayout(a.space, a.character) for a in t.axes),
                 source_key=t.source_key,
                 source_shape=t.source_shape,
+                source_slice=t.source_slice,
             )
 
         return WeightSpaceLayout(

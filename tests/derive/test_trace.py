@@ -360,10 +360,9 @@ class Cat(nn.Module):
         super().__init__()
         self.a = nn.Linear(2, 3)
         self.b = nn.Linear(2, 3)
-        self.c = nn.Linear(6, 1)
 
-    def forward(self, x):
-        return self.c(torch.cat([self.a(x), self.b(x)], dim=1))
+    def forward(self, x):  # a concatenation as the network's output (two output spaces)
+        return torch.cat([self.a(x), self.b(x)], dim=1)
 
 
 class Twice(nn.Module):
@@ -436,7 +435,7 @@ class ConvNoFlatten(nn.Module):
 
 
 BAD_MODULES = {
-    "cat": (Cat(), (2,), "torch.cat"),
+    "cat-output": (Cat(), (2,), "returns a concatenation"),
     "shared-module": (Twice(), (3,), "called twice"),
     "two-inputs": (TwoInputs(), (3,), "takes 2 inputs (x, y)"),
     "control-flow": (Branchy(), (3,), "torch.fx cannot trace"),

@@ -3,6 +3,9 @@ arguments, and positions that a pool spreads from one (VGG / AlexNet heads at sm
 
 from __future__ import annotations
 
+import itertools
+import json
+
 import pytest
 import torch
 import torch.fx
@@ -10,6 +13,7 @@ from torch import nn
 
 from derive.pipeline import derive, verify
 from derive.weightspace.model import Scaling
+from nfn_runtime import state_dicts_from_weight_space, weight_space_from_state_dicts
 
 
 class _Head(nn.Module):
@@ -228,3 +232,117 @@ def test_grouped_convolutions_say_what_is_supported():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(Exception, match=r"grouped convolutions \(groups=2, 4 -> 4 channels\)"):
         derive(model, (4, 3, 3))
+
+
+class _Fire(nn.Module):
+    """SqueezeNet's fire module (squeeze, then 1x1 and 3x3 expands concatenated), a BN over
+    the concatenation, a 1x1 conv head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(3, 2, 1)
+        self.expand1 = nn.Conv2d(2, 3, 1)
+        self.expand3 = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(7)
+        self.head = nn.Conv2d(7, 5, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        h = torch.relu(self.squeeze(x))
+        h = torch.cat([torch.relu(self.expand1(h)), torch.tanh(self.expand3(h))], 1)
+        return torch.flatten(self.pool(self.head(self.bn(h))), 1)
+
+
+class _DenseBlock(nn.Module):
+    """DenseNet's pattern: every layer reads the concatenation of all earlier features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 3, 3, padding=1)
+        self.layer1 = nn.Conv2d(3, 2, 3, padding=1)
+        self.layer2 = nn.Conv2d(5, 2, 3, padding=1)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x):
+        f0 = torch.relu(self.stem(x))
+        f1 = torch.relu(self.layer1(f0))
+        f01 = torch.cat([f0, f1], dim=1)
+        f2 = torch.relu(self.layer2(f01))
+        features = torch.cat((f01, f2), 1)
+        return self.head(features.mean(dim=(2, 3)))
+
+
+class _UNetSkip(nn.Module):
+    """A U-Net skip: the upsampled decoder features concatenated with the encoder's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(1, 3, 3, padding=1)
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.dec = nn.Conv2d(7, 2, 3, padding=1)
+
+    def forward(self, x):
+        e = torch.relu(self.enc(x))
+        d = torch.relu(self.down(e))
+        return self.dec(torch.cat([self.up(d), e], dim=1))
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "parts"),
+    [
+        (_Fire, (3, 4, 4), {"head.weight": 2, "bn.weight": 2, "bn.running_mean": 2}),
+        (_DenseBlock, (2, 4, 4), {"layer2.weight": 2, "head.weight": 3}),
+        (_UNetSkip, (1, 4, 4), {"dec.weight": 2}),
+    ],
+    ids=["fire", "dense-block", "unet-skip"],
+)
+def test_concatenations_are_direct_sums(model, shape, parts):
+    derivation = derive(model(), shape)
+    space = derivation.space
+    for key, count in parts.items():
+        pieces = [t for t in (*space.tensors, *space.buffers) if t.source_key == key]
+        assert len(pieces) == count and all(t.source_slice is not None for t in pieces)
+        spans = sorted(t.source_slice[1:] for t in pieces)
+        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    report = verify(derivation, samples=2, only=["network", "linear", "invariant"])
+    assert report.ok, report.text()
+
+
+def test_parts_round_trip_through_the_state_dict():
+    model = _DenseBlock()
+    layout = derive(model, (2, 4, 4)).space.to_layout()
+    state = model.state_dict()
+    ws = weight_space_from_state_dicts([state], layout)
+    (back,) = state_dicts_from_weight_space(ws, layout)
+    assert set(back) == set(state)
+    for key, value in back.items():
+        torch.testing.assert_close(value, state[key])
+
+
+def test_inspect_json_shows_the_slices(cli):
+    code, out, _ = cli(
+        "inspect", "--torch", "tests.derive.test_trace_reach:_UNetSkip", "--input-shape", "1,4,4",
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out)
+    sliced = [t for t in report["tensors"] if t["source_slice"] is not None]
+    assert [(t["source_key"], t["source_slice"]) for t in sliced] == [
+        ("dec.weight", [1, 0, 4]),
+        ("dec.weight", [1, 4, 7]),
+    ]
+
+
+def test_concatenation_along_space_is_refused():
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return torch.cat([h, h], dim=2).mean(dim=(2, 3))
+
+    with pytest.raises(Exception, match=r"concatenates along dim 2; only the channel axis"):
+        derive(Bad(), (1, 4, 4))

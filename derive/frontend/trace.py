@@ -305,6 +305,8 @@ class _Walker:
         ]
 
     def check_attrs(self, node: fx.Node) -> None:
+        if ops.is_product(node):
+            return  # a per-channel parameter times activations: decided in scale()
         for arg in _flat_args((node.args, node.kwargs)):
             if isinstance(arg, fx.Node) and arg.op == "get_attr":
                 raise self.fail(
@@ -695,13 +697,66 @@ class _Walker:
 
     def scale(self, node: fx.Node, operands: Sequence[Any], divides: bool) -> Label:
         labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
-        if len(labelled) != 1 or any(isinstance(a, fx.Node) for a in operands if a not in labelled):
+        others = [a for a in operands if isinstance(a, fx.Node) and a not in labelled]
+        if not divides and len(labelled) == 2:
+            return self.gate(node, [self.labels[a] for a in labelled])
+        if not divides and len(labelled) == 1 and len(others) == 1 and others[0].op == "get_attr":
+            return self.channel_scale(node, self.labels[labelled[0]], str(others[0].target))
+        if len(labelled) != 1 or others:
             raise self.fail(
                 node, "multiplies network activations by a tensor; only constants are supported"
             )
         if divides and operands[0] is not labelled[0]:
             raise self.fail(node, "divides by network activations (not a linear map)")
         return self.labels[labelled[0]]
+
+    def gate(self, node: fx.Node, factors: list[Label]) -> Label:
+        """``x * g(x)`` (squeeze-excite, hand-written SiLU): an elementwise product of two
+        activations with one channel index. Both factors carry one permutation, so their
+        spaces are tied; the product is quadratic in a common scale, so no scaling passes."""
+        out_shape = _shape(node)
+        assert out_shape is not None
+        a, b = factors
+        sizes = [[self.record(k).size for k in x.members] for x in factors]
+        if a.flat or b.flat or sizes[0] != sizes[1]:
+            raise self.fail(
+                node,
+                "multiplies activations of different channels; only gates x * g(x) with one "
+                "value per channel (and position) are supported",
+            )
+        for key_a, key_b in zip(a.members, b.members):
+            self.tie(key_a, key_b, f"the gate in '{_where(node)}'")
+        self.constrain(
+            a,
+            Scaling.NONE,
+            f"the gate x * g in '{_where(node)}' (a product of two activations of the space: "
+            "no scaling passes)",
+        )
+        wide = a if tuple(out_shape[2:]) == a.positions else b
+        return replace(wide, copies=a.copies and b.copies)
+
+    def channel_scale(self, node: fx.Node, x: Label, target: str) -> Label:
+        """``gamma * x`` with a parameter of one value per channel (layer scale): a tensor of
+        the weight space on the channel axis, character 0 (the product scales with x)."""
+        module_path, _, attr = target.rpartition(".")
+        value = getattr(self.modules[module_path], attr, None)
+        size = self.channels(x)
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+        rank = 1 + len(x.positions)  # channel and positions, without the batch axis
+        trimmed = shape[1:] if len(shape) == rank + 1 and shape[0] == 1 else shape
+        per_channel = len(trimmed) == rank and trimmed[0] == size and set(trimmed[1:]) <= {1}
+        if not isinstance(value, nn.Parameter) or x.parts or x.flat or not per_channel:
+            raise self.fail(
+                node,
+                f"multiplies network activations by '{target}' of shape {shape}; only a "
+                f"parameter with one value per channel (shape ({size},) or ({size}, 1, ...)) is "
+                "supported",
+            )
+        if any(p.source_key == target for p in self.params):
+            raise self.fail(node, f"uses the parameter '{target}' twice")
+        self.layer += 1
+        self.add_param(module_path, attr, "weight", [(x.space, 0)])
+        return x
 
     def cat(self, node: fx.Node) -> Label:
         """Concatenation along the channel axis: a direct sum of the parts' spaces (each part

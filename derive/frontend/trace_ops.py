@@ -46,6 +46,7 @@ __all__ = [
     "ROUNDING_FUNCTIONS",
     "ROUNDING_METHODS",
     "clamp_activation",
+    "is_product",
     "is_stochastic_depth",
     "rounds",
     "NORM_MODULES",
@@ -308,6 +309,13 @@ def is_stochastic_depth(target: Any) -> bool:
     return getattr(target, "__name__", "") == "stochastic_depth" and str(
         getattr(target, "__module__", "")
     ).startswith("torchvision")
+
+
+def is_product(node: Any) -> bool:
+    """Whether an fx node multiplies (``*``, ``torch.mul``, ``Tensor.mul``)."""
+    if node.op == "call_method":
+        return node.target in ("mul", "mul_")
+    return node.op == "call_function" and node.target in (operator.mul, operator.imul, torch.mul)
 
 
 def rounds(target: Any, kwargs: dict[str, Any]) -> bool:

@@ -418,9 +418,9 @@ class Gate(nn.Module):
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(3, 3)
-        self.b = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 1)
 
-    def forward(self, x):
+    def forward(self, x):  # one gate value for all channels: not one per channel
         return self.a(x) * torch.sigmoid(self.b(x))
 
 
@@ -441,7 +441,7 @@ BAD_MODULES = {
     "control-flow": (Branchy(), (3,), "torch.fx cannot trace"),
     "direct-parameter": (DirectParam(), (3,), "uses the parameter or buffer 'weight' directly"),
     "unused-parameter": (Unused(), (3,), "parameter 'spare.weight' is not used"),
-    "gating-product": (Gate(), (3,), "multiplies network activations by a tensor"),
+    "gating-product": (Gate(), (3,), "multiplies activations of different channels"),
     "reciprocal": (Lambda(_Fn(lambda x: 1.0 / x)), (3,), "divides by network activations"),
     "grouped-conv": (nn.Sequential(nn.Conv1d(2, 4, 1, groups=2)), (2, 3), "grouped convolutions"),
     "embedding": (nn.Sequential(nn.Embedding(4, 3)), (2,), "Embedding at '0'"),

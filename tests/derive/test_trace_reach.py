@@ -346,3 +346,75 @@ def test_concatenation_along_space_is_refused():
 
     with pytest.raises(Exception, match=r"concatenates along dim 2; only the channel axis"):
         derive(Bad(), (1, 4, 4))
+
+
+class _SqueezeExcite(nn.Module):
+    """conv -> BN -> x * sigmoid(x) (SiLU by hand) -> squeeze-excite gate -> layer scale."""
+
+    def __init__(self, channels: int = 4, reduced: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+        self.gamma = nn.Parameter(torch.rand(channels, 1, 1) + 0.5)
+        self.head = nn.Linear(channels, 3)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        h = h * torch.sigmoid(h)
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        h = self.gamma * (h * gate)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def test_gates_tie_their_factors_and_layer_scales_are_tensors():
+    derivation = derive(_SqueezeExcite(), (3, 5, 5))
+    space = derivation.space
+    gated = space.space("h1")  # conv output, the gate's output and the gated product: one space
+    assert gated.scaling is Scaling.NONE and "the gate x * g" in gated.decided_by
+    assert space.space("h2").scaling is Scaling.POSITIVE  # the squeeze (ReLU) keeps its own
+    gamma = next(t for t in space.tensors if t.source_key == "gamma")
+    assert [(a.space, a.character) for a in gamma.axes] == [("h1", 0)]
+    report = verify(derivation, samples=2, only=["network", "linear", "invariant"])
+    assert report.ok, report.text()
+
+
+def test_products_that_are_not_gates_or_channel_scales_are_refused():
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.scale = nn.Parameter(torch.ones(1, 4))
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):  # fine: one value per channel of (batch, 4)
+            return self.head(self.a(x) * self.scale)
+
+    assert derive(Mixed(), (3,)).space.tensor("W2").source_key == "scale"
+
+    class Positions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+            self.scale = nn.Parameter(torch.ones(2, 4, 4))  # one value per channel and position
+            self.head = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.head((self.conv(x) * self.scale).mean(dim=(2, 3)))
+
+    with pytest.raises(Exception, match=r"'scale' of shape \(2, 4, 4\); only a parameter with"):
+        derive(Positions(), (1, 4, 4))
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.b = nn.Linear(3, 2)
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.a(x) * self.b(x).sum(dim=1, keepdim=True))
+
+    with pytest.raises(Exception, match="reduces over dims 1; only spatial axes"):
+        derive(Outer(), (3,))

@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# CPU PyTorch first: a bare `pip install torch` may pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0 || $(BIN)/pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/pip install --quiet -e '.[test]'
+	# torchvision's model definitions for the real-model tests (they skip without it); no deps,
+	# so that it never replaces the CPU torch above
+	$(BIN)/pip install --quiet --no-deps torchvision==0.28.0 pillow || echo "torchvision not installed: real-model tests skip"
 	touch $(STAMP)
 
 ## derive, generate and verify layers for the built-in example (a ReLU MLP 784-64-64-10)

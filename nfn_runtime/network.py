@@ -85,6 +85,7 @@ def network_symmetry_error(
     scale_range: tuple[float, float] = (1e-2, 1e2),
     input_space: str = "in",
     output_space: str = "out",
+    per_sample: bool = False,
 ) -> float:
     """``||pi_out^-1 f(pi_in x; g.theta) - f(x; theta)|| / ||f(x; theta)||`` on ``model``.
 
@@ -92,7 +93,9 @@ def network_symmetry_error(
     the group, which should change the outputs) or ``None`` to sample one. When the layout
     permutes ``input_space`` and ``output_space`` (the NP setting), the inputs are permuted
     along their channel axis and the outputs permuted back. The model runs in eval mode
-    through ``torch.func.functional_call``; it is left unchanged (its mode is restored).
+    through ``torch.func.functional_call``; it is left unchanged (its mode is restored). With
+    ``per_sample``, the largest relative change over the inputs, one by one (for inputs of
+    very different magnitudes).
     """
     state = {key: value.detach() for key, value in model.state_dict().items()}
     if g is None:
@@ -115,6 +118,12 @@ def network_symmetry_error(
         size = layout.space(output_space).size
         perm = g.permutations[output_space]
         output = _permute_channels(output, size, inverse_permutation(perm))
-    difference = float((output - reference).norm())
-    scale = float(reference.norm())
+    if per_sample:  # the largest relative change of one input: small inputs count as much
+        return max(
+            _relative(float((o - r).norm()), float(r.norm())) for o, r in zip(output, reference)
+        )
+    return _relative(float((output - reference).norm()), float(reference.norm()))
+
+
+def _relative(difference: float, scale: float) -> float:
     return difference / scale if scale > 0 else (0.0 if difference == 0 else math.inf)

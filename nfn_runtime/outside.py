@@ -182,7 +182,7 @@ def sample_outside_group(
       of one neuron);
     - ``"negative_scale"``: ``d_s = -1`` on a space whose scaling is "positive" or "none";
     - ``"scale_on_sign_space"``: ``d_s = 2`` on a space whose scaling is "sign";
-    - ``"positive_scale"``: ``d_s = 2`` on a permuted space whose scaling is "none" (catches a
+    - ``"positive_scale"``: ``d_s = 4`` on a permuted space whose scaling is "none" (catches a
       group that misses the positive scaling of a ReLU space);
     - ``"permute_fixed"``: a non-identity permutation of a non-permuted space of size >= 2.
 
@@ -224,7 +224,10 @@ def sample_outside_group(
         scale = torch.full((chosen.size,), -1.0, dtype=torch.float64)
         steps = _group_like_steps(layout, chosen.name, None, scale)
     elif kind in ("scale_on_sign_space", "positive_scale"):
-        scale = torch.full((chosen.size,), 2.0, dtype=torch.float64)
+        # 4 rather than 2 on permutation-only spaces: saturating activations (relu6, clamps)
+        # whose inputs stay below half their bound would not show a factor of 2
+        factor = 2.0 if kind == "scale_on_sign_space" else 4.0
+        scale = torch.full((chosen.size,), factor, dtype=torch.float64)
         steps = _group_like_steps(layout, chosen.name, None, scale)
     else:
         perm = _non_identity_permutation(chosen.size, generator)

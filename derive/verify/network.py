@@ -27,24 +27,37 @@ NETWORK_TOLERANCE = 1e-10
 MIN_OUTSIDE_CHANGE = 1e-6
 
 
-def _test_network(module: nn.Module, seed: int) -> nn.Module:
-    """A float64 copy in eval mode, with running statistics drawn away from 0 and 1 (so that
-    the action on them is exercised)."""
-    model = copy.deepcopy(module).double().eval()
+def _test_network(module: nn.Module, seed: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """A float64 copy in eval mode whose BatchNorm running statistics are those of its own
+    activations (one pass over random inputs), then perturbed, so that the action on them is
+    exercised while signals still reach the output (statistics far from the activations' would
+    drown them in constants)."""
+    model = copy.deepcopy(module).double()
     generator = torch.Generator().manual_seed(seed)
+    norms = [
+        sub
+        for sub in model.modules()
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.track_running_stats
+    ]
     with torch.no_grad():
-        for sub in model.modules():
-            if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.track_running_stats:
-                assert sub.running_mean is not None and sub.running_var is not None
-                sub.running_mean.copy_(
-                    torch.randn(sub.running_mean.shape, generator=generator, dtype=torch.float64)
-                )
-                sub.running_var.copy_(
-                    0.5
-                    + 1.5
-                    * torch.rand(sub.running_var.shape, generator=generator, dtype=torch.float64)
-                )
-    return model
+        if norms:
+            momenta = [sub.momentum for sub in norms]
+            for sub in norms:
+                sub.reset_running_stats()
+                sub.momentum = None  # a plain average over the calibration pass
+            model.train()
+            torch.manual_seed(seed)  # dropout during the pass
+            model(torch.randn((16, *input_shape), generator=generator, dtype=torch.float64))
+            for sub, momentum in zip(norms, momenta):
+                sub.momentum = momentum
+        for sub in norms:
+            assert sub.running_mean is not None and sub.running_var is not None
+            spread = sub.running_var.sqrt()
+            noise = torch.randn(sub.running_mean.shape, generator=generator, dtype=torch.float64)
+            sub.running_mean.add_(0.1 * spread * noise)
+            factor = torch.rand(sub.running_var.shape, generator=generator, dtype=torch.float64)
+            sub.running_var.mul_(0.8 + 0.4 * factor).clamp_(min=1e-3)
+    return model.eval()
 
 
 #: transforms that are symmetries of the network when --scaling chose fewer scalings than it has
@@ -55,7 +68,7 @@ def network_checks(derivation: Derivation, report: VerifyReport, samples: int, s
     """Add the network group checks to ``report``: the group applied to the real network's
     own parameters must not change its outputs, and transforms outside it must."""
     spec = derivation.spec
-    model = _test_network(spec.build(), seed)
+    model = _test_network(spec.build(), seed, tuple(spec.input_shape))
     layout = derivation.space.to_layout()
     generator = torch.Generator().manual_seed(seed)
     # inputs at four magnitudes, so that saturating activations (relu6, clamps) leave their
@@ -64,7 +77,8 @@ def network_checks(derivation: Derivation, report: VerifyReport, samples: int, s
     inputs = torch.randn((4, *spec.input_shape), generator=generator, dtype=torch.float64)
     inputs = inputs * magnitudes.view(4, *([1] * len(spec.input_shape)))
     errors = [
-        network_symmetry_error(model, layout, inputs, generator=generator) for _ in range(samples)
+        network_symmetry_error(model, layout, inputs, generator=generator, per_sample=True)
+        for _ in range(samples)
     ]
     worst = max(errors)
     report.add(
@@ -80,7 +94,7 @@ def network_checks(derivation: Derivation, report: VerifyReport, samples: int, s
                 transform = sample_outside_group(layout, kind, generator, space=space.name)
             except ValueError:
                 continue  # this kind does not apply to this space
-            change = network_symmetry_error(model, layout, inputs, transform)
+            change = network_symmetry_error(model, layout, inputs, transform, per_sample=True)
             changes.append((kind, space.name, change))
     if not changes:
         report.add("network outside group", True, "no transformation outside the group applies")

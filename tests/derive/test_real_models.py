@@ -1,0 +1,104 @@
+"""Real architectures from torchvision, traced as structures (no weights are downloaded).
+
+torchvision's compiled operators may not load against the CPU torch wheel; the two operators its
+import registers fake kernels for are declared here first (test setup only, never in the
+library), and the tests skip where torchvision is not installed at all. Hand-written
+equivalents of every family are tested in test_trace_reach.py either way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+import pytest
+import torch
+
+from derive.pipeline import derive, verify
+from derive.weightspace.model import Scaling
+
+
+def _torchvision_models():
+    try:
+        importlib.import_module("torchvision")
+    except ImportError:
+        return None
+    except RuntimeError:  # compiled operators missing for this torch build: declare them
+        library = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _LIBRARIES.append(library)  # keep the declarations alive
+        for name in [m for m in list(sys.modules) if m.startswith("torchvision")]:
+            del sys.modules[name]
+        try:
+            importlib.import_module("torchvision")
+        except (ImportError, RuntimeError):
+            return None
+    return importlib.import_module("torchvision.models")
+
+
+_LIBRARIES: list[torch.library.Library] = []
+
+
+models = _torchvision_models()
+pytestmark = pytest.mark.skipif(models is None, reason="torchvision is not installed")
+
+#: name -> (factory, input shape, expected hidden scalings {kind: count})
+NETWORKS = {
+    "resnet18": (lambda m: m.resnet18(), (3, 32, 32), {"positive": 12}),
+    "vgg11": (lambda m: m.vgg11(), (3, 32, 32), {"positive": 10}),
+    "vgg11_bn": (lambda m: m.vgg11_bn(), (3, 32, 32), {"positive": 10}),
+    "alexnet": (lambda m: m.alexnet(), (3, 64, 64), {"positive": 7}),
+    "squeezenet1_0": (lambda m: m.squeezenet1_0(), (3, 64, 64), {"positive": 25}),
+    "densenet-small": (
+        lambda m: m.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8),
+        (3, 32, 32),
+        None,
+    ),
+    "googlenet": (
+        lambda m: m.googlenet(aux_logits=False, init_weights=False),
+        (3, 32, 32),
+        {"positive": 57},
+    ),
+    "mobilenet_v2": (lambda m: m.mobilenet_v2(), (3, 32, 32), {"none": 18, "nonzero": 7}),
+    "mobilenet_v3_small": (lambda m: m.mobilenet_v3_small(), (3, 32, 32), None),
+    "efficientnet_b0": (lambda m: m.efficientnet_b0(), (3, 32, 32), {"none": 33, "nonzero": 7}),
+}
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_torchvision_models_trace_and_keep_their_group(name):
+    factory, shape, expected = NETWORKS[name]
+    torch.manual_seed(0)
+    model = factory(models).eval()
+    start = time.perf_counter()
+    derivation = derive(model, shape, name=name)
+    assert derivation.basis.dim > 0
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10, f"tracing and deriving the basis took {elapsed:.1f} s"
+    counts: dict[str, int] = {}
+    for space in derivation.space.spaces:
+        if space.role == "hidden":
+            counts[space.scaling.value] = counts.get(space.scaling.value, 0) + 1
+    if expected is not None:
+        assert counts == expected
+    assert Scaling.POSITIVE.value in counts or "none" in counts
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        # minutes on 2 cores (VGG-11-BN's 4096 x 25088 head alone takes most of it)
+        *(
+            pytest.param(name, marks=pytest.mark.slow)
+            for name in ("vgg11_bn", "alexnet", "mobilenet_v2", "googlenet", "squeezenet1_0")
+        ),
+    ],
+)
+def test_torchvision_models_pass_the_network_group_check(name):
+    factory, shape, _ = NETWORKS[name]
+    torch.manual_seed(0)
+    report = verify(derive(factory(models).eval(), shape, name=name), samples=1, only=["network"])
+    assert report.ok, report.text()

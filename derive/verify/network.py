@@ -46,8 +46,9 @@ def _test_network(module: nn.Module, seed: int, input_shape: tuple[int, ...]) ->
                 sub.reset_running_stats()
                 sub.momentum = None  # a plain average over the calibration pass
             model.train()
-            torch.manual_seed(seed)  # dropout during the pass
-            model(torch.randn((16, *input_shape), generator=generator, dtype=torch.float64))
+            with torch.random.fork_rng():  # dropout during the pass, without touching the caller
+                torch.manual_seed(seed)
+                model(torch.randn((16, *input_shape), generator=generator, dtype=torch.float64))
             for sub, momentum in zip(norms, momenta):
                 sub.momentum = momentum
         for sub in norms:

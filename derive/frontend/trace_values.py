@@ -1,0 +1,237 @@
+"""What operations without parameters (or with one per channel) do to the spaces of the values
+they read: activations, pooling, reshapes, additions, products, concatenations, rounding."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from derive.frontend import trace_ops as ops
+from derive.frontend.trace_state import Label, WalkState, shape_of, where_of
+from derive.weightspace.model import Scaling
+
+__all__ = ["ValueRules"]
+
+
+class ValueRules(WalkState):
+    """Operations shared by modules, functions and tensor methods."""
+
+    def activation(self, node: fx.Node, x: Label, name: str, where: str) -> Label:
+        for key in dict.fromkeys(self.root_of(k) for k in x.members):
+            self.spaces[key].activations.append((name, where))
+        return x
+
+    def softmax(self, node: fx.Node, x: Label, where: str) -> Label:
+        self.constrain(x, Scaling.NONE, f"{where} (normalizes across neurons; no scaling passes)")
+        return x
+
+    def pool(self, node: fx.Node, x: Label, is_max: bool, what: str) -> Label:
+        out_shape = shape_of(node)
+        in_shape = shape_of(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        if x.flat or out_shape is None or in_shape is None or out_shape[:2] != in_shape[:2]:
+            raise self.fail(node, "pools over something other than spatial positions")
+        if is_max:
+            self.constrain(
+                x,
+                Scaling.POSITIVE,
+                f"{what} in '{where_of(node)}' (max commutes with positive scaling; "
+                "a sign flip turns max into min)",
+            )
+        spread = math.prod(in_shape[2:]) == 1 and math.prod(out_shape[2:]) > 1
+        return replace(x, positions=out_shape[2:], copies=x.copies or spread)
+
+    def spatial(self, node: fx.Node, x: Label, pad_value: float, what: str) -> Label:
+        """Resampling or padding of the spatial positions, channel by channel."""
+        if pad_value != 0:
+            self.constrain(
+                x,
+                Scaling.NONE,
+                f"{what} in '{where_of(node)}' pads with the constant {pad_value:g}",
+            )
+        label = self.pool(node, x, False, what)
+        if "pad" in what.lower():  # padded positions are not copies of the others
+            return replace(label, copies=False)
+        return label
+
+    def reshape(self, node: fx.Node, x: Label) -> Label:
+        out_shape = shape_of(node)
+        in_shape = shape_of(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        assert out_shape is not None and in_shape is not None
+        size = self.channels(x)
+        if x.flat:
+            if out_shape == in_shape:
+                return x
+        elif (
+            len(out_shape) == 2
+            and out_shape[0] == in_shape[0]
+            and out_shape[1] == size * math.prod(x.positions)
+        ):
+            return (
+                replace(x, flat=True)
+                if math.prod(x.positions) > 1
+                else replace(x, positions=(), copies=False)
+            )
+        elif out_shape[:2] == in_shape[:2] and math.prod(out_shape[2:]) == math.prod(x.positions):
+            return replace(x, positions=out_shape[2:])
+        raise self.fail(
+            node,
+            f"reshapes {in_shape} to {out_shape}; only flattening (batch, channels, ...) into "
+            "(batch, features) or reshaping the spatial axes is supported",
+        )
+
+    def add(self, node: fx.Node, operands: Sequence[Any]) -> Label:
+        labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
+        others = [a for a in operands if not (isinstance(a, fx.Node) and a in self.labels)]
+        if len(labelled) == 2:
+            a, b = (self.labels[n] for n in labelled)
+            shapes = {shape_of(n) for n in labelled}
+            if len(shapes) != 1 or a.positions != b.positions or a.flat != b.flat:
+                raise self.fail(
+                    node, f"adds tensors of different shapes {sorted(map(str, shapes))}"
+                )
+            sizes_a = [self.record(k).size for k in a.members]
+            sizes_b = [self.record(k).size for k in b.members]
+            if sizes_a != sizes_b:
+                raise self.fail(
+                    node, f"adds concatenations whose parts differ ({sizes_a} and {sizes_b})"
+                )
+            for key_a, key_b in zip(a.members, b.members):
+                self.tie(key_a, key_b, f"the addition in '{where_of(node)}'")
+            return replace(a, copies=a.copies and b.copies)
+        (x,) = (self.labels[n] for n in labelled)
+        if any(isinstance(o, fx.Node) for o in others):
+            raise self.fail(node, "adds a tensor that does not come from the network input")
+        if any(o != 0 for o in others):
+            self.constrain(
+                x, Scaling.NONE, f"the constant added in '{where_of(node)}' (shifts break scaling)"
+            )
+        return x
+
+    def scale(self, node: fx.Node, operands: Sequence[Any], divides: bool) -> Label:
+        labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
+        others = [a for a in operands if isinstance(a, fx.Node) and a not in labelled]
+        if not divides and len(labelled) == 2:
+            return self.gate(node, [self.labels[a] for a in labelled])
+        if not divides and len(labelled) == 1 and len(others) == 1 and others[0].op == "get_attr":
+            return self.channel_scale(node, self.labels[labelled[0]], str(others[0].target))
+        if len(labelled) != 1 or others:
+            raise self.fail(
+                node, "multiplies network activations by a tensor; only constants are supported"
+            )
+        if divides and operands[0] is not labelled[0]:
+            raise self.fail(node, "divides by network activations (not a linear map)")
+        return self.labels[labelled[0]]
+
+    def gate(self, node: fx.Node, factors: list[Label]) -> Label:
+        """``x * g(x)`` (squeeze-excite, hand-written SiLU): an elementwise product of two
+        activations with one channel index. Both factors carry one permutation, so their
+        spaces are tied; the product is quadratic in a common scale, so no scaling passes."""
+        out_shape = shape_of(node)
+        assert out_shape is not None
+        a, b = factors
+        sizes = [[self.record(k).size for k in x.members] for x in factors]
+        if a.flat or b.flat or sizes[0] != sizes[1]:
+            raise self.fail(
+                node,
+                "multiplies activations of different channels; only gates x * g(x) with one "
+                "value per channel (and position) are supported",
+            )
+        for key_a, key_b in zip(a.members, b.members):
+            self.tie(key_a, key_b, f"the gate in '{where_of(node)}'")
+        self.constrain(
+            a,
+            Scaling.NONE,
+            f"the gate x * g in '{where_of(node)}' (a product of two activations of the space: "
+            "no scaling passes)",
+        )
+        wide = a if tuple(out_shape[2:]) == a.positions else b
+        return replace(wide, copies=a.copies and b.copies)
+
+    def channel_scale(self, node: fx.Node, x: Label, target: str) -> Label:
+        """``gamma * x`` with a parameter of one value per channel (layer scale): a tensor of
+        the weight space on the channel axis, character 0 (the product scales with x)."""
+        module_path, _, attr = target.rpartition(".")
+        value = getattr(self.modules[module_path], attr, None)
+        size = self.channels(x)
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+        rank = 1 + len(x.positions)  # channel and positions, without the batch axis
+        trimmed = shape[1:] if len(shape) == rank + 1 and shape[0] == 1 else shape
+        per_channel = len(trimmed) == rank and trimmed[0] == size and set(trimmed[1:]) <= {1}
+        if not isinstance(value, nn.Parameter) or x.parts or x.flat or not per_channel:
+            raise self.fail(
+                node,
+                f"multiplies network activations by '{target}' of shape {shape}; only a "
+                f"parameter with one value per channel (shape ({size},) or ({size}, 1, ...)) is "
+                "supported",
+            )
+        if any(p.source_key == target for p in self.params):
+            raise self.fail(node, f"uses the parameter '{target}' twice")
+        self.layer += 1
+        self.add_param(module_path, attr, "weight", [(x.space, 0)])
+        return x
+
+    def cat(self, node: fx.Node) -> Label:
+        """Concatenation along the channel axis: a direct sum of the parts' spaces (each part
+        keeps its own permutation and scaling; layers reading it get one weight per part)."""
+        values = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if not isinstance(values, (list, tuple)) or not values:
+            raise self.fail(node, "concatenates something other than a list of tensors")
+        labels = [self.label(node, value, "a concatenated tensor") for value in values]
+        first = labels[0]
+        rank = 2 + (0 if first.flat else len(first.positions))
+        if not isinstance(dim, int) or dim % rank != 1:
+            raise self.fail(
+                node, f"concatenates along dim {dim}; only the channel axis (dim 1) is supported"
+            )
+        if any(x.flat or x.positions != first.positions for x in labels):
+            raise self.fail(node, "concatenates tensors of different spatial shapes or flattened")
+        members = tuple(key for x in labels for key in x.members)
+        return Label(
+            members[0],
+            first.positions,
+            copies=all(x.copies for x in labels),
+            parts=members if len(members) > 1 else (),
+        )
+
+    def rounding(self, node: fx.Node, operands: Sequence[Any]) -> Label:
+        """Floor division and rounding: elementwise, so permutations pass; no scaling does."""
+        labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
+        if len(labelled) != 1 or operands[0] is not labelled[0]:
+            raise self.fail(node, "rounds a quotient of network activations by a tensor")
+        if any(isinstance(a, fx.Node) for a in operands[1:]):
+            raise self.fail(node, "divides network activations by a tensor")
+        x = self.labels[labelled[0]]
+        self.constrain(
+            x,
+            Scaling.NONE,
+            f"{ops.target_name(node.target)} in '{where_of(node)}' rounds (floor(d x) differs "
+            "from d floor(x))",
+        )
+        return x
+
+    def reduce(self, node: fx.Node, x: Label, is_max: bool) -> Label:
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        rank = 2 + len(x.positions)
+        if dims is None or x.flat:
+            raise self.fail(
+                node, "reduces over neurons; only reductions over spatial axes are supported"
+            )
+        listed = (
+            [dims]
+            if isinstance(dims, int)
+            else list(dims)
+            if isinstance(dims, (list, tuple))
+            else [None]
+        )
+        if any(not isinstance(d, int) or d % rank < 2 for d in listed):
+            raise self.fail(
+                node, f"reduces over dims {dims}; only spatial axes (2 and up) are supported"
+            )
+        return self.pool(node, x, is_max, ops.target_name(node.target))

@@ -136,7 +136,10 @@ class ValueRules(WalkState):
         assert out_shape is not None
         a, b = factors
         sizes = [[self.record(k).size for k in x.members] for x in factors]
-        if a.flat or b.flat or sizes[0] != sizes[1]:
+        aligned = len(a.positions) == len(b.positions) and (
+            a.positions == b.positions or 1 in (math.prod(a.positions), math.prod(b.positions))
+        )
+        if a.flat or b.flat or sizes[0] != sizes[1] or not aligned:
             raise self.fail(
                 node,
                 "multiplies activations of different channels; only gates x * g(x) with one "

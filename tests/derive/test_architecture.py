@@ -8,6 +8,7 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+import torch
 
 import derive
 from derive.errors import GenerationError
@@ -15,6 +16,7 @@ from derive.frontend.spec import mlp_spec
 from derive.layers import LAYER_KINDS
 from derive.layers.kind import LayerKind, LayerOptions, generate, layer_kind, register
 from derive.pipeline import derive as run_derive
+from nfn_runtime import WeightSpace, random_weight_space
 
 ROOT = Path(derive.__file__).parent
 #: the stages in pipeline order; a module may import its own stage or earlier ones
@@ -167,3 +169,16 @@ def test_polynomial_kinds_say_why_they_do_not_apply():
     reason = LAYER_KINDS["polynomial"].applies(cnn)
     assert reason is not None and "fixed" in reason
     assert LAYER_KINDS["linear"].applies(cnn) is None
+
+
+@pytest.mark.parametrize("name", ["linear", "invariant", "polynomial", "polynomial-invariant"])
+def test_every_kind_builds_its_slow_reference(name):
+    derivation = run_derive(mlp_spec((2, 3, 3, 2), "tanh"))
+    kind = LAYER_KINDS[name]
+    assert kind.applies(derivation) is None
+    reference = kind.reference(derivation, LayerOptions(degree=2), 2, 3).double()
+    layout = derivation.space.to_layout()
+    x = random_weight_space(layout, 2, 2, torch.float64, torch.Generator().manual_seed(0))
+    out = reference(x)
+    values = out.tensors() if isinstance(out, WeightSpace) else (out,)
+    assert all(torch.isfinite(v).all() for v in values)

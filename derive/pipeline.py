@@ -48,6 +48,7 @@ __all__ = [
     "VerifyReport",
     "verify",
     "check_group_names",
+    "checked_groups",
     "spec_command",
 ]
 
@@ -66,6 +67,17 @@ def check_group_names() -> tuple[str, ...]:
     return (*CHECK_GROUPS, *LAYER_KINDS)
 
 
+def checked_groups(only: Sequence[str]) -> set[str]:
+    """The groups ``only`` names; a :class:`SpecError` names the first unknown one (or an
+    empty choice) and lists the valid ones."""
+    valid = check_group_names()
+    unknown = [name for name in only if name not in valid]
+    if unknown or not only:
+        got = repr(unknown[0]) if unknown else "nothing"
+        raise SpecError(f"unknown check {got} (valid: {', '.join(valid)})", "--only")
+    return set(only)
+
+
 def verify(
     spec: ArchitectureSpec | Derivation,
     samples: int = 3,
@@ -77,11 +89,7 @@ def verify(
     """Run every check: the symbolic proofs of the basis, the group check on the network
     itself, then each registered layer kind's checks; ``only`` names the groups to run (see
     :func:`check_group_names`)."""
-    valid = check_group_names()
-    chosen = set(valid if only is None else only)
-    unknown = sorted(chosen - set(valid))
-    if unknown:
-        raise SpecError(f"unknown check {unknown[0]!r} (valid: {', '.join(valid)})", "--only")
+    chosen = set(check_group_names()) if only is None else checked_groups(only)
     report = VerifyReport()
     derivation = spec if isinstance(spec, Derivation) else derive(spec)
     options = CheckOptions(samples=samples, seed=seed, family=family, degree=degree)

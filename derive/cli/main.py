@@ -395,16 +395,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from derive.pipeline import check_group_names, derive, verify
+    from derive.pipeline import checked_groups, derive, verify
 
     only = None
-    if args.only is not None:
+    if args.only is not None:  # checked before anything is derived or printed
         only = [part.strip() for part in args.only.split(",") if part.strip()]
-        valid = check_group_names()
-        unknown = [name for name in only if name not in valid]
-        if unknown or not only:
-            got = repr(unknown[0]) if unknown else "nothing"
-            raise SpecError(f"unknown check {got} (valid: {', '.join(valid)})", "--only")
+        checked_groups(only)
     spec = _spec_from_args(args)
     if args.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {args.samples}", "arguments")

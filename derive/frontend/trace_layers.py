@@ -4,6 +4,7 @@ parameters as axis labels, and the scaling a norm leaves."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch.fx as fx
@@ -40,19 +41,8 @@ class LayerRules(WalkState):
                 name = self.fixed_space("p", count, "flattened spatial positions")
             rest.append((name, 0))
         start = len(self.params)
-        if x.parts:  # one weight per part of the concatenation it reads (column slices)
-            for k, (key, lo, hi) in enumerate(self.part_ranges(x, count)):
-                self.layer += k > 0
-                self.add_param(path, "weight", "weight", [(out, 1), (key, -1), *rest], (1, lo, hi))
-            first = self.params[start].layer
-            self.layer, last = first, self.layer
-        else:
-            self.add_param(path, "weight", "weight", [(out, 1), (x.space, -1), *rest])
-        if module.bias is not None:
-            self.add_param(path, "bias", "bias", [(out, 1)])
-        if x.parts:
-            self.layer = last
-        self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
+        self._weight_parts(path, out, x, rest, count)
+        self._bias_and_rows(node, module.bias is not None, path, out, start)
         return Label(out, ())
 
     def conv(
@@ -87,17 +77,36 @@ class LayerRules(WalkState):
             self.add_param(path, "weight", "weight", [(out, 0), *kernel])
         else:
             out = self.new_space(module.out_channels, f"output of {path} ({type(module).__name__})")
-            for k, (key, lo, hi) in enumerate(self.part_ranges(x)):
-                self.layer += k > 0  # one weight per part of a concatenation (column slices)
-                part = (1, lo, hi) if x.parts else None
-                self.add_param(path, "weight", "weight", [(out, 1), (key, -1), *kernel], part)
+            self._weight_parts(path, out, x, kernel)
+        self._bias_and_rows(node, module.bias is not None, path, out, start)
+        return Label(out, out_shape[2:])
+
+    def _weight_parts(
+        self,
+        path: str,
+        out: int,
+        x: Label,
+        rest: Sequence[tuple[int | str, int]],
+        scale: int = 1,
+    ) -> None:
+        """The weight ``(out +1, in -1, *rest)``: one tensor per part of a concatenation
+        (column slices of the entry, ``scale`` columns per channel), each its own layer."""
+        for k, (key, lo, hi) in enumerate(self.part_ranges(x, scale)):
+            self.layer += k > 0
+            part = (1, lo, hi) if x.parts else None
+            self.add_param(path, "weight", "weight", [(out, 1), (key, -1), *rest], part)
+
+    def _bias_and_rows(
+        self, node: fx.Node, has_bias: bool, path: str, out: int, start: int
+    ) -> None:
+        """The bias, in the layer of the first weight part; then the output-row axes of every
+        parameter recorded since ``start``, for a norm that may read this layer alone."""
         last = self.layer
         self.layer = self.params[start].layer
-        if module.bias is not None:
+        if has_bias:
             self.add_param(path, "bias", "bias", [(out, 1)])
         self.layer = last
         self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
-        return Label(out, out_shape[2:])
 
     def batch_norm(
         self, node: fx.Node, module: nn.modules.batchnorm._BatchNorm, path: str, x: Label

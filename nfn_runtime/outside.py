@@ -141,6 +141,19 @@ def outside_group_kinds(layout: WeightSpaceLayout) -> list[str]:
     ]
 
 
+def _subset_scale(size: int, factor: float, generator: torch.Generator | None) -> Tensor:
+    """``factor`` on a random proper subset of the neurons (on the one neuron of a space of
+    size 1), 1 elsewhere: a factor shared by a whole space can be a symmetry a per-neuron
+    group does not have (LayerNorm is odd, so it commutes with flipping every neuron)."""
+    scale = torch.ones(size, dtype=torch.float64)
+    if size == 1:
+        return scale * factor
+    chosen = torch.randperm(size, generator=generator)
+    count = 1 + int(torch.randint(0, size - 1, (1,), generator=generator))
+    scale[chosen[:count]] = factor
+    return scale
+
+
 def _non_identity_permutation(size: int, generator: torch.Generator | None) -> Tensor:
     perm = torch.randperm(size, generator=generator)
     if torch.equal(perm, torch.arange(size)):
@@ -180,10 +193,13 @@ def sample_outside_group(
     - ``"decoupled_scale"``: an independent scale vector on every scaled axis of a space, with
       factors in ``[2^-1.5, 2^-0.5] u [2^0.5, 2^1.5]`` (e.g. different scales on the two sides
       of one neuron);
-    - ``"negative_scale"``: ``d_s = -1`` on a space whose scaling is "positive" or "none";
+    - ``"negative_scale"``: ``d = -1`` on a random proper subset of the neurons of a space whose
+      scaling is "positive" or "none" (a flip of every neuron at once can be a symmetry: a
+      LayerNorm commutes with it);
     - ``"scale_on_sign_space"``: ``d_s = 2`` on a space whose scaling is "sign";
-    - ``"positive_scale"``: ``d_s = 4`` on a permuted space whose scaling is "none" (catches a
-      group that misses the positive scaling of a ReLU space);
+    - ``"positive_scale"``: ``d = 4`` on a random proper subset of the neurons of a permuted
+      space whose scaling is "none" (catches a group that misses the positive scaling of a
+      ReLU space);
     - ``"permute_fixed"``: a non-identity permutation of a non-permuted space of size >= 2.
 
     The space is drawn with ``generator`` among those where the kind applies, preferring
@@ -221,13 +237,17 @@ def sample_outside_group(
             if character != 0
         )
     elif kind == "negative_scale":
-        scale = torch.full((chosen.size,), -1.0, dtype=torch.float64)
+        scale = _subset_scale(chosen.size, -1.0, generator)
         steps = _group_like_steps(layout, chosen.name, None, scale)
     elif kind in ("scale_on_sign_space", "positive_scale"):
         # 4 rather than 2 on permutation-only spaces: saturating activations (relu6, clamps)
         # whose inputs stay below half their bound would not show a factor of 2
         factor = 2.0 if kind == "scale_on_sign_space" else 4.0
-        scale = torch.full((chosen.size,), factor, dtype=torch.float64)
+        scale = (
+            torch.full((chosen.size,), factor, dtype=torch.float64)
+            if kind == "scale_on_sign_space"
+            else _subset_scale(chosen.size, factor, generator)
+        )
         steps = _group_like_steps(layout, chosen.name, None, scale)
     else:
         perm = _non_identity_permutation(chosen.size, generator)

@@ -26,7 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from derive.errors import SpecError
 from derive.frontend import trace_ops as ops
 from derive.frontend.trace_layers import LayerRules
-from derive.frontend.trace_state import Label, describe, shape_of
+from derive.frontend.trace_state import Label, describe, flat_args, shape_of
 from derive.frontend.trace_values import ValueRules
 from derive.weightspace.model import WeightSpaceSpec
 from nfn_runtime.architectures import Activation
@@ -51,11 +51,10 @@ class _Walker(LayerRules, ValueRules):
             if node.op == "placeholder":
                 self.placeholder(node)
             elif node.op == "get_attr":
-                continue
+                self.param_views[node] = str(node.target)
             elif node.op == "output":
                 self.output(node)
-            else:
-                self.check_attrs(node)
+            elif not self.check_attrs(node):
                 result = self.call(node)
                 if result is not None:
                     self.labels[node] = result
@@ -81,9 +80,13 @@ class _Walker(LayerRules, ValueRules):
         value = node.args[0]
         if not (isinstance(value, fx.Node) and value in self.labels):
             raise self.fail(node, "the network must return one tensor computed from its input")
-        if self.labels[value].parts:
+        label = self.labels[value]
+        if label.parts:
             raise self.fail(node, "returns a concatenation; only one output space is supported")
-        self.output_key = self.labels[value].space
+        for key in label.position_spaces:
+            if key is not None:
+                self.fix(key, "the network output")
+        self.output_key = label.space
         self.record(self.output_key).is_output = True
 
     def call(self, node: fx.Node) -> Label | None:
@@ -116,7 +119,7 @@ class _Walker(LayerRules, ValueRules):
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             return self.batch_norm(node, module, path, x)
         if isinstance(module, nn.LayerNorm):
-            return self.layer_norm(node, module, path, x)
+            return self.layer_norm(node, module, path, x, tuple(module.normalized_shape))
         activation = ops.module_activation(module)
         if activation is not None:
             return self.activation(node, x, activation, f"{type(module).__name__} at '{path}'")
@@ -147,6 +150,14 @@ class _Walker(LayerRules, ValueRules):
             return self.label(node, first, "its input")
         if target in ops.CAT_FUNCTIONS:
             return self.cat(node)
+        if target in ops.PERMUTE_FUNCTIONS:
+            x = self.label(node, first, "its input")
+            order = ops.axis_order(target, tuple(args), dict(node.kwargs), self.rank_of(first))
+            return self.permute(node, x, order)
+        if target in ops.NORM_FUNCTIONS:
+            return self.functional_norm(node, ops.NORM_FUNCTIONS[target])
+        if target is torch.addcmul:
+            return self.affine(node, list(args))
         if target in ops.CLAMP_FUNCTIONS:
             name = ops.clamp_activation(target, tuple(args), dict(node.kwargs))
             return self.activation(node, self.label(node, first, "its input"), name, describe(node))
@@ -178,6 +189,41 @@ class _Walker(LayerRules, ValueRules):
             return self.scale(node, list(args[:2]), target in ops.DIVIDE_FUNCTIONS)
         return None
 
+    def rank_of(self, value: Any) -> int:
+        shape = shape_of(value) if isinstance(value, fx.Node) else None
+        assert shape is not None
+        return len(shape)
+
+    def functional_norm(self, node: fx.Node, kind: str) -> Label:
+        """``F.batch_norm`` or ``F.layer_norm`` on a norm module's own parameters (timm's norm
+        layers, torchvision's LayerNorm2d): the rule of the module that owns them."""
+        x = self.label(node, node.args[0] if node.args else None, "its input")
+        owners = {
+            self.param_views[a].rpartition(".")[0]
+            for a in flat_args((node.args[1:], node.kwargs))
+            if isinstance(a, fx.Node) and a in self.param_views
+        }
+        modules = [self.modules.get(path) for path in owners]
+        if len(owners) > 1 or any(m is None for m in modules):
+            raise self.fail(node, "normalizes with parameters of several modules")
+        path = next(iter(owners), "")
+        module = self.modules[path] if owners else None
+        if path in self.called:
+            raise self.fail(node, "is called twice; shared weights are not supported", module)
+        self.called.add(path)
+        if kind == "batch_norm":
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                raise self.fail(
+                    node, "F.batch_norm is supported on a BatchNorm module's own parameters"
+                )
+            return self.batch_norm(node, module, path, x)
+        shape: Any = node.kwargs.get("normalized_shape", node.args[1] if len(node.args) > 1 else ())
+        if owners and not isinstance(module, nn.LayerNorm):
+            raise self.fail(
+                node, "F.layer_norm is supported on a LayerNorm module's own parameters"
+            )
+        return self.layer_norm(node, module, path, x, tuple(int(n) for n in shape))
+
     def call_method(self, node: fx.Node, method: str) -> Label | None:
         if not self.tensor_args(node):
             return None
@@ -189,6 +235,9 @@ class _Walker(LayerRules, ValueRules):
             return self.activation(node, x, ops.ACTIVATION_METHODS[method], describe(node))
         if method in ops.PASSTHROUGH_METHODS:
             return x
+        if method in ops.PERMUTE_METHODS:
+            order = ops.axis_order(method, tuple(node.args), dict(node.kwargs), self.rank_of(first))
+            return self.permute(node, x, order)
         if method in ops.CLAMP_METHODS:
             name = ops.clamp_activation(method, tuple(node.args), dict(node.kwargs))
             return self.activation(node, x, name, describe(node))
@@ -280,18 +329,22 @@ def trace_network(
             f"input shape must be positive integers without the batch axis, got {list(input_shape)}",
             where,
         )
+    modes = {path: m.training for path, m in module.named_modules()}
     try:
+        module.eval()  # networks are read in eval mode (dropout, drop path, running statistics)
         graph = _Tracer().trace(module, concrete_args=_defaults(module))
         graph_module = fx.GraphModule(module, graph)
     except Exception as exc:  # fx raises many kinds; the message is what the user needs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"torch.fx cannot trace the module: {first}", where) from None
+    finally:
+        for path, m in module.named_modules():
+            m.training = modes[path]
     _check_graph(graph_module, where)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     example = torch.randn(
         (2, *input_shape), generator=torch.Generator().manual_seed(0), dtype=dtype
     )
-    modes = {path: m.training for path, m in module.named_modules()}
     try:
         module.eval()
         # ShapeProp prints a traceback before re-raising; the one-line error below replaces it

@@ -10,25 +10,19 @@ from dataclasses import replace
 import torch.fx as fx
 from torch import nn
 
-from derive.frontend.trace_state import Label, WalkState, shape_of
+from derive.frontend.trace_axes import AxisRules
+from derive.frontend.trace_state import Label, shape_of
 from derive.weightspace.model import Scaling
 
 __all__ = ["LayerRules"]
 
 
-class LayerRules(WalkState):
+class LayerRules(AxisRules):
     """Linear, convolution, BatchNorm and LayerNorm."""
 
     def linear(self, node: fx.Node, module: nn.Linear, path: str, x: Label) -> Label:
-        shape = shape_of(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-        if shape is None or len(shape) != 2:
-            raise self.fail(
-                node,
-                f"acts on a tensor of shape {shape}; only (batch, features) is supported",
-                module,
-            )
         if x.positions and not x.flat:
-            raise self.fail(node, "acts on an unflattened feature map; flatten it first", module)
+            return self._last_axis_linear(node, module, path, x)
         self.layer += 1
         out = self.new_space(module.out_features, f"output of {path} (Linear)")
         rest: list[tuple[int | str, int]] = []
@@ -45,9 +39,47 @@ class LayerRules(WalkState):
         self._bias_and_rows(node, module.bias is not None, path, out, start)
         return Label(out, ())
 
+    def _last_axis_linear(self, node: fx.Node, module: nn.Linear, path: str, x: Label) -> Label:
+        """nn.Linear on the last axis of a map with positions: a 1x1 convolution when the
+        channel axis is last (channels-last layouts), else a token-mixing layer whose output
+        is a new space on that position axis (fixed again if it meets fixed positions)."""
+        self.layer += 1
+        start = len(self.params)
+        bias = module.bias is not None
+        shared = f"the bias of Linear at '{path}' is shared along the other axes"
+        if x.channel_axis == len(x.positions):
+            out = self.new_space(module.out_features, f"output of {path} (Linear)")
+            self._weight_parts(path, out, x, [])
+            self._bias_and_rows(node, bias, path, out, start)
+            if bias:
+                keys = [k for k in x.position_spaces if k is not None]
+                self.constrain_keys(keys, Scaling.NONE, shared)
+            return replace(x, space=out, parts=())
+        last = len(x.positions) - 1
+        key = x.position_spaces[last]
+        read: tuple[int | str, int] = (
+            (key, -1)
+            if key is not None
+            else (self.fixed_space("x", x.positions[last], "positions"), 0)
+        )
+        out = self.new_space(module.out_features, f"output of {path} (Linear over a token axis)")
+        self.add_param(path, "weight", "weight", [(out, 1), read])
+        self._bias_and_rows(node, bias, path, out, start)
+        if bias:
+            others = [k for k in x.all_spaces if k != key]
+            self.constrain_keys(others, Scaling.NONE, shared)
+        spaces = [*x.position_spaces[:last], out]
+        return replace(
+            x,
+            positions=(*x.positions[:last], module.out_features),
+            axis_spaces=tuple(spaces),
+            copies=False,
+        )
+
     def conv(
         self, node: fx.Node, module: nn.modules.conv._ConvNd, path: str, x: Label, dims: int
     ) -> Label:
+        self.require_plain(node, x, type(module).__name__, module)
         if x.flat or len(x.positions) != dims:
             raise self.fail(
                 node,
@@ -113,6 +145,7 @@ class LayerRules(WalkState):
     ) -> Label:
         if x.flat:
             raise self.fail(node, "acts on a flattened feature map", module)
+        self.require_plain(node, x, type(module).__name__, module)
         space = self.record(x.space)
         source = node.args[0]
         what = f"{type(module).__name__} at '{path}'"
@@ -187,40 +220,107 @@ class LayerRules(WalkState):
         axes[position] = (space, character - 1)
         self.params[index] = replace(record, axes=tuple(axes))
 
-    def layer_norm(self, node: fx.Node, module: nn.LayerNorm, path: str, x: Label) -> Label:
+    def layer_norm(
+        self,
+        node: fx.Node,
+        module: nn.Module | None,
+        path: str,
+        x: Label,
+        normalized: tuple[int, ...],
+    ) -> Label:
+        """LayerNorm over every non-batch axis, or over the last axis alone (channels-last
+        and token layouts). Its mean and variance mix the neurons it normalizes, and the
+        value it divides by is shared along the others: no scaling passes on any space."""
         shape = shape_of(node)
         assert shape is not None
-        if tuple(module.normalized_shape) != shape[1:]:
+        what = f"LayerNorm at '{path}'" if path else "F.layer_norm"
+        whole = normalized == shape[1:]
+        if not whole and not (len(normalized) == 1 and normalized[0] == shape[-1] and not x.flat):
             raise self.fail(
                 node,
-                f"normalizes over {tuple(module.normalized_shape)}; only a LayerNorm over all "
-                f"non-batch axes {shape[1:]} (the whole neuron space) is supported",
+                f"normalizes over {normalized}; only a LayerNorm over all non-batch axes "
+                f"{shape[1:]} or over the last axis ({shape[-1]},) is supported",
                 module,
             )
         self.constrain(
             x,
             Scaling.NONE,
-            f"LayerNorm at '{path}' (its mean and variance mix the neurons of the space, "
-            "so no per-neuron scaling passes)",
+            f"{what} (its mean and variance mix the neurons of the space, so no per-neuron "
+            "scaling passes)",
         )
-        if module.elementwise_affine:
-            rest: list[tuple[int | str, int]]
-            if x.flat and x.positions:
-                rest = [
-                    (
-                        self.fixed_space(
-                            "p", math.prod(x.positions), "flattened spatial positions"
-                        ),
-                        0,
-                    )
-                ]
+        weight = getattr(module, "weight", None) is not None
+        bias = getattr(module, "bias", None) is not None
+        if weight or bias:
+            if whole:
+                self._whole_norm_params(node, module, path, x, weight, bias)
             else:
-                rest = [(self.fixed_space("x", n, "spatial positions"), 0) for n in x.positions]
-            per_channel = math.prod(x.positions) if x.flat else 1
-            for key, lo, hi in self.part_ranges(x, per_channel):
+                self._last_axis_params(path, x, weight, bias)
+        return replace(x, copies=False)  # positions differ after the affine
+
+    def _whole_norm_params(
+        self,
+        node: fx.Node,
+        module: nn.Module | None,
+        path: str,
+        x: Label,
+        weight: bool,
+        bias: bool,
+    ) -> None:
+        """Affine parameters over every non-batch axis (in the layout's order)."""
+        if x.flat and x.positions:
+            positions = math.prod(x.positions)
+            after: list[tuple[int | str, int]] = [
+                (self.fixed_space("p", positions, "flattened spatial positions"), 0)
+            ]
+            before: list[tuple[int | str, int]] = []
+            per_channel = positions
+        else:
+            axes: list[tuple[int | str, int]] = [
+                (self.fixed_space("x", n, "spatial positions"), 0) if key is None else (key, 0)
+                for key, n in zip(x.position_spaces, x.positions)
+            ]
+            before, after = axes[: x.channel_axis], axes[x.channel_axis :]
+            per_channel = 1
+            if x.parts and before:
+                raise self.fail(node, "normalizes a channels-last concatenation", module)
+        dim = len(before)
+        for channel, lo, hi in self.part_ranges(x, per_channel):
+            self.layer += 1
+            part = (dim, lo, hi) if x.parts else None
+            if weight:
+                self.add_param(path, "weight", "weight", [*before, (channel, 0), *after], part)
+            if bias:
+                lifted = [(k, 1 if isinstance(k, int) else 0) for k, _ in (*before, *after)]
+                self.add_param(
+                    path,
+                    "bias",
+                    "bias",
+                    [*lifted[: len(before)], (channel, 1), *lifted[len(before) :]],
+                    part,
+                )
+
+    def _last_axis_params(self, path: str, x: Label, weight: bool, bias: bool) -> None:
+        """Affine parameters over the last axis: the channel (one tensor per part) or a
+        position axis (fixed, or the space a token-mixing layer wrote)."""
+        if x.channel_axis == len(x.positions):
+            for key, lo, hi in self.part_ranges(x):
                 self.layer += 1
                 part = (0, lo, hi) if x.parts else None
-                self.add_param(path, "weight", "weight", [(key, 0), *rest], part)
-                if module.bias is not None:
-                    self.add_param(path, "bias", "bias", [(key, 1), *rest], part)
-        return replace(x, copies=False)  # positions differ after the affine
+                if weight:
+                    self.add_param(path, "weight", "weight", [(key, 0)], part)
+                if bias:
+                    self.add_param(path, "bias", "bias", [(key, 1)], part)
+            return
+        last = x.position_spaces[-1]
+        self.layer += 1
+        if last is None:
+            fixed = self.fixed_space("x", x.positions[-1], "positions")
+            if weight:
+                self.add_param(path, "weight", "weight", [(fixed, 0)])
+            if bias:
+                self.add_param(path, "bias", "bias", [(fixed, 0)])
+            return
+        if weight:
+            self.add_param(path, "weight", "weight", [(last, 0)])
+        if bias:
+            self.add_param(path, "bias", "bias", [(last, 1)])

@@ -50,6 +50,14 @@ __all__ = [
     "is_stochastic_depth",
     "rounds",
     "NORM_MODULES",
+    "PERMUTE_FUNCTIONS",
+    "PERMUTE_METHODS",
+    "VIEW_METHODS",
+    "VIEW_FUNCTIONS",
+    "NORM_FUNCTIONS",
+    "axis_order",
+    "is_view",
+    "reads_parameters",
     "module_activation",
     "function_activation",
     "target_name",
@@ -231,6 +239,33 @@ RESHAPE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
 )
 RESHAPE_METHODS: frozenset[str] = frozenset({"flatten", "view", "reshape", "squeeze", "unsqueeze"})
 
+#: reorderings of the axes (the channel axis is followed through them)
+PERMUTE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    torch.permute,
+    torch.transpose,
+    torch.swapaxes,
+    torch.swapdims,
+)
+PERMUTE_METHODS: frozenset[str] = frozenset({"permute", "transpose", "swapaxes", "swapdims"})
+
+#: what may be done to a parameter before it meets the activations (reshaping it to broadcast)
+VIEW_METHODS: frozenset[str] = frozenset(
+    {"view", "reshape", "unsqueeze", "squeeze", "expand", "expand_as", "to", "type_as"}
+)
+VIEW_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    torch.reshape,
+    torch.unsqueeze,
+    torch.squeeze,
+    operator.getitem,
+)
+
+#: normalizations written as function calls on a module's own parameters (timm's norm layers,
+#: torchvision's LayerNorm2d): the module owning the parameters decides the rule
+NORM_FUNCTIONS: dict[Callable[..., Any], str] = {
+    F.batch_norm: "batch_norm",
+    F.layer_norm: "layer_norm",
+}
+
 ADD_FUNCTIONS: dict[Callable[..., Any], int] = {
     operator.add: 1,
     operator.iadd: 1,
@@ -316,6 +351,41 @@ def is_product(node: Any) -> bool:
     if node.op == "call_method":
         return node.target in ("mul", "mul_")
     return node.op == "call_function" and node.target in (operator.mul, operator.imul, torch.mul)
+
+
+def axis_order(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rank: int) -> list[int]:
+    """The new order of the axes of a permute or transpose call on a tensor of ``rank`` axes."""
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if name == "permute":
+        dims = kwargs.get("dims", args[1:] if len(args) > 2 else args[1] if len(args) > 1 else ())
+        order = [int(d) % rank for d in dims]
+    else:
+        a = kwargs.get("dim0", args[1] if len(args) > 1 else 0)
+        b = kwargs.get("dim1", args[2] if len(args) > 2 else 1)
+        order = list(range(rank))
+        order[int(a) % rank], order[int(b) % rank] = order[int(b) % rank], order[int(a) % rank]
+    return order
+
+
+def is_view(node: Any) -> bool:
+    """Whether an fx node reshapes its first argument (how a parameter is made to broadcast)."""
+    if node.op == "call_method":
+        return node.target in VIEW_METHODS
+    return node.op == "call_function" and node.target in VIEW_FUNCTIONS
+
+
+def reads_parameters(node: Any) -> bool:
+    """Whether an fx node may read a parameter together with activations: products, sums,
+    ``addcmul`` and functional norms (their rules check the shapes)."""
+    if is_product(node):
+        return True
+    if node.op == "call_method":
+        return node.target in ADD_METHODS
+    return node.op == "call_function" and (
+        node.target in ADD_FUNCTIONS
+        or node.target in NORM_FUNCTIONS
+        or node.target is torch.addcmul
+    )
 
 
 def rounds(target: Any, kwargs: dict[str, Any]) -> bool:

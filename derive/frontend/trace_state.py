@@ -30,6 +30,9 @@ class _SpaceRecord:
     ties: list[str] = field(default_factory=list)
     is_input: bool = False
     is_output: bool = False
+    #: the fixed space this record turned out to be (a token axis a layer wrote, added to the
+    #: fixed token positions), or None
+    fixed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,15 @@ class _ParamRecord:
 
 @dataclass(frozen=True)
 class Label:
-    """The neurons of a traced value: channel space ``space`` and spatial ``positions``.
+    """The neurons of a traced value: channel space ``space`` and the other ``positions``.
 
-    Unflattened values have shape ``(B, n_space, *positions)``; flattened ones
-    ``(B, n_space * prod(positions))`` with the channel as the slow index. ``copies``: every
-    position holds the same value (a pool that spread one position over many, e.g. an adaptive
-    average pool of a 1x1 map to 7x7), so permuting the positions is a symmetry.
+    Unflattened values have the channel axis at ``1 + channel_axis`` of their shape and the
+    positions in the other non-batch axes, in order: ``(B, n_space, *positions)`` for
+    channels-first maps, ``(B, *positions, n_space)`` for channels-last ones (tokens).
+    Flattened ones are ``(B, n_space * prod(positions))`` with the channel as the slow index.
+    ``copies``: every position holds the same value (a pool that spread one position over many,
+    e.g. an adaptive average pool of a 1x1 map to 7x7), so permuting the positions is a
+    symmetry.
     """
 
     space: int
@@ -70,11 +76,37 @@ class Label:
     #: a concatenation along the channel axis: the spaces of its parts, in order (then
     #: ``space`` is the first); empty for one space
     parts: tuple[int, ...] = ()
+    #: where the channel axis sits among the non-batch axes (0: channels first)
+    channel_axis: int = 0
+    #: per position axis, the neuron space a layer acting on that axis wrote (token mixing),
+    #: or None for fixed spatial or token positions; empty when every position axis is fixed
+    axis_spaces: tuple[int | None, ...] = ()
 
     @property
     def members(self) -> tuple[int, ...]:
         """The spaces along the channel axis, in order."""
         return self.parts or (self.space,)
+
+    @property
+    def position_spaces(self) -> tuple[int | None, ...]:
+        """Per position axis, its neuron space or None (fixed)."""
+        return self.axis_spaces or (None,) * len(self.positions)
+
+    @property
+    def all_spaces(self) -> tuple[int, ...]:
+        """Every neuron space the value's entries are indexed by."""
+        return (*self.members, *(k for k in self.position_spaces if k is not None))
+
+    @property
+    def plain(self) -> bool:
+        """Channels first with fixed positions: the layout convolutions and pools read."""
+        return self.channel_axis == 0 and not any(k is not None for k in self.axis_spaces)
+
+    def layout(self) -> list[int | None]:
+        """Per non-batch axis: ``-1`` for the channel axis, else its position's space or None."""
+        axes: list[int | None] = list(self.position_spaces)
+        axes.insert(self.channel_axis, -1)
+        return axes
 
 
 def where_of(node: fx.Node) -> str:
@@ -127,6 +159,8 @@ class WalkState:
         # BatchNorm reading it alone can take the scaling of its output (see batch_norm)
         self.rows: dict[fx.Node, list[tuple[int, int]]] = {}
         self.called: set[str] = set()
+        #: nodes that are a parameter or buffer, or a reshaped view of one -> its target
+        self.param_views: dict[fx.Node, str] = {}
         self.layer = 0
         self.input_key = -1
         self.output_key = -1
@@ -135,7 +169,10 @@ class WalkState:
     def weight_space(self, name: str) -> WeightSpaceSpec:
         """The typed weight space of what the walk found (no group yet)."""
         roots = sorted({self.root_of(key) for key in self.spaces})
-        names: dict[int, str] = {}
+        names: dict[int, str] = {
+            root: fixed for root in roots if (fixed := self.spaces[root].fixed) is not None
+        }
+        roots = [root for root in roots if root not in names]
         spaces: list[NeuronSpace] = []
         hidden = 0
         for root in roots:
@@ -165,10 +202,7 @@ class WalkState:
         tensors: list[TensorSpec] = []
         buffers: list[TensorSpec] = []
         for param in self.params:
-            axes = tuple(
-                Axis(space if isinstance(space, str) else names[self.root_of(space)], character)
-                for space, character in param.axes
-            )
+            axes = tuple(self._axis(space, character, names) for space, character in param.axes)
             if param.kind == "buffer":  # named by its state-dict key (unique, never a feature)
                 tensor_name = param.source_key
                 if param.source_slice is not None:
@@ -193,6 +227,12 @@ class WalkState:
             buffers=tuple(buffers),
             source=self.where,
         )
+
+    def _axis(self, space: int | str, character: int, names: dict[int, str]) -> Axis:
+        if isinstance(space, str):
+            return Axis(space, character)
+        root = self.root_of(space)
+        return Axis(names[root], 0 if self.spaces[root].fixed else character)
 
     # -- errors and bookkeeping ---------------------------------------------------------
     def fail(self, node: fx.Node, message: str, module: nn.Module | None = None) -> SpecError:
@@ -224,6 +264,14 @@ class WalkState:
         keep.ties += [*gone.ties, f"{gone.origin} (tied by {why})"]
         keep.is_input |= gone.is_input
         keep.is_output |= gone.is_output
+        keep.fixed = keep.fixed or gone.fixed
+
+    def fix(self, key: int, why: str) -> None:
+        """Make a space fixed: a token axis a layer wrote that meets fixed positions (its
+        parameters' axes on it become the fixed space of its size)."""
+        record = self.record(key)
+        if record.fixed is None and not (record.is_input or record.is_output):
+            record.fixed = self.fixed_space("x", record.size, f"positions ({why})")
 
     def fixed_space(self, prefix: str, size: int, what: str) -> str:
         name = f"{prefix}{size}"
@@ -267,7 +315,8 @@ class WalkState:
         return sum(self.record(key).size for key in x.members)
 
     def constrain(self, x: Label, scaling: Scaling, why: str) -> None:
-        for key in dict.fromkeys(self.root_of(k) for k in x.members):
+        """Record what scaling passes on every space the value's entries are indexed by."""
+        for key in dict.fromkeys(self.root_of(k) for k in x.all_spaces):
             self.spaces[key].constraints.append((scaling, why))
 
     def label(self, node: fx.Node, value: Any, what: str) -> Label:
@@ -282,16 +331,31 @@ class WalkState:
             if isinstance(a, fx.Node) and a in self.labels
         ]
 
-    def check_attrs(self, node: fx.Node) -> None:
-        if ops.is_product(node):
-            return  # a per-channel parameter times activations: decided in scale()
-        for arg in flat_args((node.args, node.kwargs)):
-            if isinstance(arg, fx.Node) and arg.op == "get_attr":
+    def check_attrs(self, node: fx.Node) -> bool:
+        """Follow parameters through reshapes (True: ``node`` is such a view, nothing more to
+        do); refuse them anywhere but the operations that read them (products, additions,
+        addcmul, functional norms)."""
+        args = list(flat_args((node.args, node.kwargs)))
+        first = node.args[0] if node.args else None
+        if (
+            isinstance(first, fx.Node)
+            and first in self.param_views
+            and not self.tensor_args(node)
+            and ops.is_view(node)
+        ):
+            self.param_views[node] = self.param_views[first]
+            return True
+        if ops.reads_parameters(node):
+            return False
+        for arg in args:
+            if isinstance(arg, fx.Node) and arg in self.param_views:
                 raise self.fail(
                     node,
-                    f"uses the parameter or buffer '{arg.target}' directly; only parameters "
-                    "of nn.Linear, nn.Conv1d/2d/3d, BatchNorm and LayerNorm modules are supported",
+                    f"uses the parameter or buffer '{self.param_views[arg]}' directly; only "
+                    "parameters of nn.Linear, nn.Conv1d/2d/3d, BatchNorm and LayerNorm modules, "
+                    "and per-channel parameters multiplied or added, are supported",
                 )
+        return False
 
     def vector_size(self, label: Label) -> int:
         return self.channels(label) * math.prod(label.positions)

@@ -8,22 +8,21 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import torch
 import torch.fx as fx
-from torch import nn
 
 from derive.frontend import trace_ops as ops
-from derive.frontend.trace_state import Label, WalkState, shape_of, where_of
+from derive.frontend.trace_axes import AxisRules
+from derive.frontend.trace_state import Label, shape_of, where_of
 from derive.weightspace.model import Scaling
 
 __all__ = ["ValueRules"]
 
 
-class ValueRules(WalkState):
+class ValueRules(AxisRules):
     """Operations shared by modules, functions and tensor methods."""
 
     def activation(self, node: fx.Node, x: Label, name: str, where: str) -> Label:
-        for key in dict.fromkeys(self.root_of(k) for k in x.members):
+        for key in dict.fromkeys(self.root_of(k) for k in x.all_spaces):
             self.spaces[key].activations.append((name, where))
         return x
 
@@ -36,6 +35,7 @@ class ValueRules(WalkState):
         in_shape = shape_of(node.args[0]) if isinstance(node.args[0], fx.Node) else None
         if x.flat or out_shape is None or in_shape is None or out_shape[:2] != in_shape[:2]:
             raise self.fail(node, "pools over something other than spatial positions")
+        self.require_plain(node, x, what)
         if is_max:
             self.constrain(
                 x,
@@ -59,32 +59,6 @@ class ValueRules(WalkState):
             return replace(label, copies=False)
         return label
 
-    def reshape(self, node: fx.Node, x: Label) -> Label:
-        out_shape = shape_of(node)
-        in_shape = shape_of(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-        assert out_shape is not None and in_shape is not None
-        size = self.channels(x)
-        if x.flat:
-            if out_shape == in_shape:
-                return x
-        elif (
-            len(out_shape) == 2
-            and out_shape[0] == in_shape[0]
-            and out_shape[1] == size * math.prod(x.positions)
-        ):
-            return (
-                replace(x, flat=True)
-                if math.prod(x.positions) > 1
-                else replace(x, positions=(), copies=False)
-            )
-        elif out_shape[:2] == in_shape[:2] and math.prod(out_shape[2:]) == math.prod(x.positions):
-            return replace(x, positions=out_shape[2:])
-        raise self.fail(
-            node,
-            f"reshapes {in_shape} to {out_shape}; only flattening (batch, channels, ...) into "
-            "(batch, features) or reshaping the spatial axes is supported",
-        )
-
     def add(self, node: fx.Node, operands: Sequence[Any]) -> Label:
         labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
         others = [a for a in operands if not (isinstance(a, fx.Node) and a in self.labels)]
@@ -95,6 +69,13 @@ class ValueRules(WalkState):
                 raise self.fail(
                     node, f"adds tensors of different shapes {sorted(map(str, shapes))}"
                 )
+            if a.channel_axis != b.channel_axis:
+                raise self.fail(
+                    node,
+                    f"adds a value with channels at dim {1 + a.channel_axis} to one with "
+                    f"channels at dim {1 + b.channel_axis}",
+                )
+            self._tie_positions(node, a, b)
             sizes_a = [self.record(k).size for k in a.members]
             sizes_b = [self.record(k).size for k in b.members]
             if sizes_a != sizes_b:
@@ -105,6 +86,9 @@ class ValueRules(WalkState):
                 self.tie(key_a, key_b, f"the addition in '{where_of(node)}'")
             return replace(a, copies=a.copies and b.copies)
         (x,) = (self.labels[n] for n in labelled)
+        views = [o for o in others if isinstance(o, fx.Node) and o in self.param_views]
+        if len(views) == 1 and len(others) == 1:
+            return self.channel_shift(node, x, views[0])
         if any(isinstance(o, fx.Node) for o in others):
             raise self.fail(node, "adds a tensor that does not come from the network input")
         if any(o != 0 for o in others):
@@ -113,13 +97,28 @@ class ValueRules(WalkState):
             )
         return x
 
+    def _tie_positions(self, node: fx.Node, a: Label, b: Label) -> None:
+        """Positions added together are one index set: spaces a layer wrote on a token axis
+        are tied, or become fixed where the other value's positions are fixed."""
+        why = f"the addition in '{where_of(node)}'"
+        for key_a, key_b in zip(a.position_spaces, b.position_spaces):
+            if key_a is not None and key_b is not None:
+                self.tie(key_a, key_b, why)
+            elif key_a is not None or key_b is not None:
+                self.fix(key_a if key_a is not None else key_b, why)  # type: ignore[arg-type]
+
     def scale(self, node: fx.Node, operands: Sequence[Any], divides: bool) -> Label:
         labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
         others = [a for a in operands if isinstance(a, fx.Node) and a not in labelled]
         if not divides and len(labelled) == 2:
             return self.gate(node, [self.labels[a] for a in labelled])
-        if not divides and len(labelled) == 1 and len(others) == 1 and others[0].op == "get_attr":
-            return self.channel_scale(node, self.labels[labelled[0]], str(others[0].target))
+        if (
+            not divides
+            and len(labelled) == 1
+            and len(others) == 1
+            and others[0] in self.param_views
+        ):
+            return self.channel_scale(node, self.labels[labelled[0]], others[0])
         if len(labelled) != 1 or others:
             raise self.fail(
                 node, "multiplies network activations by a tensor; only constants are supported"
@@ -139,7 +138,14 @@ class ValueRules(WalkState):
         aligned = len(a.positions) == len(b.positions) and (
             a.positions == b.positions or 1 in (math.prod(a.positions), math.prod(b.positions))
         )
-        if a.flat or b.flat or sizes[0] != sizes[1] or not aligned:
+        if (
+            a.flat
+            or b.flat
+            or sizes[0] != sizes[1]
+            or not aligned
+            or a.channel_axis != b.channel_axis
+            or any(k is not None for k in (*a.axis_spaces, *b.axis_spaces))
+        ):
             raise self.fail(
                 node,
                 "multiplies activations of different channels; only gates x * g(x) with one "
@@ -156,29 +162,6 @@ class ValueRules(WalkState):
         wide = a if tuple(out_shape[2:]) == a.positions else b
         return replace(wide, copies=a.copies and b.copies)
 
-    def channel_scale(self, node: fx.Node, x: Label, target: str) -> Label:
-        """``gamma * x`` with a parameter of one value per channel (layer scale): a tensor of
-        the weight space on the channel axis, character 0 (the product scales with x)."""
-        module_path, _, attr = target.rpartition(".")
-        value = getattr(self.modules[module_path], attr, None)
-        size = self.channels(x)
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
-        rank = 1 + len(x.positions)  # channel and positions, without the batch axis
-        trimmed = shape[1:] if len(shape) == rank + 1 and shape[0] == 1 else shape
-        per_channel = len(trimmed) == rank and trimmed[0] == size and set(trimmed[1:]) <= {1}
-        if not isinstance(value, nn.Parameter) or x.parts or x.flat or not per_channel:
-            raise self.fail(
-                node,
-                f"multiplies network activations by '{target}' of shape {shape}; only a "
-                f"parameter with one value per channel (shape ({size},) or ({size}, 1, ...)) is "
-                "supported",
-            )
-        if any(p.source_key == target for p in self.params):
-            raise self.fail(node, f"uses the parameter '{target}' twice")
-        self.layer += 1
-        self.add_param(module_path, attr, "weight", [(x.space, 0)])
-        return x
-
     def cat(self, node: fx.Node) -> Label:
         """Concatenation along the channel axis: a direct sum of the parts' spaces (each part
         keeps its own permutation and scaling; layers reading it get one weight per part)."""
@@ -189,18 +172,31 @@ class ValueRules(WalkState):
         labels = [self.label(node, value, "a concatenated tensor") for value in values]
         first = labels[0]
         rank = 2 + (0 if first.flat else len(first.positions))
-        if not isinstance(dim, int) or dim % rank != 1:
+        if not isinstance(dim, int) or dim % rank != 1 + first.channel_axis:
             raise self.fail(
-                node, f"concatenates along dim {dim}; only the channel axis (dim 1) is supported"
+                node,
+                f"concatenates along dim {dim}; only the channel axis (dim "
+                f"{1 + first.channel_axis}) is supported",
             )
-        if any(x.flat or x.positions != first.positions for x in labels):
-            raise self.fail(node, "concatenates tensors of different spatial shapes or flattened")
+        if any(
+            x.flat
+            or x.positions != first.positions
+            or x.channel_axis != first.channel_axis
+            or x.axis_spaces
+            for x in labels
+        ):
+            raise self.fail(
+                node,
+                "concatenates tensors of different layouts or spatial shapes, flattened ones, "
+                "or ones with positions a layer wrote",
+            )
         members = tuple(key for x in labels for key in x.members)
         return Label(
             members[0],
             first.positions,
             copies=all(x.copies for x in labels),
             parts=members if len(members) > 1 else (),
+            channel_axis=first.channel_axis,
         )
 
     def rounding(self, node: fx.Node, operands: Sequence[Any]) -> Label:
@@ -221,20 +217,22 @@ class ValueRules(WalkState):
 
     def reduce(self, node: fx.Node, x: Label, is_max: bool) -> Label:
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        rank = 2 + len(x.positions)
-        if dims is None or x.flat:
-            raise self.fail(
-                node, "reduces over neurons; only reductions over spatial axes are supported"
-            )
         listed = (
             [dims]
             if isinstance(dims, int)
             else list(dims)
             if isinstance(dims, (list, tuple))
-            else [None]
+            else []
         )
-        if any(not isinstance(d, int) or d % rank < 2 for d in listed):
+        if not listed or x.flat or any(not isinstance(d, int) for d in listed):
             raise self.fail(
-                node, f"reduces over dims {dims}; only spatial axes (2 and up) are supported"
+                node, "reduces over neurons; only reductions over position axes are supported"
             )
-        return self.pool(node, x, is_max, ops.target_name(node.target))
+        if x.plain:
+            rank = 2 + len(x.positions)
+            if any(d % rank < 2 for d in listed):
+                raise self.fail(
+                    node, f"reduces over dims {dims}; only spatial axes (2 and up) are supported"
+                )
+            return self.pool(node, x, is_max, ops.target_name(node.target))
+        return self.reduce_positions(node, x, is_max, listed)

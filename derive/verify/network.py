@@ -27,13 +27,30 @@ NETWORK_TOLERANCE = 1e-10
 MIN_OUTSIDE_CHANGE = 1e-6
 
 
+def _randomize_constants(model: nn.Module, generator: torch.Generator) -> None:
+    """Give random values to parameters whose entries are all equal (zero-initialized heads,
+    layer scales of 1e-6, unit norm weights): a constant tensor hides what happens on its axes,
+    and a tiny layer scale hides the branch behind it."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            flat = parameter.reshape(-1)
+            if flat.numel() < 2 or not bool((flat == flat[0]).all()):
+                continue
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            if parameter.dim() >= 2:
+                parameter.copy_(noise / parameter[0].numel() ** 0.5)
+            else:
+                parameter.copy_(0.5 + 0.5 * noise)
+
+
 def _test_network(module: nn.Module, seed: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """A float64 copy in eval mode whose BatchNorm running statistics are those of its own
-    activations (one pass over random inputs), then perturbed, so that the action on them is
-    exercised while signals still reach the output (statistics far from the activations' would
-    drown them in constants)."""
+    """A float64 copy in eval mode with random values in its constant parameters, whose
+    BatchNorm running statistics are those of its own activations (one pass over random
+    inputs), then perturbed, so that the action on them is exercised while signals still reach
+    the output (statistics far from the activations' would drown them in constants)."""
     model = copy.deepcopy(module).double()
     generator = torch.Generator().manual_seed(seed)
+    _randomize_constants(model, generator)
     norms = [
         sub
         for sub in model.modules()

@@ -424,14 +424,16 @@ class Gate(nn.Module):
         return self.a(x) * torch.sigmoid(self.b(x))
 
 
-class ConvNoFlatten(nn.Module):
+class ConvChannelsLast(nn.Module):
+    """A convolution reading a channels-last map (its dim 1 is not the channel axis)."""
+
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
+        self.conv = nn.Conv2d(2, 2, 1)
         self.fc = nn.Linear(2, 2)
 
     def forward(self, x):
-        return self.fc(self.conv(x))
+        return self.conv(self.fc(x.permute(0, 2, 3, 1)))
 
 
 BAD_MODULES = {
@@ -450,15 +452,15 @@ BAD_MODULES = {
         (2,),
         "learned activation slopes",
     ),
-    "linear-on-feature-map": (ConvNoFlatten(), (1, 4, 4), "fc"),
+    "conv-on-channels-last": (ConvChannelsLast(), (2, 2, 2), "channel axis of this value is dim 3"),
     "wrong-input-shape": (
         nn.Sequential(nn.Linear(3, 2)),
         (4,),
         "fails on an input of shape (2, 4)",
     ),
     "layer-norm-partial": (
-        nn.Sequential(nn.Conv1d(1, 2, 1), nn.LayerNorm(3), nn.Flatten(), nn.Linear(6, 1)),
-        (1, 3),
+        nn.Sequential(nn.Conv2d(1, 2, 1), nn.LayerNorm((3, 3)), nn.Flatten(), nn.Linear(18, 1)),
+        (1, 3, 3),
         "only a LayerNorm over all",
     ),
     "not-a-module": (lambda x: x, (2,), "expected an nn.Module"),

@@ -403,8 +403,22 @@ def test_products_that_are_not_gates_or_channel_scales_are_refused():
         def forward(self, x):
             return self.head((self.conv(x) * self.scale).mean(dim=(2, 3)))
 
-    with pytest.raises(Exception, match=r"'scale' of shape \(2, 4, 4\); only a parameter with"):
-        derive(Positions(), (1, 4, 4))
+    # one value per channel and position: the tensor has the channel axis and fixed positions
+    scale = derive(Positions(), (1, 4, 4)).space.tensor("W2")
+    assert [(a.space, a.character) for a in scale.axes] == [("h1", 0), ("x4", 0), ("x4", 0)]
+
+    class Rows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+            self.scale = nn.Parameter(torch.ones(1, 4, 1))  # shared by the channels
+            self.head = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.head((self.conv(x) * self.scale).mean(dim=(2, 3)))
+
+    with pytest.raises(Exception, match=r"'scale' of shape \(1, 4, 1\); only parameters with"):
+        derive(Rows(), (1, 4, 4))
 
     class Outer(nn.Module):
         def __init__(self) -> None:

@@ -1,0 +1,229 @@
+"""Where the channel axis goes: permutes and transposes (channels-last and token layouts),
+reshapes that keep the channel axis whole, reductions over positions, and parameters used
+directly in ``forward`` (layer scales, per-channel affines, position embeddings)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from derive.frontend.trace_state import Label, WalkState, shape_of, where_of
+from derive.weightspace.model import Scaling
+
+__all__ = ["AxisRules"]
+
+
+class AxisRules(WalkState):
+    """Layouts: channel axis and position axes through reorderings, reshapes and reductions."""
+
+    def require_plain(
+        self, node: fx.Node, x: Label, what: str, module: nn.Module | None = None
+    ) -> None:
+        """Convolutions, BatchNorm and pools read (batch, channels, positions...) only."""
+        if x.flat:
+            return
+        if x.channel_axis != 0:
+            raise self.fail(
+                node,
+                f"{what} reads dim 1 as channels, but the channel axis of this value is dim "
+                f"{1 + x.channel_axis} (permute it back to channels first)",
+                module,
+            )
+        if not x.plain:
+            raise self.fail(node, f"{what} of positions that a layer wrote (token mixing)", module)
+
+    def constrain_keys(self, keys: Sequence[int], scaling: Scaling, why: str) -> None:
+        for key in dict.fromkeys(self.root_of(k) for k in keys):
+            self.spaces[key].constraints.append((scaling, why))
+
+    # -- layouts --------------------------------------------------------------------------
+    def permute(self, node: fx.Node, x: Label, order: list[int]) -> Label:
+        """Reorder the axes: the channel axis and every position (fixed or written by a
+        layer) move with them."""
+        if x.flat and x.positions:
+            raise self.fail(node, "permutes a flattened feature map (channels and positions)")
+        rank = 2 + len(x.positions)
+        if sorted(order) != list(range(rank)) or order[0] != 0:
+            raise self.fail(node, f"reorders axes {order}; the batch axis (dim 0) must stay first")
+        layout = x.layout()
+        sizes = list(x.positions)
+        sizes.insert(x.channel_axis, self.channels(x))
+        moved = [(layout[d - 1], sizes[d - 1]) for d in order[1:]]
+        channel_axis = [axis for axis, _ in moved].index(-1)
+        rest = [(axis, size) for axis, size in moved if axis != -1]
+        spaces = tuple(axis for axis, _ in rest)
+        return replace(
+            x,
+            positions=tuple(size for _, size in rest),
+            channel_axis=channel_axis,
+            axis_spaces=spaces if any(k is not None for k in spaces) else (),
+        )
+
+    def reshape(self, node: fx.Node, x: Label) -> Label:
+        """Reshapes that keep the channel axis whole: flattening channels-first maps into
+        (batch, features), or regrouping the positions on either side of the channel."""
+        out_shape = shape_of(node)
+        in_shape = shape_of(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        assert out_shape is not None and in_shape is not None
+        if out_shape == in_shape:
+            return x
+        size = self.channels(x)
+        count = math.prod(x.positions)
+        if (not x.flat and x.plain) or (not x.flat and count == 1):
+            if len(out_shape) == 2 and out_shape[1] == size * count:
+                if count == 1:
+                    return Label(x.space, (), parts=x.parts)
+                if x.channel_axis == 0:
+                    return replace(x, flat=True)
+            if x.plain:
+                split = self._channel_position(out_shape, x, size)
+                if split is not None:
+                    positions = out_shape[1:split] + out_shape[split + 1 :]
+                    return replace(x, positions=positions, channel_axis=split - 1)
+        elif not x.flat:
+            raise self.fail(
+                node, f"reshapes {in_shape} to {out_shape}, across positions a layer wrote"
+            )
+        raise self.fail(
+            node,
+            f"reshapes {in_shape} to {out_shape}; only flattening (batch, channels, ...) into "
+            "(batch, features) or regrouping the positions around the channel axis is supported",
+        )
+
+    def _channel_position(self, out_shape: tuple[int, ...], x: Label, size: int) -> int | None:
+        """The dim of ``out_shape`` that is the channel axis, if the reshape regroups only the
+        positions before it and those after it (the one nearest the old place wins)."""
+        before = math.prod(x.positions[: x.channel_axis])
+        after = math.prod(x.positions[x.channel_axis :])
+        fits = [
+            j
+            for j in range(1, len(out_shape))
+            if out_shape[j] == size
+            and math.prod(out_shape[1:j]) == before
+            and math.prod(out_shape[j + 1 :]) == after
+        ]
+        return min(fits, key=lambda j: abs(j - 1 - x.channel_axis)) if fits else None
+
+    def reduce_positions(self, node: fx.Node, x: Label, is_max: bool, dims: list[int]) -> Label:
+        """A mean, sum or max over position axes of any layout (``dims`` of the full shape)."""
+        rank = 2 + len(x.positions)
+        axes = sorted({d % rank for d in dims})
+        if 0 in axes or 1 + x.channel_axis in axes:
+            raise self.fail(
+                node, f"reduces over dims {dims}; only position axes (not batch or channel) are"
+            )
+        keepdim = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+        layout = x.layout()
+        sizes = list(x.positions)
+        sizes.insert(x.channel_axis, self.channels(x))
+        where = where_of(node)
+        reduced = [k for d in axes if (k := layout[d - 1]) is not None]
+        self.constrain_keys(reduced, Scaling.NONE, f"the reduction over neurons in '{where}'")
+        if is_max:
+            self.constrain(
+                x, Scaling.POSITIVE, f"the maximum in '{where}' (a sign flip turns max into min)"
+            )
+        kept: list[tuple[int | None, int]] = []
+        for d, entry in enumerate(zip(layout, sizes)):
+            if d + 1 not in axes:
+                kept.append(entry)
+            elif keepdim:
+                kept.append((None, 1))
+        channel_axis = [axis for axis, _ in kept].index(-1)
+        rest = [(axis, size) for axis, size in kept if axis != -1]
+        spaces = tuple(axis for axis, _ in rest)
+        positions = tuple(size for _, size in rest)
+        return replace(
+            x,
+            positions=positions,
+            channel_axis=channel_axis,
+            axis_spaces=spaces if any(k is not None for k in spaces) else (),
+            copies=x.copies and math.prod(positions) > 1,
+        )
+
+    # -- parameters used directly ---------------------------------------------------------
+    def param_axes(
+        self, node: fx.Node, x: Label, view: fx.Node, character: int, what: str
+    ) -> tuple[str, str, list[tuple[int | str, int]]]:
+        """The module path, attribute and axes of a parameter broadcast against ``x``: one
+        axis per dim it does not broadcast (the channel axis with ``character``, positions
+        fixed or their layer's space)."""
+        target = self.param_views[view]
+        module_path, _, attr = target.rpartition(".")
+        value = getattr(self.modules[module_path], attr, None)
+        shape = shape_of(view) or (tuple(value.shape) if isinstance(value, torch.Tensor) else ())
+        rank = 1 + len(x.positions)
+        wide = (1,) * (rank + 1 - len(shape)) + tuple(shape)
+        sizes = list(x.positions)
+        sizes.insert(x.channel_axis, self.channels(x))
+        fits = (
+            isinstance(value, nn.Parameter)
+            and len(wide) == rank + 1
+            and wide[0] == 1
+            and not x.flat
+            and not x.parts
+            and all(n in (1, size) for n, size in zip(wide[1:], sizes))
+            and wide[1 + x.channel_axis] == sizes[x.channel_axis]
+        )
+        if not fits:
+            raise self.fail(
+                node,
+                f"{what} '{target}' of shape {tuple(shape)}; only parameters with one value per "
+                "channel (possibly also per position) are supported",
+            )
+        if any(p.source_key == target for p in self.params):
+            raise self.fail(node, f"uses the parameter '{target}' twice")
+        axes: list[tuple[int | str, int]] = []
+        for axis, n in zip(x.layout(), wide[1:]):
+            if n == 1:
+                continue
+            if axis == -1:
+                axes.append((x.space, character))
+            elif axis is None:
+                axes.append((self.fixed_space("x", n, "positions"), 0))
+            else:
+                axes.append((axis, character))
+        return module_path, attr, axes
+
+    def channel_scale(self, node: fx.Node, x: Label, view: fx.Node) -> Label:
+        """``gamma * x`` with a parameter of one value per channel (layer scale, an affine's
+        weight): a tensor of the weight space, character 0 (the product scales with x)."""
+        module_path, attr, axes = self.param_axes(node, x, view, 0, "multiplies activations by")
+        self.layer += 1
+        self.add_param(module_path, attr, "weight", axes)
+        return x
+
+    def channel_shift(self, node: fx.Node, x: Label, view: fx.Node) -> Label:
+        """``x + beta`` with a parameter per channel (an affine's bias, a position
+        embedding): a bias of the weight space, character 1 (it scales with x)."""
+        module_path, attr, axes = self.param_axes(node, x, view, 1, "adds to activations")
+        last = self.params[-1] if self.params else None
+        if not (last and last.module == module_path and last.kind == "weight"):
+            self.layer += 1  # else the bias of the weight just recorded (an affine)
+        self.add_param(module_path, attr, "bias", axes)
+        return x
+
+    def affine(self, node: fx.Node, operands: Sequence[Any]) -> Label:
+        """``torch.addcmul(beta, alpha, x)``: ``beta + alpha * x`` with per-channel
+        parameters (timm's Affine)."""
+        shift, *factors = operands[:3]
+        labelled = [a for a in factors if isinstance(a, fx.Node) and a in self.labels]
+        views = [a for a in factors if isinstance(a, fx.Node) and a in self.param_views]
+        value = node.kwargs.get("value", operands[3] if len(operands) > 3 else 1)
+        if (
+            len(labelled) != 1
+            or len(views) != 1
+            or not (isinstance(shift, fx.Node) and shift in self.param_views)
+            or value != 1
+        ):
+            raise self.fail(
+                node, "only addcmul(beta, alpha, x) with per-channel parameters is supported"
+            )
+        x = self.channel_scale(node, self.labels[labelled[0]], views[0])
+        return self.channel_shift(node, x, shift)

@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# torchvision's model definitions for the real-model tests (they skip without it); no deps,
 	# so that it never replaces the CPU torch above
 	$(BIN)/pip install --quiet --no-deps torchvision==0.28.0 pillow || echo "torchvision not installed: real-model tests skip"
+	# timm's model definitions likewise (imported without their optional hub dependencies)
+	$(BIN)/pip install --quiet --no-deps timm==1.0.31 pyyaml || echo "timm not installed: timm tests skip"
 	touch $(STAMP)
 
 ## derive, generate and verify layers for the built-in example (a ReLU MLP 784-64-64-10)

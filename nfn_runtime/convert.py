@@ -57,8 +57,7 @@ def read_source(layout: WeightSpaceLayout, spec: TensorLayout, value: Tensor) ->
     """``spec``'s entries taken from its state-dict entry ``value`` (its slice of it, for a
     part), in axis shape."""
     if spec.source_slice is not None:
-        dim, start, stop = spec.source_slice
-        value = value.narrow(dim, start, stop - start)
+        value = value[(slice(None),) * (value.dim() - len(spec.source_shape)) + spec.source_index()]
     return value.reshape(layout.shape(spec))
 
 
@@ -66,21 +65,38 @@ def write_sources(
     layout: WeightSpaceLayout, specs: Sequence[TensorLayout], values: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
     """State-dict entries from tensors in axis shape (``values`` by tensor name): the parts of
-    one entry are joined along their slice dimension (autograd flows through)."""
+    one entry are written into it at their slices (autograd flows through)."""
     out: dict[str, Tensor] = {}
-    parts: dict[str, list[tuple[int, int, Tensor]]] = {}
+    parts: dict[str, list[tuple[TensorLayout, Tensor]]] = {}
     for spec in specs:
         key = _source_key(spec)
         value = values[spec.name]
         if spec.source_slice is None:
             out[key] = value.reshape(_source_shape(layout, spec))
             continue
-        dim, start, _ = spec.source_slice
-        parts.setdefault(key, []).append((dim, start, value.reshape(spec.part_shape())))
+        parts.setdefault(key, []).append((spec, value.reshape(spec.part_shape())))
     for key, pieces in parts.items():
-        pieces.sort(key=lambda piece: piece[1])
-        out[key] = torch.cat([piece[2] for piece in pieces], dim=pieces[0][0])
+        first = pieces[0][0]
+        covered = sum(math.prod(piece.part_shape()) for piece, _ in pieces)
+        if covered != math.prod(first.source_shape):
+            raise ValueError(
+                f"layout error: the parts of {key!r} cover {covered} of its "
+                f"{math.prod(first.source_shape)} entries"
+            )
+        whole = pieces[0][1].new_zeros(tuple(first.source_shape))
+        for piece, value in pieces:
+            whole = whole.index_put(_open_index(whole, piece), value)
+        out[key] = whole
     return out
+
+
+def _open_index(whole: Tensor, piece: TensorLayout) -> tuple[Tensor, ...]:
+    """``piece.source_index()`` as index tensors (for ``index_put``, which keeps autograd)."""
+    ranges = [
+        torch.arange(n, device=whole.device)[index]
+        for n, index in zip(whole.shape, piece.source_index())
+    ]
+    return tuple(torch.meshgrid(*ranges, indexing="ij"))
 
 
 def weight_space_from_state_dicts(

@@ -14,7 +14,12 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
 
+#: the entries of a state-dict entry one tensor holds: ``(dim, start, stop, step)`` per sliced
+#: dim (a layer reading a concatenation or a channel split has one tensor per part)
+SourceSlice = tuple[tuple[int, int, int, int], ...]
+
 __all__ = [
+    "SourceSlice",
     "SCALING_KINDS",
     "AxisLayout",
     "ScalingKind",
@@ -73,18 +78,24 @@ class TensorLayout:
     axes: tuple[AxisLayout, ...]
     source_key: str = ""
     source_shape: tuple[int, ...] = ()
-    #: ``(dim, start, stop)`` when the tensor is one part of its state-dict entry (a layer
-    #: reading a concatenation has one weight per part); ``source_shape`` is the whole entry's
-    source_slice: tuple[int, int, int] | None = None
+    #: the slices ``(dim, start, stop, step)`` when the tensor is one part of its state-dict
+    #: entry (a layer reading a concatenation, a grouped convolution, a channel split has one
+    #: tensor per part); ``source_shape`` is the whole entry's
+    source_slice: SourceSlice | None = None
 
     def part_shape(self) -> tuple[int, ...]:
         """The shape of the tensor's entries in the state dict (its slice, if any)."""
-        if self.source_slice is None:
-            return tuple(self.source_shape)
-        dim, start, stop = self.source_slice
         shape = list(self.source_shape)
-        shape[dim] = stop - start
+        for dim, start, stop, step in self.source_slice or ():
+            shape[dim] = len(range(start, stop, step))
         return tuple(shape)
+
+    def source_index(self) -> tuple[slice, ...]:
+        """The index of the tensor's entries in its state-dict entry."""
+        index = [slice(None)] * len(self.source_shape)
+        for dim, start, stop, step in self.source_slice or ():
+            index[dim] = slice(start, stop, step)
+        return tuple(index)
 
 
 @dataclass(frozen=True)

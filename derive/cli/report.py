@@ -6,6 +6,7 @@ Three renderings of one :class:`Report`: a readable table, LaTeX formulas, and J
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from derive.basis.expressions import formula_text, map_formula
@@ -33,12 +34,12 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     return lines
 
 
-def _blocks_dict(blocks: tuple[BlockBasis, ...]) -> dict[str, int]:
+def _blocks_dict(blocks: Sequence[BlockBasis]) -> dict[str, int]:
     return {b.key: b.dim for b in blocks}
 
 
 def _maps(
-    space: WeightSpaceSpec, blocks: tuple[BlockBasis, ...], latex: bool
+    space: WeightSpaceSpec, blocks: Sequence[BlockBasis], latex: bool
 ) -> list[dict[str, Any]]:
     out = []
     for block in blocks:
@@ -70,7 +71,11 @@ def _tensor_entry(space: WeightSpaceSpec, tensor: TensorSpec) -> dict[str, Any]:
         "axes": [a.space for a in tensor.axes],
         "characters": [a.character for a in tensor.axes],
         "source_key": tensor.source_key,
-        "source_slice": list(tensor.source_slice) if tensor.source_slice is not None else None,
+        "source_slice": (
+            [list(piece) for piece in tensor.source_slice]
+            if tensor.source_slice is not None
+            else None
+        ),
     }
 
 

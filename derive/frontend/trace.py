@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from derive.errors import SpecError
 from derive.frontend import trace_ops as ops
+from derive.frontend.trace_assembly import assemble
 from derive.frontend.trace_layers import LayerRules
 from derive.frontend.trace_state import Label, describe, flat_args, shape_of
 from derive.frontend.trace_values import ValueRules
@@ -48,6 +50,7 @@ class _Walker(LayerRules, ValueRules):
     # -- the walk -----------------------------------------------------------------------
     def run(self, graph: fx.Graph) -> None:
         for node in graph.nodes:
+            self.refresh()
             if node.op == "placeholder":
                 self.placeholder(node)
             elif node.op == "get_attr":
@@ -55,9 +58,12 @@ class _Walker(LayerRules, ValueRules):
             elif node.op == "output":
                 self.output(node)
             elif not self.check_attrs(node):
+                self.check_shuffle(node)
                 result = self.call(node)
                 if result is not None:
                     self.labels[node] = result
+                elif node in self.tuples:
+                    continue
                 elif self.tensor_args(node) and "tensor_meta" in node.meta:
                     # (queries such as x.size(0) or x.shape return no tensor and pass)
                     raise self.fail(node, "is not a supported operation on network activations")
@@ -88,6 +94,29 @@ class _Walker(LayerRules, ValueRules):
                 self.fix(key, "the network output")
         self.output_key = label.space
         self.record(self.output_key).is_output = True
+
+    def check_shuffle(self, node: fx.Node) -> None:
+        """A channel axis viewed as (groups, channels per group) only goes through the swap
+        and the view back of a channel shuffle."""
+        for arg in self.tensor_args(node):
+            if self.labels[arg].shuffle is None:
+                continue
+            if node.op == "call_method" and node.target in (
+                *ops.RESHAPE_METHODS,
+                *ops.PERMUTE_METHODS,
+                *ops.PASSTHROUGH_METHODS,
+            ):
+                return
+            if node.op == "call_function" and node.target in (
+                *ops.RESHAPE_FUNCTIONS,
+                *ops.PERMUTE_FUNCTIONS,
+            ):
+                return
+            raise self.fail(
+                node,
+                "acts on a channel axis viewed as (groups, channels per group); only a channel "
+                "shuffle (swap the two, view back) is supported",
+            )
 
     def call(self, node: fx.Node) -> Label | None:
         if node.op == "call_module":
@@ -139,10 +168,16 @@ class _Walker(LayerRules, ValueRules):
 
     # -- functions and methods ----------------------------------------------------------
     def call_function(self, node: fx.Node, target: Any) -> Label | None:
-        if not self.tensor_args(node):
-            return None
         args = node.args
         first = args[0] if args else None
+        if target is operator.getitem and first in self.tuples:
+            index = args[1] if len(args) > 1 else None
+            if not isinstance(index, int):
+                raise self.fail(node, "indexes the pieces of a split with a non-integer")
+            assert isinstance(first, fx.Node)
+            return self.tuples[first][index]
+        if not self.tensor_args(node):
+            return None
         name = ops.function_activation(target, tuple(args), dict(node.kwargs))
         if name is not None:
             return self.activation(node, self.label(node, first, "its input"), name, describe(node))
@@ -150,6 +185,9 @@ class _Walker(LayerRules, ValueRules):
             return self.label(node, first, "its input")
         if target in ops.CAT_FUNCTIONS:
             return self.cat(node)
+        if target in ops.SPLIT_FUNCTIONS:
+            self.split_channels(node, target, first)
+            return None
         if target in ops.PERMUTE_FUNCTIONS:
             x = self.label(node, first, "its input")
             order = ops.axis_order(target, tuple(args), dict(node.kwargs), self.rank_of(first))
@@ -188,6 +226,15 @@ class _Walker(LayerRules, ValueRules):
         if target in ops.SCALE_FUNCTIONS:
             return self.scale(node, list(args[:2]), target in ops.DIVIDE_FUNCTIONS)
         return None
+
+    def split_channels(self, node: fx.Node, target: Any, first: Any) -> None:
+        x = self.label(node, first, "its input")
+        length = self.channels(x)
+        sizes, dim = ops.split_sizes(target, tuple(node.args), dict(node.kwargs), length)
+        shape = shape_of(first) if isinstance(first, fx.Node) else None
+        if shape is not None and dim % len(shape) == 1 + x.channel_axis and sum(sizes) != length:
+            raise self.fail(node, f"splits {length} channels into pieces of {sizes}")
+        self.chunks(node, x, sizes, dim)
 
     def rank_of(self, value: Any) -> int:
         shape = shape_of(value) if isinstance(value, fx.Node) else None
@@ -235,6 +282,9 @@ class _Walker(LayerRules, ValueRules):
             return self.activation(node, x, ops.ACTIVATION_METHODS[method], describe(node))
         if method in ops.PASSTHROUGH_METHODS:
             return x
+        if method in ops.SPLIT_METHODS:
+            self.split_channels(node, method, first)
+            return None
         if method in ops.PERMUTE_METHODS:
             order = ops.axis_order(method, tuple(node.args), dict(node.kwargs), self.rank_of(first))
             return self.permute(node, x, order)
@@ -371,4 +421,4 @@ def trace_network(
             )
     if walker.layer == 0:
         raise SpecError("the module has no supported layer with parameters", where)
-    return walker.weight_space(name)
+    return assemble(walker, name)

@@ -4,6 +4,7 @@ directly in ``forward`` (layer scales, per-channel affines, position embeddings)
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -42,10 +43,51 @@ class AxisRules(WalkState):
         for key in dict.fromkeys(self.root_of(k) for k in keys):
             self.spaces[key].constraints.append((scaling, why))
 
+    def tie_channels(self, node: fx.Node, a: Label, b: Label, why: str) -> Label:
+        """Channel c of ``a`` and channel c of ``b`` are one neuron (an addition, a gate):
+        split the spaces of either at the other's part bounds, then tie part by part.
+        Returns ``a`` brought up to date."""
+        if self.channels(a) != self.channels(b):
+            raise self.fail(
+                node, f"combines {self.channels(a)} channels with {self.channels(b)} channels"
+            )
+        for x, y in ((a, b), (b, a)):
+            for _, start, step in self.segments(self.resolve(x)):
+                if step != 1:
+                    break
+                for key, begin, stride in self.segments(self.resolve(y)):
+                    inside = -(-(start - begin) // stride)
+                    if 0 < inside < self.size_of(key):
+                        self.cut(key, inside, why)
+        a, b = self.resolve(a), self.resolve(b)
+        seg_a = sorted(self.segments(a), key=lambda s: s[1])
+        seg_b = sorted(self.segments(b), key=lambda s: s[1])
+        shapes_a = [(start, step, self.size_of(k)) for k, start, step in seg_a]
+        shapes_b = [(start, step, self.size_of(k)) for k, start, step in seg_b]
+        if shapes_a != shapes_b:
+            raise self.fail(
+                node,
+                "combines channel axes whose parts interleave differently (a channel shuffle "
+                "on one side only)",
+            )
+        for (key_a, _, _), (key_b, _, _) in zip(seg_a, seg_b):
+            self.tie(key_a, key_b, why)
+        return self.resolve(a)
+
     # -- layouts --------------------------------------------------------------------------
     def permute(self, node: fx.Node, x: Label, order: list[int]) -> Label:
         """Reorder the axes: the channel axis and every position (fixed or written by a
         layer) move with them."""
+        if x.shuffle is not None:
+            swap = [0, 2, 1, *range(3, len(order))]
+            if order != swap:
+                raise self.fail(
+                    node,
+                    f"reorders axes {order} of a channel axis viewed as (groups, channels per "
+                    "group); only swapping the two (a channel shuffle) is supported",
+                )
+            groups, per_group, swapped = x.shuffle
+            return replace(x, shuffle=(groups, per_group, not swapped))
         if x.flat and x.positions:
             raise self.fail(node, "permutes a flattened feature map (channels and positions)")
         rank = 2 + len(x.positions)
@@ -67,12 +109,25 @@ class AxisRules(WalkState):
 
     def reshape(self, node: fx.Node, x: Label) -> Label:
         """Reshapes that keep the channel axis whole: flattening channels-first maps into
-        (batch, features), or regrouping the positions on either side of the channel."""
+        (batch, features), or regrouping the positions on either side of the channel; and the
+        two views of a channel shuffle."""
         out_shape = shape_of(node)
         in_shape = shape_of(node.args[0]) if isinstance(node.args[0], fx.Node) else None
         assert out_shape is not None and in_shape is not None
+        if x.shuffle is not None:
+            return self._end_shuffle(node, x, out_shape)
         if out_shape == in_shape:
             return x
+        size = self.channels(x)
+        if (
+            x.plain
+            and not x.flat
+            and len(out_shape) == len(in_shape) + 1
+            and out_shape[3:] == in_shape[2:]
+            and out_shape[1] * out_shape[2] == size
+            and out_shape[1] > 1
+        ):
+            return replace(x, shuffle=(out_shape[1], out_shape[2], False))
         size = self.channels(x)
         count = math.prod(x.positions)
         if (not x.flat and x.plain) or (not x.flat and count == 1):
@@ -95,6 +150,51 @@ class AxisRules(WalkState):
             f"reshapes {in_shape} to {out_shape}; only flattening (batch, channels, ...) into "
             "(batch, features) or regrouping the positions around the channel axis is supported",
         )
+
+    def _end_shuffle(self, node: fx.Node, x: Label, out_shape: tuple[int, ...]) -> Label:
+        """The view back to (batch, channels, positions...): after the swap, channel
+        ``a * per_group + b`` moves to ``b * groups + a`` (every part of the channel axis
+        within one group of the view is split at the group bounds first)."""
+        assert x.shuffle is not None
+        groups, per_group, swapped = x.shuffle
+        if tuple(out_shape[2:]) != x.positions or out_shape[1] != groups * per_group:
+            raise self.fail(
+                node,
+                f"reshapes a channel axis viewed as ({groups}, {per_group}) to {out_shape}; "
+                "only merging the two back is supported",
+            )
+        x = replace(x, shuffle=None)
+        if not swapped:
+            return x
+        why = f"the channel shuffle in '{where_of(node)}'"
+        for bound in range(per_group, groups * per_group, per_group):
+            for key, start, step in self.segments(self.resolve(x)):
+                inside = -(-(bound - start) // step)
+                if 0 < inside < self.size_of(key):
+                    self.cut(key, inside, why)
+        moved = []
+        for key, start, step in self.segments(self.resolve(x)):
+            block = start // per_group
+            moved.append((key, (start - block * per_group) * groups + block, step * groups))
+        moved.sort(key=lambda segment: segment[1])
+        return self.with_segments(replace(x, parts=(), strides=()), moved)
+
+    def chunks(self, node: fx.Node, x: Label, sizes: list[int], dim: int) -> None:
+        """``chunk`` or ``split`` along the channel axis: one label per piece (spaces that
+        straddle a bound are split), read by the ``getitem`` nodes that follow."""
+        rank = 2 + len(x.positions)
+        if x.flat or dim % rank != 1 + x.channel_axis:
+            raise self.fail(
+                node, f"splits along dim {dim}; only the channel axis (dim {1 + x.channel_axis})"
+            )
+        if any(self.record(key).is_input for key in x.members):
+            raise self.fail(node, "splits the channels of the network input")
+        why = f"the split in '{where_of(node)}'"
+        bounds = [0, *itertools.accumulate(sizes)]
+        for lo, hi in itertools.pairwise(bounds):
+            self.select(self.resolve(x), lo, hi, why)
+        x = self.resolve(x)
+        self.tuples[node] = [self.select(x, lo, hi, why) for lo, hi in itertools.pairwise(bounds)]
 
     def _channel_position(self, out_shape: tuple[int, ...], x: Label, size: int) -> int | None:
         """The dim of ``out_shape`` that is the channel axis, if the reshape regroups only the

@@ -10,6 +10,7 @@ from dataclasses import replace
 import torch.fx as fx
 from torch import nn
 
+from derive.frontend import trace_ops as ops
 from derive.frontend.trace_axes import AxisRules
 from derive.frontend.trace_state import Label, shape_of
 from derive.weightspace.model import Scaling
@@ -87,31 +88,79 @@ class LayerRules(AxisRules):
                 module,
             )
         depthwise = module.groups == module.in_channels == module.out_channels
-        if module.groups != 1 and not depthwise:
-            raise self.fail(
-                node,
-                f"grouped convolutions (groups={module.groups}, {module.in_channels} -> "
-                f"{module.out_channels} channels) are not supported; depthwise ones (groups = "
-                "in = out channels) and groups=1 are",
-                module,
-            )
-        self.layer += 1
         out_shape = shape_of(node)
         assert out_shape is not None
-        kernel = [(self.fixed_space("k", int(k), "kernel offsets"), 0) for k in module.kernel_size]
+        kernel: list[tuple[int | str, int]] = [
+            (self.fixed_space("k", int(k), "kernel offsets"), 0) for k in module.kernel_size
+        ]
+        if module.groups != 1 and not depthwise:
+            return self._grouped_conv(node, module, path, x, kernel, out_shape[2:])
+        self.layer += 1
         start = len(self.params)
-        if depthwise and x.parts:
-            raise self.fail(node, "a depthwise convolution of a concatenation", module)
         if depthwise:
             # channel c maps x[c] to y[c]: one permutation for input and output, so the output
-            # is the input's space and the weight's channel axis carries d_out / d_in = 1
-            out = x.space
-            self.add_param(path, "weight", "weight", [(out, 0), *kernel])
-        else:
-            out = self.new_space(module.out_channels, f"output of {path} ({type(module).__name__})")
-            self._weight_parts(path, out, x, kernel)
+            # is the input's space (part by part) and the weight's channel axis carries
+            # d_out / d_in = 1
+            for k, (key, part) in enumerate(self.parts_of(x, 0)):
+                self.layer += k > 0
+                first = self.layer
+                self.add_param(path, "weight", "weight", [(key, 0), *kernel], part)
+                if module.bias is not None:
+                    self.add_param(path, "bias", "bias", [(key, 1)], part)
+                self.layer = first
+            self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
+            return replace(x, copies=False, positions=out_shape[2:])
+        out = self.new_space(module.out_channels, f"output of {path} ({type(module).__name__})")
+        self._weight_parts(path, out, x, kernel)
         self._bias_and_rows(node, module.bias is not None, path, out, start)
         return Label(out, out_shape[2:])
+
+    def _grouped_conv(
+        self,
+        node: fx.Node,
+        module: nn.modules.conv._ConvNd,
+        path: str,
+        x: Label,
+        kernel: list[tuple[int | str, int]],
+        positions: tuple[int, ...],
+    ) -> Label:
+        """A convolution with ``g`` groups: group i maps input channels ``i*c:(i+1)*c`` to
+        output channels ``i*o:(i+1)*o``. Each group's input and output is its own space (the
+        input's spaces are split at the group bounds), so the group derived is the product of
+        the groups' permutations and scalings: a subgroup of the exact one, which also permutes
+        whole groups (docs/math.md section 8)."""
+        groups = module.groups
+        per_in, per_out = module.in_channels // groups, module.out_channels // groups
+        on_input = any(self.record(key).is_input for key in x.members)
+        if on_input and len(x.members) > 1:
+            raise self.fail(node, "a grouped convolution of the input and other channels", module)
+        start = len(self.params)
+        outs: list[int] = []
+        name = type(module).__name__
+        for i in range(groups):
+            why = f"group {i} of {groups} of {name} at '{path}'"
+            out = self.new_space(per_out, f"output of {path} ({name}, group {i} of {groups})")
+            outs.append(out)
+            rows = (i * per_out, 1, per_out)
+            first = self.layer + 1
+            if on_input:  # the input is not permuted: each group reads fixed channels
+                self.layer += 1
+                fixed = self.fixed_space("g", per_in, "network input channels of one group")
+                self.add_param(path, "weight", "weight", [(out, 1), (fixed, 0), *kernel], {0: rows})
+            else:
+                group = self.select(self.resolve(x), i * per_in, (i + 1) * per_in, why)
+            for key, begin, step in [] if on_input else self.segments(group):
+                self.layer += 1
+                columns = (begin, step, self.size_of(key))
+                self.add_param(
+                    path, "weight", "weight", [(out, 1), (key, -1), *kernel], {0: rows, 1: columns}
+                )
+            if module.bias is not None:
+                last, self.layer = self.layer, first
+                self.add_param(path, "bias", "bias", [(out, 1)], {0: rows})
+                self.layer = last
+        self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
+        return Label(outs[0], positions, parts=tuple(outs))
 
     def _weight_parts(
         self,
@@ -123,9 +172,8 @@ class LayerRules(AxisRules):
     ) -> None:
         """The weight ``(out +1, in -1, *rest)``: one tensor per part of a concatenation
         (column slices of the entry, ``scale`` columns per channel), each its own layer."""
-        for k, (key, lo, hi) in enumerate(self.part_ranges(x, scale)):
+        for k, (key, part) in enumerate(self.parts_of(x, 1, scale)):
             self.layer += k > 0
-            part = (1, lo, hi) if x.parts else None
             self.add_param(path, "weight", "weight", [(out, 1), (key, -1), *rest], part)
 
     def _bias_and_rows(
@@ -143,74 +191,50 @@ class LayerRules(AxisRules):
     def batch_norm(
         self, node: fx.Node, module: nn.modules.batchnorm._BatchNorm, path: str, x: Label
     ) -> Label:
+        """BatchNorm, per part of the channel axis. Reading a linear or conv layer's output
+        alone, its affine parameters take the output's scaling (the layer's rows and the
+        running statistics stay unscaled); otherwise eps in sqrt(var + eps) leaves sign flips
+        only (with the running mean flipped)."""
         if x.flat:
             raise self.fail(node, "acts on a flattened feature map", module)
         self.require_plain(node, x, type(module).__name__, module)
-        space = self.record(x.space)
         source = node.args[0]
         what = f"{type(module).__name__} at '{path}'"
-        if x.parts:
-            return self._batch_norm_parts(module, path, x, what)
-        if module.affine and isinstance(source, fx.Node) and self._sole_layer_output(source):
-            # The layer before feeds this norm alone: leave its rows and the running statistics
-            # unscaled, and let the affine parameters carry the output's scaling (y -> d y).
+        owns = module.affine and isinstance(source, fx.Node) and self._sole_layer_output(source)
+        if owns:
+            assert isinstance(source, fx.Node)
             for index, position in self.rows[source]:
                 self._unscale(index, position)
-            space.constraints.append(
-                (
-                    Scaling.NONZERO,
-                    f"{what} takes its output's scaling into its affine parameters (the rows of "
-                    "the layer before and the running statistics stay unscaled)",
-                )
+            self.constrain(
+                x,
+                Scaling.NONZERO,
+                f"{what} takes its output's scaling into its affine parameters (the rows of "
+                "the layer before and the running statistics stay unscaled)",
             )
-            self.layer += 1
-            self.add_param(path, "weight", "weight", [(x.space, 1)])
-            self.add_param(path, "bias", "bias", [(x.space, 1)])
-            if module.track_running_stats:
-                self.add_param(path, "running_mean", "buffer", [(x.space, 0)])
-                self.add_param(path, "running_var", "buffer", [(x.space, 0)])
-            return x
-        space.constraints.append(
-            (
+        else:
+            over = " over a concatenation" if x.parts else ""
+            self.constrain(
+                x,
                 Scaling.SIGN,
-                f"{what} (eps in sqrt(var + eps) breaks positive scaling; sign flips pass with "
-                "the running mean flipped)",
+                f"{what}{over} (eps in sqrt(var + eps) breaks positive scaling; sign flips pass "
+                "with the running mean flipped)",
             )
-        )
-        if module.affine:
-            self.layer += 1
-            self.add_param(path, "weight", "weight", [(x.space, 0)])
-            self.add_param(path, "bias", "bias", [(x.space, 1)])
-        if module.track_running_stats:
-            self.add_param(path, "running_mean", "buffer", [(x.space, 1)])
-            self.add_param(path, "running_var", "buffer", [(x.space, 0)])
-        return x
-
-    def _batch_norm_parts(
-        self, module: nn.modules.batchnorm._BatchNorm, path: str, x: Label, what: str
-    ) -> Label:
-        """A norm over a concatenation: per part, sign flips only (as without a layer of its
-        own before it), its parameters and statistics sliced along the channels."""
-        self.constrain(
-            x,
-            Scaling.SIGN,
-            f"{what} over a concatenation (eps in sqrt(var + eps) breaks positive scaling; sign "
-            "flips pass with the running mean flipped)",
-        )
-        for key, lo, hi in self.part_ranges(x):
-            self.layer += 1
-            part = (0, lo, hi)
+        weight, bias, mean, var = (1, 1, 0, 0) if owns else (0, 1, 1, 0)
+        for key, part in self.parts_of(x, 0):
             if module.affine:
-                self.add_param(path, "weight", "weight", [(key, 0)], part)
-                self.add_param(path, "bias", "bias", [(key, 1)], part)
+                self.layer += 1
+                self.add_param(path, "weight", "weight", [(key, weight)], part)
+                self.add_param(path, "bias", "bias", [(key, bias)], part)
             if module.track_running_stats:
-                self.add_param(path, "running_mean", "buffer", [(key, 1)], part)
-                self.add_param(path, "running_var", "buffer", [(key, 0)], part)
+                self.add_param(path, "running_mean", "buffer", [(key, mean)], part)
+                self.add_param(path, "running_var", "buffer", [(key, var)], part)
         return x
 
     def _sole_layer_output(self, source: fx.Node) -> bool:
-        """Whether ``source`` is a linear or conv layer's output read by one node only."""
-        return source in self.rows and len(source.users) == 1
+        """Whether ``source`` is a linear or conv layer's output read by one node only
+        (shape queries such as ``x.ndim`` or ``x.size()`` do not count)."""
+        readers = [user for user in source.users if not ops.is_shape_query(user)]
+        return source in self.rows and len(readers) == 1
 
     def _unscale(self, index: int, position: int) -> None:
         """Remove the output-row character (+1) of one axis of a recorded parameter."""
@@ -284,9 +308,8 @@ class LayerRules(AxisRules):
             if x.parts and before:
                 raise self.fail(node, "normalizes a channels-last concatenation", module)
         dim = len(before)
-        for channel, lo, hi in self.part_ranges(x, per_channel):
+        for channel, part in self.parts_of(x, dim, per_channel):
             self.layer += 1
-            part = (dim, lo, hi) if x.parts else None
             if weight:
                 self.add_param(path, "weight", "weight", [*before, (channel, 0), *after], part)
             if bias:
@@ -303,9 +326,8 @@ class LayerRules(AxisRules):
         """Affine parameters over the last axis: the channel (one tensor per part) or a
         position axis (fixed, or the space a token-mixing layer wrote)."""
         if x.channel_axis == len(x.positions):
-            for key, lo, hi in self.part_ranges(x):
+            for key, part in self.parts_of(x, 0):
                 self.layer += 1
-                part = (0, lo, hi) if x.parts else None
                 if weight:
                     self.add_param(path, "weight", "weight", [(key, 0)], part)
                 if bias:

@@ -7,6 +7,7 @@ add (tie two spaces) and which scale by a constant. :mod:`derive.frontend.trace`
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -56,7 +57,11 @@ __all__ = [
     "VIEW_FUNCTIONS",
     "NORM_FUNCTIONS",
     "axis_order",
+    "SPLIT_FUNCTIONS",
+    "SPLIT_METHODS",
+    "split_sizes",
     "is_view",
+    "is_shape_query",
     "reads_parameters",
     "module_activation",
     "function_activation",
@@ -248,6 +253,10 @@ PERMUTE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
 )
 PERMUTE_METHODS: frozenset[str] = frozenset({"permute", "transpose", "swapaxes", "swapdims"})
 
+#: splits of one tensor into several (along the channel axis: parts of the channel spaces)
+SPLIT_FUNCTIONS: tuple[Callable[..., Any], ...] = (torch.chunk, torch.split, torch.tensor_split)
+SPLIT_METHODS: frozenset[str] = frozenset({"chunk", "split", "tensor_split"})
+
 #: what may be done to a parameter before it meets the activations (reshaping it to broadcast)
 VIEW_METHODS: frozenset[str] = frozenset(
     {"view", "reshape", "unsqueeze", "squeeze", "expand", "expand_as", "to", "type_as"}
@@ -386,6 +395,39 @@ def reads_parameters(node: Any) -> bool:
         or node.target in NORM_FUNCTIONS
         or node.target is torch.addcmul
     )
+
+
+def split_sizes(
+    target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], length: int
+) -> tuple[list[int], int]:
+    """The piece sizes and the dim of a ``chunk``, ``split`` or ``tensor_split`` call on an
+    axis of ``length`` entries."""
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    how: Any = args[1] if len(args) > 1 else None
+    for key in ("chunks", "split_size_or_sections", "split_size", "sections", "indices"):
+        how = kwargs.get(key, how)
+    dim = int(kwargs.get("dim", args[2] if len(args) > 2 else 0))
+    if name == "chunk":
+        each = -(-length // int(how))
+        sizes = [each] * (length // each) + ([length % each] if length % each else [])
+    elif name == "tensor_split" and isinstance(how, int):
+        base, extra = divmod(length, how)
+        sizes = [base + 1] * extra + [base] * (how - extra)
+    elif name == "tensor_split":
+        bounds = [0, *(int(i) for i in how), length]
+        sizes = [b - a for a, b in itertools.pairwise(bounds)]
+    elif isinstance(how, int):
+        sizes = [how] * (length // how) + ([length % how] if length % how else [])
+    else:
+        sizes = [int(n) for n in how]
+    return sizes, dim
+
+
+def is_shape_query(node: Any) -> bool:
+    """Whether an fx node only asks for a shape (``x.size()``, ``x.dim()``, ``x.ndim``)."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and node.target is getattr
 
 
 def rounds(target: Any, kwargs: dict[str, Any]) -> bool:

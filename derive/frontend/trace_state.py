@@ -3,9 +3,10 @@ union-find ties), and the typed weight space assembled from them at the end of t
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch.fx as fx
@@ -13,7 +14,7 @@ from torch import nn
 
 from derive.errors import SpecError
 from derive.frontend import trace_ops as ops
-from derive.weightspace.model import Axis, NeuronSpace, Role, Scaling, TensorSpec, WeightSpaceSpec
+from derive.weightspace.model import Scaling
 
 __all__ = ["Label", "WalkState", "describe", "flat_args", "shape_of", "where_of"]
 
@@ -33,6 +34,11 @@ class _SpaceRecord:
     #: the fixed space this record turned out to be (a token axis a layer wrote, added to the
     #: fixed token positions), or None
     fixed: str | None = None
+    #: where the space sorts among the others (creation order; parts after their whole's place)
+    order: tuple[int, ...] = ()
+    #: the parts this space was split into, in channel order (a grouped convolution or a
+    #: channel split reads only some of its channels); empty while it is whole
+    children: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,10 @@ class _ParamRecord:
     layer: int
     axes: tuple[tuple[int | str, int], ...]
     shape: tuple[int, ...]
-    source_slice: tuple[int, int, int] | None = None
+    #: per axis, where a neuron axis sits in the state-dict entry: ``(dim, start, unit,
+    #: step)``, its k-th neuron at entries ``start + k * step * unit`` to ``+ unit`` of ``dim``
+    #: (``unit`` > 1 when positions are flattened behind it); None for fixed axes
+    places: tuple[tuple[int, int, int, int] | None, ...] = ()
 
     @property
     def source_key(self) -> str:
@@ -81,6 +90,12 @@ class Label:
     #: per position axis, the neuron space a layer acting on that axis wrote (token mixing),
     #: or None for fixed spatial or token positions; empty when every position axis is fixed
     axis_spaces: tuple[int | None, ...] = ()
+    #: per member, ``(start, step)``: its k-th neuron is channel ``start + k * step`` (after a
+    #: channel shuffle); empty when the members lie one after another
+    strides: tuple[tuple[int, int], ...] = ()
+    #: ``(groups, per_group, swapped)`` while the channel axis is viewed as two axes (the
+    #: middle of a channel shuffle), else None
+    shuffle: tuple[int, int, bool] | None = None
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -131,6 +146,31 @@ def shape_of(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(int(n) for n in shape) if shape is not None else None
 
 
+def _axis_dims(shape: Sequence[int], sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Per axis of sizes ``sizes``, the dim of ``shape`` it lies in and the entries each of its
+    indices spans there (axes flattened into one dim: the later ones are the fast index; dims
+    of size 1 that no axis fills are broadcast dims)."""
+    out: list[tuple[int, int]] = []
+    dim, j = 0, 0
+    while j < len(sizes):
+        while dim < len(shape) and shape[dim] == 1 and sizes[j] != 1:
+            dim += 1
+        if dim == len(shape):
+            raise ValueError(f"axes of sizes {list(sizes)} do not fit the shape {list(shape)}")
+        group, product = [j], sizes[j]
+        j += 1
+        while product < shape[dim] and j < len(sizes):
+            group.append(j)
+            product *= sizes[j]
+            j += 1
+        if product != shape[dim]:
+            raise ValueError(f"axes of sizes {list(sizes)} do not fit the shape {list(shape)}")
+        for index in range(len(group)):
+            out.append((dim, math.prod(sizes[k] for k in group[index + 1 :])))
+        dim += 1
+    return out
+
+
 def flat_args(value: Any) -> Iterator[Any]:
     if isinstance(value, (list, tuple)):
         for item in value:
@@ -150,8 +190,12 @@ class WalkState:
         self.where = where
         self.modules = dict(root.named_modules())
         self.labels: dict[fx.Node, Label] = {}
+        #: nodes that return several values (chunk, split) -> their labels
+        self.tuples: dict[fx.Node, list[Label]] = {}
         self.spaces: dict[int, _SpaceRecord] = {}
         self.parent: dict[int, int] = {}
+        self.members: dict[int, list[int]] = {}  # union-find root -> the keys tied to it
+        self.stale = False  # spaces were split since the labels were last brought up to date
         self.params: list[_ParamRecord] = []
         self.fixed: dict[str, tuple[int, str]] = {}
         self.replicated: set[str] = set()  # fixed spaces whose positions are copies
@@ -165,99 +209,151 @@ class WalkState:
         self.input_key = -1
         self.output_key = -1
 
-    # -- the result ---------------------------------------------------------------------
-    def weight_space(self, name: str) -> WeightSpaceSpec:
-        """The typed weight space of what the walk found (no group yet)."""
-        roots = sorted({self.root_of(key) for key in self.spaces})
-        names: dict[int, str] = {
-            root: fixed for root in roots if (fixed := self.spaces[root].fixed) is not None
-        }
-        roots = [root for root in roots if root not in names]
-        spaces: list[NeuronSpace] = []
-        hidden = 0
-        for root in roots:
-            record = self.spaces[root]
-            role: Role
-            if record.is_input:
-                names[root], role = "in", "input"
-            elif record.is_output:
-                names[root], role = "out", "output"
-            else:
-                hidden += 1
-                names[root], role = f"h{hidden}", "hidden"
-            spaces.append(
-                NeuronSpace(
-                    names[root],
-                    record.size,
-                    role=role,
-                    origin=record.origin,
-                    ties=tuple(record.ties),
-                    activations=tuple(record.activations),
-                    constraints=tuple(record.constraints),
-                )
-            )
-        for fixed, (size, what) in sorted(self.fixed.items()):
-            kind: Role = "replicated" if fixed in self.replicated else "fixed"
-            spaces.append(NeuronSpace(fixed, size, role=kind, origin=what))
-        tensors: list[TensorSpec] = []
-        buffers: list[TensorSpec] = []
-        for param in self.params:
-            axes = tuple(self._axis(space, character, names) for space, character in param.axes)
-            if param.kind == "buffer":  # named by its state-dict key (unique, never a feature)
-                tensor_name = param.source_key
-                if param.source_slice is not None:
-                    tensor_name += "[{1}:{2}]".format(*param.source_slice)
-            else:
-                tensor_name = f"{'W' if param.kind == 'weight' else 'b'}{param.layer}"
-            (buffers if param.kind == "buffer" else tensors).append(
-                TensorSpec(
-                    name=tensor_name,
-                    kind=param.kind,
-                    layer=param.layer,
-                    axes=axes,
-                    source_key=param.source_key,
-                    source_shape=param.shape,
-                    source_slice=param.source_slice,
-                )
-            )
-        return WeightSpaceSpec(
-            name=name,
-            spaces=tuple(spaces),
-            tensors=tuple(tensors),
-            buffers=tuple(buffers),
-            source=self.where,
-        )
-
-    def _axis(self, space: int | str, character: int, names: dict[int, str]) -> Axis:
-        if isinstance(space, str):
-            return Axis(space, character)
-        root = self.root_of(space)
-        return Axis(names[root], 0 if self.spaces[root].fixed else character)
-
     # -- errors and bookkeeping ---------------------------------------------------------
     def fail(self, node: fx.Node, message: str, module: nn.Module | None = None) -> SpecError:
         return SpecError(f"{describe(node, module)}: {message}", self.where)
 
-    def new_space(self, size: int, origin: str) -> int:
+    def new_space(self, size: int, origin: str, order: tuple[int, ...] = ()) -> int:
         key = len(self.spaces)
-        self.spaces[key] = _SpaceRecord(key, size, origin)
+        self.spaces[key] = _SpaceRecord(key, size, origin, order=order or (key,))
         self.parent[key] = key
+        self.members[key] = [key]
         return key
 
+    # -- parts of spaces ----------------------------------------------------------------
+    def leaves(self, key: int) -> list[int]:
+        """The whole spaces ``key`` consists of now, in channel order (itself unless split)."""
+        children = self.spaces[key].children
+        return [leaf for child in children for leaf in self.leaves(child)] if children else [key]
+
+    def size_of(self, key: int) -> int:
+        return self.spaces[key].size
+
+    def split(self, leaf: int, offset: int, why: str) -> None:
+        """Split a whole space at ``offset`` into two spaces (every space tied to it splits the
+        same way, and the parts stay tied). Labels are brought up to date by :meth:`refresh`
+        (labels in hand by :meth:`resolve`)."""
+        root = self.root_of(leaf)
+        size = self.spaces[root].size
+        assert 0 < offset < size and not self.spaces[leaf].children
+        members = [
+            k for k in self.spaces if not self.spaces[k].children and self.root_of(k) == root
+        ]
+        members.sort(key=lambda k: k != root)
+        whole = self.spaces[root]
+        firsts: list[int] = []
+        for member in members:
+            record = self.spaces[member]
+            for index, (lo, hi) in enumerate(((0, offset), (offset, size))):
+                child = self.new_space(
+                    hi - lo,
+                    f"{record.origin} [channels {lo}:{hi}, {why}]",
+                    order=(*record.order, index),
+                )
+                record.children.append(child)
+                if member == root:
+                    part = self.spaces[child]
+                    part.activations = list(whole.activations)
+                    part.constraints = list(whole.constraints)
+                    part.ties = list(whole.ties)
+                    part.is_input, part.is_output = whole.is_input, whole.is_output
+                    part.fixed = whole.fixed
+                    firsts.append(child)
+                else:
+                    self.parent[child] = firsts[index]
+                    self.members[firsts[index]] += self.members.pop(child)
+        self.stale = True
+
+    def refresh(self) -> None:
+        """Bring every label up to date after spaces were split (once per node of the walk)."""
+        if self.stale:
+            for node, label in self.labels.items():
+                self.labels[node] = self.resolve(label)
+            for node, labels in self.tuples.items():
+                self.tuples[node] = [self.resolve(label) for label in labels]
+            self.stale = False
+
+    def cut(self, key: int, offset: int, why: str) -> None:
+        """Make ``offset`` (in ``key``'s channel order) a boundary between whole spaces."""
+        start = 0
+        for leaf in self.leaves(key):
+            size = self.size_of(leaf)
+            if start < offset < start + size:
+                self.split(leaf, offset - start, why)
+                return
+            start += size
+
+    def segments(self, x: Label) -> list[tuple[int, int, int]]:
+        """``(whole space, start, step)`` of every part of the channel axis: its k-th neuron is
+        channel ``start + k * step``."""
+        out: list[tuple[int, int, int]] = []
+        position = 0
+        for index, key in enumerate(x.members):
+            start, step = x.strides[index] if x.strides else (position, 1)
+            offset = 0
+            for leaf in self.leaves(key):
+                out.append((leaf, start + offset * step, step))
+                offset += self.size_of(leaf)
+            position += offset
+        return out
+
+    def resolve(self, x: Label) -> Label:
+        """``x`` with every split member replaced by its parts."""
+        if not any(self.spaces[key].children for key in x.members):
+            return x
+        return self.with_segments(x, self.segments(x))
+
+    def with_segments(self, x: Label, segments: list[tuple[int, int, int]]) -> Label:
+        keys = tuple(key for key, _, _ in segments)
+        position, contiguous = 0, True
+        for key, start, step in segments:
+            contiguous &= start == position and step == 1
+            position += self.size_of(key)
+        strides = () if contiguous else tuple((start, step) for _, start, step in segments)
+        return replace(x, space=keys[0], parts=keys if len(keys) > 1 else (), strides=strides)
+
+    def select(self, x: Label, lo: int, hi: int, why: str) -> Label:
+        """The channels ``lo:hi`` of ``x`` (a chunk, one group of a grouped convolution):
+        spaces that straddle the bounds are split first."""
+        for key, start, step in self.segments(x):
+            size = self.size_of(key)
+            for bound in (lo, hi):
+                inside = -(-(bound - start) // step)  # neurons before the bound
+                if 0 < inside < size:
+                    self.cut(key, inside, why)
+        x = self.resolve(x)
+        chosen = [
+            (key, start - lo, step) for key, start, step in self.segments(x) if lo <= start < hi
+        ]
+        return self.with_segments(replace(x, parts=(), strides=()), chosen)
+
     def root_of(self, key: int) -> int:
-        while self.parent[key] != key:
-            key = self.parent[key]
-        return key
+        root = key
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[key] != root:
+            self.parent[key], key = root, self.parent[key]
+        return root
 
     def record(self, key: int) -> _SpaceRecord:
         return self.spaces[self.root_of(key)]
 
     def tie(self, a: int, b: int, why: str) -> None:
+        """Make two spaces one (split ones part by part, splitting the other to match)."""
+        if self.spaces[a].children or self.spaces[b].children:
+            for offset in itertools.accumulate(self.size_of(k) for k in self.leaves(a)):
+                self.cut(b, offset, why)
+            for offset in itertools.accumulate(self.size_of(k) for k in self.leaves(b)):
+                self.cut(a, offset, why)
+            for leaf_a, leaf_b in zip(self.leaves(a), self.leaves(b), strict=True):
+                self.tie(leaf_a, leaf_b, why)
+            return
         ra, rb = self.root_of(a), self.root_of(b)
         if ra == rb:
             return
         first, second = sorted((ra, rb))
         self.parent[second] = first
+        self.members[first] += self.members.pop(second)
         keep, gone = self.spaces[first], self.spaces[second]
         keep.activations += gone.activations
         keep.constraints += gone.constraints
@@ -284,11 +380,20 @@ class WalkState:
         attr: str,
         kind: str,
         axes: list[tuple[int | str, int]],
-        part: tuple[int, int, int] | None = None,
+        part: dict[int, tuple[int, int, int]] | None = None,
     ) -> None:
-        """Record a parameter (``part``: its slice ``(dim, start, stop)`` when it is one part
-        of the entry, for a layer reading a concatenation)."""
+        """Record a parameter. ``part``: when it is one part of the entry (a layer reading a
+        concatenation, one group of a grouped convolution), per sliced dim ``(start, step,
+        count)`` (``count`` entries from ``start`` every ``step``)."""
         value = getattr(self.modules[module_path], attr)
+        shape = tuple(int(n) for n in value.shape)
+        part = part or {}
+        extent = [part[d][2] if d in part else n for d, n in enumerate(shape)]
+        sizes = [self.axis_size(space) for space, _ in axes]
+        places: list[tuple[int, int, int, int] | None] = []
+        for (space, _), (dim, unit) in zip(axes, _axis_dims(extent, sizes)):
+            start, step, _ = part.get(dim, (0, 1, 0))
+            places.append(None if isinstance(space, str) else (dim, start, unit, step))
         self.params.append(
             _ParamRecord(
                 module=module_path,
@@ -296,23 +401,30 @@ class WalkState:
                 kind=kind,
                 layer=self.layer,
                 axes=tuple(axes),
-                shape=tuple(int(n) for n in value.shape),
-                source_slice=part,
+                shape=shape,
+                places=tuple(places),
             )
         )
 
-    def part_ranges(self, x: Label, scale: int = 1) -> list[tuple[int, int, int]]:
-        """``(space, start, stop)`` of every part along the channel axis (in units of
-        ``scale`` entries per channel)."""
-        out, start = [], 0
-        for key in x.members:
-            size = self.record(key).size * scale
-            out.append((key, start, start + size))
-            start += size
+    def parts_of(
+        self, x: Label, dim: int, unit: int = 1
+    ) -> list[tuple[int, dict[int, tuple[int, int, int]] | None]]:
+        """Per part of the channel axis, its space and the ``part`` of a parameter whose
+        ``dim`` holds the channels (``unit`` entries per channel); None for one whole space."""
+        segments = self.segments(x)
+        if len(segments) == 1 and segments[0][1:] == (0, 1):
+            return [(segments[0][0], None)]
+        out: list[tuple[int, dict[int, tuple[int, int, int]] | None]] = []
+        for key, start, step in segments:
+            assert unit == 1 or step == 1, "strided channels with positions flattened behind"
+            out.append((key, {dim: (start * unit, step, self.size_of(key) * unit)}))
         return out
 
+    def axis_size(self, space: int | str) -> int:
+        return self.fixed[space][0] if isinstance(space, str) else self.size_of(space)
+
     def channels(self, x: Label) -> int:
-        return sum(self.record(key).size for key in x.members)
+        return sum(self.size_of(key) for key in x.members)
 
     def constrain(self, x: Label, scaling: Scaling, why: str) -> None:
         """Record what scaling passes on every space the value's entries are indexed by."""

@@ -76,14 +76,7 @@ class ValueRules(AxisRules):
                     f"channels at dim {1 + b.channel_axis}",
                 )
             self._tie_positions(node, a, b)
-            sizes_a = [self.record(k).size for k in a.members]
-            sizes_b = [self.record(k).size for k in b.members]
-            if sizes_a != sizes_b:
-                raise self.fail(
-                    node, f"adds concatenations whose parts differ ({sizes_a} and {sizes_b})"
-                )
-            for key_a, key_b in zip(a.members, b.members):
-                self.tie(key_a, key_b, f"the addition in '{where_of(node)}'")
+            a = self.tie_channels(node, a, b, f"the addition in '{where_of(node)}'")
             return replace(a, copies=a.copies and b.copies)
         (x,) = (self.labels[n] for n in labelled)
         views = [o for o in others if isinstance(o, fx.Node) and o in self.param_views]
@@ -134,14 +127,13 @@ class ValueRules(AxisRules):
         out_shape = shape_of(node)
         assert out_shape is not None
         a, b = factors
-        sizes = [[self.record(k).size for k in x.members] for x in factors]
         aligned = len(a.positions) == len(b.positions) and (
             a.positions == b.positions or 1 in (math.prod(a.positions), math.prod(b.positions))
         )
         if (
             a.flat
             or b.flat
-            or sizes[0] != sizes[1]
+            or self.channels(a) != self.channels(b)
             or not aligned
             or a.channel_axis != b.channel_axis
             or any(k is not None for k in (*a.axis_spaces, *b.axis_spaces))
@@ -151,8 +143,8 @@ class ValueRules(AxisRules):
                 "multiplies activations of different channels; only gates x * g(x) with one "
                 "value per channel (and position) are supported",
             )
-        for key_a, key_b in zip(a.members, b.members):
-            self.tie(key_a, key_b, f"the gate in '{where_of(node)}'")
+        a = self.tie_channels(node, a, b, f"the gate in '{where_of(node)}'")
+        b = self.resolve(b)
         self.constrain(
             a,
             Scaling.NONE,
@@ -190,14 +182,18 @@ class ValueRules(AxisRules):
                 "concatenates tensors of different layouts or spatial shapes, flattened ones, "
                 "or ones with positions a layer wrote",
             )
-        members = tuple(key for x in labels for key in x.members)
-        return Label(
-            members[0],
+        segments: list[tuple[int, int, int]] = []
+        offset = 0
+        for x in labels:
+            segments += [(key, offset + start, step) for key, start, step in self.segments(x)]
+            offset += self.channels(x)
+        joined = Label(
+            first.space,
             first.positions,
             copies=all(x.copies for x in labels),
-            parts=members if len(members) > 1 else (),
             channel_axis=first.channel_axis,
         )
+        return self.with_segments(joined, segments)
 
     def rounding(self, node: fx.Node, operands: Sequence[Any]) -> Label:
         """Floor division and rounding: elementwise, so permutations pass; no scaling does."""

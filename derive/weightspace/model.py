@@ -19,7 +19,7 @@ from enum import Enum
 from functools import cached_property
 from typing import Literal
 
-from nfn_runtime.layout import AxisLayout, SpaceLayout, TensorLayout, WeightSpaceLayout
+from nfn_runtime.layout import AxisLayout, SourceSlice, SpaceLayout, TensorLayout, WeightSpaceLayout
 
 __all__ = ["Scaling", "Role", "NeuronSpace", "Axis", "TensorSpec", "WeightSpaceSpec"]
 
@@ -111,9 +111,10 @@ class TensorSpec:
     axes: tuple[Axis, ...]
     source_key: str = ""
     source_shape: tuple[int, ...] = ()
-    #: ``(dim, start, stop)``: the tensor is this slice of its state-dict entry (one part of a
-    #: layer that reads a concatenation); ``source_shape`` is the whole entry's shape
-    source_slice: tuple[int, int, int] | None = None
+    #: ``((dim, start, stop, step), ...)``: the tensor is this slice of its state-dict entry
+    #: (one part of a layer that reads a concatenation or a channel split, one group of a
+    #: grouped convolution); ``source_shape`` is the whole entry's shape
+    source_slice: SourceSlice | None = None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,23 @@ NETWORKS = {
     "mobilenet_v2": (lambda m: m.mobilenet_v2(), (3, 32, 32), {"none": 18, "nonzero": 7}),
     "mobilenet_v3_small": (lambda m: m.mobilenet_v3_small(), (3, 32, 32), None),
     "efficientnet_b0": (lambda m: m.efficientnet_b0(), (3, 32, 32), {"none": 33, "nonzero": 7}),
+    "convnext_tiny": (lambda m: m.convnext_tiny(), (3, 32, 32), {"none": 22}),
+    "convnext-small": (
+        lambda m: m.convnext.ConvNeXt(
+            [m.convnext.CNBlockConfig(8, 16, 2), m.convnext.CNBlockConfig(16, None, 1)],
+            num_classes=3,
+        ),
+        (3, 16, 16),
+        {"none": 5},
+    ),
+    "regnet_y_400mf": (lambda m: m.regnet_y_400mf(), (3, 32, 32), {"positive": 552, "none": 531}),
+    "resnext50_32x4d": (lambda m: m.resnext50_32x4d(), (3, 32, 32), {"positive": 1029}),
+    "shufflenet_v2_x0_5": (lambda m: m.shufflenet_v2_x0_5(), (3, 32, 32), {"positive": 86}),
+    "shufflenet-small": (
+        lambda m: m.ShuffleNetV2([2, 3, 2], [4, 8, 16, 32, 16], num_classes=3),
+        (3, 32, 32),
+        {"positive": 28},
+    ),
 }
 
 
@@ -90,10 +107,21 @@ def test_torchvision_models_trace_and_keep_their_group(name):
     "name",
     [
         "resnet18",
+        "convnext-small",
+        "shufflenet-small",
         # minutes on 2 cores (VGG-11-BN's 4096 x 25088 head alone takes most of it)
         *(
             pytest.param(name, marks=pytest.mark.slow)
-            for name in ("vgg11_bn", "alexnet", "mobilenet_v2", "googlenet", "squeezenet1_0")
+            for name in (
+                "vgg11_bn",
+                "alexnet",
+                "mobilenet_v2",
+                "googlenet",
+                "squeezenet1_0",
+                "regnet_y_400mf",
+                "resnext50_32x4d",
+                "shufflenet_v2_x0_5",
+            )
         ),
     ],
 )
@@ -101,4 +129,78 @@ def test_torchvision_models_pass_the_network_group_check(name):
     factory, shape, _ = NETWORKS[name]
     torch.manual_seed(0)
     report = verify(derive(factory(models).eval(), shape, name=name), samples=1, only=["network"])
+    assert report.ok, report.text()
+
+
+def _timm():
+    """timm's model definitions (they import torchvision, declared above), or None."""
+    if models is None:
+        return None
+    try:
+        return importlib.import_module("timm")
+    except ImportError:
+        return None
+
+
+timm = _timm()
+
+
+def _mixer(**kwargs):
+    mixer = importlib.import_module("timm.models.mlp_mixer")
+    return mixer.MlpMixer(
+        num_classes=3, img_size=32, patch_size=8, num_blocks=2, embed_dim=16, **kwargs
+    )
+
+
+def _resmlp():
+    mixer = importlib.import_module("timm.models.mlp_mixer")
+    return _mixer(mlp_ratio=4, block_layer=mixer.ResBlock, norm_layer=mixer.Affine)
+
+
+#: name -> (factory, input shape, expected hidden scalings)
+TIMM_NETWORKS = {
+    "mixer-small": (_mixer, (3, 32, 32), {"none": 5}),
+    "resmlp-small": (_resmlp, (3, 32, 32), {"none": 3}),
+    "mixer_s16_224": (lambda: timm.create_model("mixer_s16_224"), (3, 224, 224), {"none": 17}),
+    "resmlp_12_224": (lambda: timm.create_model("resmlp_12_224"), (3, 224, 224), {"none": 13}),
+    "convnext_atto": (lambda: timm.create_model("convnext_atto"), (3, 32, 32), {"none": 16}),
+    "efficientnet_b0": (
+        lambda: timm.create_model("efficientnet_b0"),
+        (3, 32, 32),
+        {"none": 33, "nonzero": 7},
+    ),
+    "resnet18": (lambda: timm.create_model("resnet18"), (3, 32, 32), {"positive": 12}),
+}
+
+
+@pytest.mark.skipif(timm is None, reason="timm is not installed")
+@pytest.mark.parametrize("name", list(TIMM_NETWORKS))
+def test_timm_models_trace_and_keep_their_group(name):
+    factory, shape, expected = TIMM_NETWORKS[name]
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    derivation = derive(factory().eval(), shape, name=name)
+    assert derivation.basis.dim > 0
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10, f"tracing and deriving the basis took {elapsed:.1f} s"
+    counts: dict[str, int] = {}
+    for space in derivation.space.spaces:
+        if space.role == "hidden":
+            counts[space.scaling.value] = counts.get(space.scaling.value, 0) + 1
+    assert counts == expected
+
+
+@pytest.mark.skipif(timm is None, reason="timm is not installed")
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mixer-small",
+        "resmlp-small",
+        *(pytest.param(name, marks=pytest.mark.slow) for name in ("convnext_atto", "resnet18")),
+    ],
+)
+def test_timm_models_pass_the_network_group_check(name):
+    factory, shape, _ = TIMM_NETWORKS[name]
+    torch.manual_seed(0)
+    report = verify(derive(factory().eval(), shape, name=name), samples=1, only=["network"])
     assert report.ok, report.text()

@@ -445,7 +445,6 @@ BAD_MODULES = {
     "unused-parameter": (Unused(), (3,), "parameter 'spare.weight' is not used"),
     "gating-product": (Gate(), (3,), "multiplies activations of different channels"),
     "reciprocal": (Lambda(_Fn(lambda x: 1.0 / x)), (3,), "divides by network activations"),
-    "grouped-conv": (nn.Sequential(nn.Conv1d(2, 4, 1, groups=2)), (2, 3), "grouped convolutions"),
     "embedding": (nn.Sequential(nn.Embedding(4, 3)), (2,), "Embedding at '0'"),
     "prelu": (
         nn.Sequential(nn.Linear(2, 2), nn.PReLU(), nn.Linear(2, 1)),

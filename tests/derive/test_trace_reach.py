@@ -228,10 +228,13 @@ def test_depthwise_convolutions_tie_their_channels():
     assert report.ok, report.text()
 
 
-def test_grouped_convolutions_say_what_is_supported():
+def test_grouped_convolution_of_the_input_reads_fixed_channels():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
-    with pytest.raises(Exception, match=r"grouped convolutions \(groups=2, 4 -> 4 channels\)"):
-        derive(model, (4, 3, 3))
+    derivation = derive(model, (4, 3, 3))
+    pieces = [t for t in derivation.space.tensors if t.source_key == "0.weight"]
+    assert [[a.space for a in t.axes[:2]] for t in pieces] == [["h1", "g2"], ["h2", "g2"]]
+    report = verify(derivation, samples=2, only=["network", "linear"])
+    assert report.ok, report.text()
 
 
 class _Fire(nn.Module):
@@ -303,7 +306,8 @@ def test_concatenations_are_direct_sums(model, shape, parts):
     for key, count in parts.items():
         pieces = [t for t in (*space.tensors, *space.buffers) if t.source_key == key]
         assert len(pieces) == count and all(t.source_slice is not None for t in pieces)
-        spans = sorted(t.source_slice[1:] for t in pieces)
+        spans = sorted(tuple(t.source_slice[0][1:3]) for t in pieces)
+        assert all(len(t.source_slice) == 1 and t.source_slice[0][3] == 1 for t in pieces)
         assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     report = verify(derivation, samples=2, only=["network", "linear", "invariant"])
     assert report.ok, report.text()
@@ -329,8 +333,8 @@ def test_inspect_json_shows_the_slices(cli):
     report = json.loads(out)
     sliced = [t for t in report["tensors"] if t["source_slice"] is not None]
     assert [(t["source_key"], t["source_slice"]) for t in sliced] == [
-        ("dec.weight", [1, 0, 4]),
-        ("dec.weight", [1, 4, 7]),
+        ("dec.weight", [[1, 0, 4, 1]]),
+        ("dec.weight", [[1, 4, 7, 1]]),
     ]
 
 

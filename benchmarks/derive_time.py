@@ -1,24 +1,36 @@
 """Derivation time of the complete linear basis (what ``inspect`` computes) for MLPs of depth
-L = 2..64 under each group, and the symbolic engine against a numeric null-space solve.
+L = 2..64 under each group, and the symbolic engine against a numeric null-space solve; then
+trace, group, basis and linear plan of torchvision's CNNs (skipped where torchvision does not
+import).
 
-    python benchmarks/derive_time.py
+    python benchmarks/derive_time.py               # every table
+    python benchmarks/derive_time.py torchvision   # only the torchvision table
 """
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
 
 from derive.basis import linear as basis_module
 from derive.basis import partitions
 from derive.basis.polynomial import count_polynomial, enumerate_polynomial
 from derive.cli.report import report_table
+from derive.derivation import Derivation
 from derive.frontend.spec import mlp_spec
+from derive.frontend.torch_spec import torch_spec
+from derive.frontend.trace import trace_network
 from derive.pipeline import derive
+from derive.plan import linear as plan_module
+from derive.symmetry.group import derive_group
 from derive.verify.numeric import completeness_report
 
 GROUPS = {
@@ -29,13 +41,19 @@ GROUPS = {
 }
 
 
+def _clear_caches() -> None:
+    partitions.set_partitions.cache_clear()
+    partitions.partition_count.cache_clear()
+    basis_module._space_patterns.cache_clear()
+    basis_module._pair_patterns.cache_clear()
+    plan_module.pattern_keys.cache_clear()
+
+
 def _cold(fn, reps=3):
     """Median time with the partition caches cleared before every run."""
     times = []
     for _ in range(reps):
-        partitions.set_partitions.cache_clear()
-        partitions.partition_count.cache_clear()
-        basis_module._space_patterns.cache_clear()
+        _clear_caches()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -120,6 +138,114 @@ def polynomial_part() -> None:
             )
 
 
+#: name -> (factory, input shape without the batch axis), as in tests/derive/test_real_models.py
+TORCHVISION = {
+    "resnet18": (lambda m: m.resnet18(), (3, 32, 32)),
+    "resnet50": (lambda m: m.resnet50(), (3, 32, 32)),
+    "vgg11_bn": (lambda m: m.vgg11_bn(), (3, 32, 32)),
+    "alexnet": (lambda m: m.alexnet(), (3, 64, 64)),
+    "squeezenet1_0": (lambda m: m.squeezenet1_0(), (3, 64, 64)),
+    "googlenet": (lambda m: m.googlenet(aux_logits=False, init_weights=False), (3, 32, 32)),
+    "mobilenet_v2": (lambda m: m.mobilenet_v2(), (3, 32, 32)),
+    "mobilenet_v3_small": (lambda m: m.mobilenet_v3_small(), (3, 32, 32)),
+    "mobilenet_v3_large": (lambda m: m.mobilenet_v3_large(), (3, 32, 32)),
+    "efficientnet_b0": (lambda m: m.efficientnet_b0(), (3, 32, 32)),
+    "densenet121": (lambda m: m.densenet121(), (3, 64, 64)),
+    "convnext_tiny": (lambda m: m.convnext_tiny(), (3, 32, 32)),
+    "regnet_y_400mf": (lambda m: m.regnet_y_400mf(), (3, 32, 32)),
+    "resnext50_32x4d": (lambda m: m.resnext50_32x4d(), (3, 32, 32)),
+    "shufflenet_v2_x0_5": (lambda m: m.shufflenet_v2_x0_5(), (3, 32, 32)),
+}
+
+_LIBRARIES: list[torch.library.Library] = []
+
+
+def _torchvision_models() -> ModuleType | None:
+    """torchvision.models, declaring the compiled operators its import needs when they do not
+    load against this torch build (as the tests do); None without torchvision."""
+    try:
+        importlib.import_module("torchvision")
+    except ImportError:
+        return None
+    except RuntimeError:
+        library = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _LIBRARIES.append(library)
+        for name in [m for m in list(sys.modules) if m.startswith("torchvision")]:
+            del sys.modules[name]
+        try:
+            importlib.import_module("torchvision")
+        except (ImportError, RuntimeError):
+            return None
+    return importlib.import_module("torchvision.models")
+
+
+def _stages(model: torch.nn.Module, shape: tuple[int, ...], name: str) -> dict[str, float]:
+    """Seconds per stage of one cold run (partition and pattern caches cleared)."""
+    _clear_caches()
+    spec = torch_spec(model, shape, name=name)
+    times = {}
+    start = time.perf_counter()
+    traced = trace_network(model, shape, name, name)
+    times["trace"] = time.perf_counter() - start
+    mark = time.perf_counter()
+    derivation = Derivation(spec=spec, space=derive_group(traced))
+    times["group"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    basis = derivation.basis
+    times["basis"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    plan = derivation.linear_plan
+    times["plan"] = time.perf_counter() - mark
+    times["total"] = time.perf_counter() - start
+    times["tensors"] = len(derivation.space.tensors)
+    times["maps"] = basis.num_maps
+    times["ops"] = len(plan.ops)
+    return times
+
+
+def torchvision_part(names: list[str] | None = None, reps: int = 3) -> None:
+    """Trace, group, basis and linear plan of torchvision's CNNs, median of ``reps`` cold runs."""
+    print()
+    models = _torchvision_models()
+    if models is None:
+        print("torchvision does not import: torchvision table skipped")
+        return
+    torch.set_num_threads(1)
+    print(f"torchvision CNNs: trace, group, complete linear basis, linear plan (median of {reps})")
+    print(
+        f"{'model':>20s} {'tensors':>7s} {'maps':>9s} {'matmuls':>7s} {'trace':>9s} {'group':>9s} "
+        f"{'basis':>9s} {'plan':>9s} {'total':>9s}"
+    )
+    _stages(models.resnet18().eval(), (3, 32, 32), "warm-up")  # imports, torch.fx
+    for name in names or list(TORCHVISION):
+        factory, shape = TORCHVISION[name]
+        try:
+            torch.manual_seed(0)
+            model = factory(models).eval()
+        except (AttributeError, ImportError, RuntimeError) as error:  # older torchvision
+            print(f"{name:>20s} skipped: {error}")
+            continue
+        try:
+            runs = [_stages(model, shape, name) for _ in range(reps)]
+        except Exception as error:  # an operation the tracer does not support
+            print(f"{name:>20s} failed: {type(error).__name__}: {error}")
+            continue
+        med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        print(
+            f"{name:>20s} {int(med['tensors']):7d} {int(med['maps']):9d} {int(med['ops']):7d} "
+            + " ".join(
+                f"{med[stage] * 1e3:6.0f} ms"
+                for stage in ("trace", "group", "basis", "plan", "total")
+            )
+        )
+
+
 if __name__ == "__main__":
-    main()
-    polynomial_part()
+    if sys.argv[1:2] == ["torchvision"]:
+        torchvision_part(sys.argv[2:] or None)
+    else:
+        main()
+        polynomial_part()
+        torchvision_part()

@@ -101,6 +101,7 @@ def _clear() -> None:
     partitions.set_partitions.cache_clear()
     partitions.partition_count.cache_clear()
     basis_module._space_patterns.cache_clear()
+    basis_module._pair_patterns.cache_clear()
 
 
 def run(kind: str, depth: int, activation: str) -> dict[str, float]:

@@ -257,7 +257,8 @@ def _feature_name(key: FeatureKey, space: WeightSpaceSpec, taken: set[str], layo
 def _parent_key(
     space: WeightSpaceSpec, key: FeatureKey, candidates: list[FeatureKey]
 ) -> FeatureKey | None:
-    """A channels-first feature of the same source from which ``key`` follows by more averaging.
+    """A channels-first feature of the same source from which ``key`` follows by more averaging
+    (``candidates``: the channels-first features of that source, in plan order).
 
     Reading a small parent instead of the source saves a pass over the source and, in the
     backward pass, one accumulation of a full-size gradient.
@@ -300,13 +301,16 @@ def build_features(
         {(k, lay if has_kept(k) else "channels_first") for k, lay in needed},
         key=lambda kl: (order(kl[0]), kl[1]),
     )
-    first_keys = [k for k, lay in wanted if lay == "channels_first"]
+    first_keys: dict[Any, list[FeatureKey]] = {}  # channels-first features, by source
+    for key, layout in wanted:
+        if layout == "channels_first":
+            first_keys.setdefault(key[0], []).append(key)
     names = taken if taken is not None else set()
     names |= {tensor_var(t.name) for t in space.tensors}
     names |= {f"out_{tensor_var(t.name)}" for t in space.tensors} | {"batch", "ws", "self", "c_out"}
     features: dict[tuple[FeatureKey, str], Feature] = {}
     for key, layout in wanted:
-        parent = _parent_key(space, key, first_keys) if layout == "channels_first" else None
+        parent = _parent_key(space, key, first_keys[key[0]]) if layout == "channels_first" else None
         parent_ref = None
         if parent is not None and (parent, "channels_first") in features:
             parent_ref = (features[(parent, "channels_first")].name, parent)

@@ -145,6 +145,10 @@ class _Walker(LayerRules, ValueRules):
         if type(module) in ops.CONV_MODULES:
             assert isinstance(module, nn.modules.conv._ConvNd)
             return self.conv(node, module, path, x, ops.CONV_MODULES[type(module)])
+        if type(module) in ops.TRANSPOSED_CONV_MODULES:
+            assert isinstance(module, nn.modules.conv._ConvTransposeNd)
+            dims = ops.TRANSPOSED_CONV_MODULES[type(module)]
+            return self.transposed_conv(node, module, path, x, dims)
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             return self.batch_norm(node, module, path, x)
         if isinstance(module, nn.LayerNorm):
@@ -178,6 +182,9 @@ class _Walker(LayerRules, ValueRules):
             return self.tuples[first][index]
         if not self.tensor_args(node):
             return None
+        if target is operator.getitem and first in self.labels:
+            x = self.label(node, first, "its input")
+            return self.take_positions(node, x, args[1] if len(args) > 1 else None)
         name = ops.function_activation(target, tuple(args), dict(node.kwargs))
         if name is not None:
             return self.activation(node, self.label(node, first, "its input"), name, describe(node))
@@ -312,6 +319,7 @@ def _supported_module(module: nn.Module) -> bool:
     return (
         isinstance(module, (nn.Linear, nn.Flatten, *ops.NORM_MODULES, *ops.PASSTHROUGH_MODULES))
         or type(module) in ops.CONV_MODULES
+        or type(module) in ops.TRANSPOSED_CONV_MODULES
         or type(module) in ops.POOL_MODULES
         or isinstance(module, ops.SPATIAL_MODULES)
         or isinstance(module, ops.SOFTMAX_MODULES)

@@ -249,15 +249,24 @@ class AxisRules(WalkState):
 
     # -- parameters used directly ---------------------------------------------------------
     def param_axes(
-        self, node: fx.Node, x: Label, view: fx.Node, character: int, what: str
+        self,
+        node: fx.Node,
+        x: Label,
+        view: fx.Node,
+        character: int,
+        what: str,
+        own_shape: bool = False,
     ) -> tuple[str, str, list[tuple[int | str, int]]]:
         """The module path, attribute and axes of a parameter broadcast against ``x``: one
         axis per dim it does not broadcast (the channel axis with ``character``, positions
-        fixed or their layer's space)."""
+        fixed or their layer's space). ``own_shape``: use the parameter's shape rather than
+        its view's (a view expanded over the batch)."""
         target = self.param_views[view]
         module_path, _, attr = target.rpartition(".")
         value = getattr(self.modules[module_path], attr, None)
-        shape = shape_of(view) or (tuple(value.shape) if isinstance(value, torch.Tensor) else ())
+        shape = (None if own_shape else shape_of(view)) or (
+            tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+        )
         rank = 1 + len(x.positions)
         wide = (1,) * (rank + 1 - len(shape)) + tuple(shape)
         sizes = list(x.positions)
@@ -304,10 +313,98 @@ class AxisRules(WalkState):
         embedding): a bias of the weight space, character 1 (it scales with x)."""
         module_path, attr, axes = self.param_axes(node, x, view, 1, "adds to activations")
         last = self.params[-1] if self.params else None
-        if not (last and last.module == module_path and last.kind == "weight"):
-            self.layer += 1  # else the bias of the weight just recorded (an affine)
-        self.add_param(module_path, attr, "bias", axes)
+        if (
+            last
+            and last.module == module_path
+            and last.kind == "weight"
+            and last.layer == self.layer
+        ):
+            self.add_param(module_path, attr, "bias", axes)  # the bias of an affine
+        else:  # a term of its own (a position embedding): a layer's weight tensor
+            self.layer += 1
+            self.add_param(module_path, attr, "weight", axes)
         return x
+
+    def token_cat(self, node: fx.Node, values: Sequence[Any], dim: int) -> Label:
+        """Concatenation along a fixed position axis (a class token put before the patch
+        tokens): the values share their channel space, and a parameter among them (expanded
+        over the batch) is a tensor on the channel axis with character +1, like the
+        activations it joins (a layer of its own)."""
+        labelled = [self.labels[v] for v in values if isinstance(v, fx.Node) and v in self.labels]
+        tokens = [v for v in values if isinstance(v, fx.Node) and v in self.param_views]
+        if not labelled or len(labelled) + len(tokens) != len(values):
+            raise self.fail(
+                node, "concatenates tensors that are neither activations nor parameters"
+            )
+        first = labelled[0]
+        rank = 2 + len(first.positions)
+        axis = dim % rank - 1
+        position = axis - (axis > first.channel_axis)
+        if (
+            first.flat
+            or axis == first.channel_axis
+            or any(x.channel_axis != first.channel_axis for x in labelled)
+            or any(key is not None for x in labelled for key in x.position_spaces)
+        ):
+            raise self.fail(
+                node,
+                f"concatenates along dim {dim}; only the channel axis or fixed positions "
+                "(tokens) are supported",
+            )
+        why = f"the concatenation of tokens in '{where_of(node)}'"
+        joined = first
+        for x in labelled[1:]:
+            joined = self.tie_channels(node, joined, x, why)
+        if joined.parts:
+            raise self.fail(node, "concatenates tokens whose channels are several spaces")
+        for token in tokens:
+            module_path, attr, axes = self.param_axes(
+                node, joined, token, 1, "concatenates with", own_shape=True
+            )
+            self.layer += 1
+            self.add_param(module_path, attr, "weight", axes)
+        out_shape = shape_of(node)
+        assert out_shape is not None
+        positions = list(joined.positions)
+        positions[position] = out_shape[dim % rank]
+        return replace(joined, positions=tuple(positions), copies=False)
+
+    def take_positions(self, node: fx.Node, x: Label, index: Any) -> Label:
+        """``x[:, 0]`` and the like: an integer picks one entry of a fixed position axis (the
+        class token), full slices keep an axis."""
+        items = list(index) if isinstance(index, tuple) else [index]
+        full = slice(None)
+        layout = x.layout()
+        if (
+            x.flat
+            or not items
+            or items[0] != full
+            or len(items) > 1 + len(layout)
+            or any(item != full and not isinstance(item, int) for item in items[1:])
+            or any(
+                isinstance(item, int) and layout[d] is not None for d, item in enumerate(items[1:])
+            )
+        ):
+            raise self.fail(
+                node,
+                f"indexes activations with {index!r}; only picking entries of fixed position "
+                "axes (x[:, 0]) is supported",
+            )
+        picked = {d for d, item in enumerate(items[1:]) if isinstance(item, int)}
+        sizes = list(x.positions)
+        sizes.insert(x.channel_axis, self.channels(x))
+        kept = [
+            (axis, size) for d, (axis, size) in enumerate(zip(layout, sizes)) if d not in picked
+        ]
+        channel_axis = [axis for axis, _ in kept].index(-1)
+        rest = [(axis, size) for axis, size in kept if axis != -1]
+        return replace(
+            x,
+            positions=tuple(size for _, size in rest),
+            channel_axis=channel_axis,
+            axis_spaces=(),
+            copies=x.copies and len(rest) > 0,
+        )
 
     def affine(self, node: fx.Node, operands: Sequence[Any]) -> Label:
         """``torch.addcmul(beta, alpha, x)``: ``beta + alpha * x`` with per-channel

@@ -115,6 +115,48 @@ class LayerRules(AxisRules):
         self._bias_and_rows(node, module.bias is not None, path, out, start)
         return Label(out, out_shape[2:])
 
+    def transposed_conv(
+        self,
+        node: fx.Node,
+        module: nn.modules.conv._ConvTransposeNd,
+        path: str,
+        x: Label,
+        dims: int,
+    ) -> Label:
+        """A transposed convolution (U-Net decoders): like a convolution, with the weight's
+        channel axes in the order (in, out)."""
+        name = type(module).__name__
+        self.require_plain(node, x, name, module)
+        if x.flat or len(x.positions) != dims:
+            raise self.fail(
+                node,
+                f"expects (batch, channels, {dims} spatial axes) from the layer before",
+                module,
+            )
+        if module.groups != 1:
+            raise self.fail(
+                node, f"grouped transposed convolutions (groups={module.groups})", module
+            )
+        out_shape = shape_of(node)
+        assert out_shape is not None
+        kernel: list[tuple[int | str, int]] = [
+            (self.fixed_space("k", int(k), "kernel offsets"), 0) for k in module.kernel_size
+        ]
+        self.layer += 1
+        first, start = self.layer, len(self.params)
+        out = self.new_space(module.out_channels, f"output of {path} ({name})")
+        for k, (key, part) in enumerate(self.parts_of(x, 0)):
+            self.layer += k > 0
+            self.add_param(path, "weight", "weight", [(key, -1), (out, 1), *kernel], part)
+        rows = [(index, 1) for index in range(start, len(self.params))]
+        if module.bias is not None:
+            last, self.layer = self.layer, first
+            self.add_param(path, "bias", "bias", [(out, 1)])
+            self.layer = last
+            rows.append((len(self.params) - 1, 0))
+        self.rows[node] = rows
+        return Label(out, out_shape[2:])
+
     def _grouped_conv(
         self,
         node: fx.Node,

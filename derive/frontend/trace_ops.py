@@ -41,6 +41,7 @@ __all__ = [
     "SOFTMAX_FUNCTIONS",
     "SOFTMAX_METHODS",
     "CONV_MODULES",
+    "TRANSPOSED_CONV_MODULES",
     "CAT_FUNCTIONS",
     "CLAMP_FUNCTIONS",
     "CLAMP_METHODS",
@@ -314,6 +315,12 @@ SOFTMAX_METHODS: frozenset[str] = frozenset({"softmax", "log_softmax"})
 SOFTMAX_MODULES: tuple[type[nn.Module], ...] = (nn.Softmax, nn.LogSoftmax)
 
 CONV_MODULES: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+#: transposed convolutions: weight (in, out / groups, *kernel)
+TRANSPOSED_CONV_MODULES: dict[type[nn.Module], int] = {
+    nn.ConvTranspose1d: 1,
+    nn.ConvTranspose2d: 2,
+    nn.ConvTranspose3d: 3,
+}
 NORM_MODULES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -385,7 +392,8 @@ def is_view(node: Any) -> bool:
 
 def reads_parameters(node: Any) -> bool:
     """Whether an fx node may read a parameter together with activations: products, sums,
-    ``addcmul`` and functional norms (their rules check the shapes)."""
+    concatenations (a class token), ``addcmul`` and functional norms (their rules check the
+    shapes)."""
     if is_product(node):
         return True
     if node.op == "call_method":
@@ -393,6 +401,7 @@ def reads_parameters(node: Any) -> bool:
     return node.op == "call_function" and (
         node.target in ADD_FUNCTIONS
         or node.target in NORM_FUNCTIONS
+        or node.target in CAT_FUNCTIONS
         or node.target is torch.addcmul
     )
 

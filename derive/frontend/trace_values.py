@@ -161,9 +161,12 @@ class ValueRules(AxisRules):
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
         if not isinstance(values, (list, tuple)) or not values:
             raise self.fail(node, "concatenates something other than a list of tensors")
-        labels = [self.label(node, value, "a concatenated tensor") for value in values]
-        first = labels[0]
+        labelled = [v for v in values if isinstance(v, fx.Node) and v in self.labels]
+        first = self.label(node, labelled[0] if labelled else None, "a concatenated tensor")
         rank = 2 + (0 if first.flat else len(first.positions))
+        if isinstance(dim, int) and dim % rank not in (0, 1 + first.channel_axis):
+            return self.token_cat(node, values, dim)
+        labels = [self.label(node, value, "a concatenated tensor") for value in values]
         if not isinstance(dim, int) or dim % rank != 1 + first.channel_axis:
             raise self.fail(
                 node,

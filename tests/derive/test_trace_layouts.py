@@ -77,7 +77,7 @@ class ConvNeXtBlock(nn.Module):
 class ConvNeXt(nn.Module):
     """Patchify stem with LayerNorm2d, a block, a downsampling layer, a block, the head."""
 
-    def __init__(self, dim: int = 2, classes: int = 2, second: bool = True) -> None:
+    def __init__(self, dim: int = 3, classes: int = 2, second: bool = True) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, dim, 2, stride=2), LayerNorm2d(dim))
         self.block = ConvNeXtBlock(dim)
@@ -219,8 +219,12 @@ def test_convnext_channels_last_linears_share_the_channel_space():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("factory", "shape"),
-    [(lambda: ConvNeXt(), (1, 8, 8)), (lambda: Mixer(blocks=2), (1, 8, 8))],
-    ids=["convnext-two-stages", "mixer-two-blocks"],
+    [
+        (lambda: ConvNeXt(), (1, 8, 8)),
+        (lambda: Mixer(blocks=2), (1, 8, 8)),
+        (lambda: UNet(), (1, 2, 2)),
+    ],
+    ids=["convnext-two-stages", "mixer-two-blocks", "unet"],
 )
 def test_layout_networks_pass_every_check(factory, shape):
     report = verify(derive(factory(), shape), samples=2)
@@ -308,3 +312,124 @@ def test_layout_errors_name_the_operation(forward, modules, shape, message):
     with pytest.raises(SpecError) as info:
         derive(module, shape)
     assert message in str(info.value), str(info.value)
+
+
+class LeNet5(nn.Module):
+    """LeCun et al.'s LeNet-5: tanh convolutions, average pooling, three linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 6, 5, padding=2)
+        self.c3 = nn.Conv2d(6, 16, 5)
+        self.f5 = nn.Linear(16 * 5 * 5, 120)
+        self.f6 = nn.Linear(120, 84)
+        self.out = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.avg_pool2d(torch.tanh(self.c1(x)), 2)
+        x = F.avg_pool2d(torch.tanh(self.c3(x)), 2).flatten(1)
+        return self.out(torch.tanh(self.f6(torch.tanh(self.f5(x)))))
+
+
+class SmallCNNZoo(nn.Module):
+    """The Small CNN Zoo's network (Unterthiner et al.): three strided 3x3 convolutions,
+    global average pooling, a linear head."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(1, width, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.head(self.convs(x).mean((2, 3)))
+
+
+class UNet(nn.Module):
+    """A two-level U-Net: BN-ReLU encoder, max pooling, a transposed-convolution decoder, skip
+    concatenation, per-pixel output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.up = nn.ConvTranspose2d(4, 3, 2, stride=2)
+        self.dec = nn.Sequential(nn.Conv2d(6, 3, 3, padding=1), nn.ReLU())
+        self.out = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        e = self.enc(x)
+        m = self.mid(F.max_pool2d(e, 2))
+        return self.out(self.dec(torch.cat([self.up(m), e], dim=1)))
+
+
+class TokenMLP(nn.Module):
+    """A ViT without attention: patch tokens, a class token, a position embedding, a
+    pre-norm MLP block, the class token read out (plus the token mean: without attention
+    nothing else reaches the class token)."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+        x = x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+        return self.head(x[:, 0] + x.mean(dim=1))
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "scalings"),
+    [
+        (LeNet5, (1, 28, 28), {"sign": 4}),
+        (SmallCNNZoo, (1, 28, 28), {"positive": 3}),
+        (UNet, (1, 4, 4), {"positive": 3, "nonzero": 1}),
+    ],
+    ids=["lenet5", "small-cnn-zoo", "unet"],
+)
+def test_classic_networks_trace_and_pass_the_network_check(factory, shape, scalings):
+    derivation = derive(factory(), shape)
+    counts: dict[str, int] = {}
+    for space in derivation.space.spaces:
+        if space.role == "hidden":
+            counts[space.scaling.value] = counts.get(space.scaling.value, 0) + 1
+    assert counts == scalings
+    report = verify(derivation, samples=2, only=["network"])
+    assert report.ok, report.text()
+
+
+def test_unet_transposed_convolution_and_skip():
+    derivation = derive(UNet(), (1, 4, 4))
+    space = derivation.space
+    up = _source(space, "up.weight")
+    assert [(a.space, a.character) for a in up.axes[:2]] == [("h2", -1), ("h3", 1)]
+    decoder = [t for t in space.tensors if t.source_key == "dec.0.weight"]
+    assert len(decoder) == 2  # the skip concatenation: one part per side
+    # (the linear layer's checks take a minute and a half here: in the slow tier below)
+    report = verify(derivation, samples=2, only=["network", "invariant"])
+    assert report.ok, report.text()
+
+
+def test_class_token_and_position_embedding_are_tensors_of_the_weight_space():
+    derivation = derive(TokenMLP(), (1, 8, 8))
+    space = derivation.space
+    assert [(a.space, a.character) for a in _source(space, "cls_token").axes] == [("h1", 1)]
+    assert [(a.space, a.character) for a in _source(space, "pos_embed").axes] == [
+        ("x5", 0),
+        ("h1", 1),
+    ]
+    report = verify(derivation, samples=2, only=["network", "linear"])
+    assert report.ok, report.text()

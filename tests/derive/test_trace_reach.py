@@ -338,18 +338,24 @@ def test_inspect_json_shows_the_slices(cli):
     ]
 
 
-def test_concatenation_along_space_is_refused():
-    class Bad(nn.Module):
-        def __init__(self) -> None:
+def test_concatenation_along_positions_keeps_the_channel_space_and_batch_is_refused():
+    class Positions(nn.Module):
+        def __init__(self, dim: int) -> None:
             super().__init__()
             self.conv = nn.Conv2d(1, 2, 3, padding=1)
+            self.head = nn.Linear(2, 2)
+            self.dim = dim
 
         def forward(self, x):
-            h = self.conv(x)
-            return torch.cat([h, h], dim=2).mean(dim=(2, 3))
+            h = torch.relu(self.conv(x))
+            return self.head(torch.cat([h, 2 * h], dim=self.dim).mean(dim=(2, 3)))
 
-    with pytest.raises(Exception, match=r"concatenates along dim 2; only the channel axis"):
-        derive(Bad(), (1, 4, 4))
+    derivation = derive(Positions(2), (1, 4, 4))
+    assert derivation.space.space("h1").scaling is Scaling.POSITIVE
+    report = verify(derivation, samples=2, only=["network"])
+    assert report.ok, report.text()
+    with pytest.raises(Exception, match=r"concatenates along dim 0; only the channel axis"):
+        derive(Positions(0), (1, 4, 4))
 
 
 class _SqueezeExcite(nn.Module):

@@ -85,18 +85,9 @@ def write_sources(
             )
         whole = pieces[0][1].new_zeros(tuple(first.source_shape))
         for piece, value in pieces:
-            whole = whole.index_put(_open_index(whole, piece), value)
+            whole[piece.source_index()] = value  # in place on a fresh tensor: autograd flows
         out[key] = whole
     return out
-
-
-def _open_index(whole: Tensor, piece: TensorLayout) -> tuple[Tensor, ...]:
-    """``piece.source_index()`` as index tensors (for ``index_put``, which keeps autograd)."""
-    ranges = [
-        torch.arange(n, device=whole.device)[index]
-        for n, index in zip(whole.shape, piece.source_index())
-    ]
-    return tuple(torch.meshgrid(*ranges, indexing="ij"))
 
 
 def weight_space_from_state_dicts(

@@ -64,6 +64,18 @@ def _maps(
     return out
 
 
+def _entry_text(tensor: TensorSpec) -> str:
+    """``key`` or, for one part of an entry, ``key[:, 0:4]`` (its slice of every dim)."""
+    if tensor.source_slice is None:
+        return tensor.source_key
+    index = [":"] * len(tensor.source_shape)
+    for dim, start, stop, step in tensor.source_slice:
+        index[dim] = f"{start}:{stop}" if step == 1 else f"{start}:{stop}:{step}"
+    while index and index[-1] == ":":
+        index.pop()
+    return f"{tensor.source_key}[{', '.join(index)}]"
+
+
 def _tensor_entry(space: WeightSpaceSpec, tensor: TensorSpec) -> dict[str, Any]:
     return {
         "name": tensor.name,
@@ -141,10 +153,10 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
         )
     lines += _table(rows)
     lines += ["", "Tensors"]
-    rows = [["tensor", "shape", "axes (space and scaling character)", "state-dict key"]]
+    rows = [["tensor", "shape", "axes (space and scaling character)", "state-dict entry"]]
     for t in space.tensors:
         shape = "x".join(str(n) for n in space.shape(t))
-        rows.append([t.name, shape, _axes_text(t), t.source_key])
+        rows.append([t.name, shape, _axes_text(t), _entry_text(t)])
     lines += _table(rows)
     if space.buffers:
         lines += ["", "Buffers (acted on by the group with the tensors; not features)"]

@@ -197,7 +197,7 @@ class _Walker(LayerRules, ValueRules):
             return None
         if target in ops.PERMUTE_FUNCTIONS:
             x = self.label(node, first, "its input")
-            order = ops.axis_order(target, tuple(args), dict(node.kwargs), self.rank_of(first))
+            order = self.axis_order(node, target, first)
             return self.permute(node, x, order)
         if target in ops.NORM_FUNCTIONS:
             return self.functional_norm(node, ops.NORM_FUNCTIONS[target])
@@ -237,11 +237,20 @@ class _Walker(LayerRules, ValueRules):
     def split_channels(self, node: fx.Node, target: Any, first: Any) -> None:
         x = self.label(node, first, "its input")
         length = self.channels(x)
-        sizes, dim = ops.split_sizes(target, tuple(node.args), dict(node.kwargs), length)
+        try:
+            sizes, dim = ops.split_sizes(target, tuple(node.args), dict(node.kwargs), length)
+        except (TypeError, ValueError):
+            raise self.fail(node, "splits by sizes computed at run time") from None
         shape = shape_of(first) if isinstance(first, fx.Node) else None
         if shape is not None and dim % len(shape) == 1 + x.channel_axis and sum(sizes) != length:
             raise self.fail(node, f"splits {length} channels into pieces of {sizes}")
         self.chunks(node, x, sizes, dim)
+
+    def axis_order(self, node: fx.Node, target: Any, first: Any) -> list[int]:
+        try:
+            return ops.axis_order(target, tuple(node.args), dict(node.kwargs), self.rank_of(first))
+        except (TypeError, ValueError):
+            raise self.fail(node, "reorders axes computed at run time") from None
 
     def rank_of(self, value: Any) -> int:
         shape = shape_of(value) if isinstance(value, fx.Node) else None
@@ -293,7 +302,7 @@ class _Walker(LayerRules, ValueRules):
             self.split_channels(node, method, first)
             return None
         if method in ops.PERMUTE_METHODS:
-            order = ops.axis_order(method, tuple(node.args), dict(node.kwargs), self.rank_of(first))
+            order = self.axis_order(node, method, first)
             return self.permute(node, x, order)
         if method in ops.CLAMP_METHODS:
             name = ops.clamp_activation(method, tuple(node.args), dict(node.kwargs))

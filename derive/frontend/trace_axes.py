@@ -125,15 +125,20 @@ class AxisRules(WalkState):
             and len(out_shape) == len(in_shape) + 1
             and out_shape[3:] == in_shape[2:]
             and out_shape[1] * out_shape[2] == size
-            and out_shape[1] > 1
+            and min(out_shape[1], out_shape[2]) > 1
         ):
             return replace(x, shuffle=(out_shape[1], out_shape[2], False))
-        size = self.channels(x)
         count = math.prod(x.positions)
         if (not x.flat and x.plain) or (not x.flat and count == 1):
             if len(out_shape) == 2 and out_shape[1] == size * count:
                 if count == 1:
-                    return Label(x.space, (), parts=x.parts)
+                    return replace(x, positions=(), channel_axis=0, axis_spaces=(), copies=False)
+                if x.strides:
+                    raise self.fail(
+                        node,
+                        f"flattens {in_shape} after a channel shuffle; pool the positions "
+                        "first (interleaved channels with positions behind them)",
+                    )
                 if x.channel_axis == 0:
                     return replace(x, flat=True)
             if x.plain:

@@ -236,6 +236,11 @@ class WalkState:
         root = self.root_of(leaf)
         size = self.spaces[root].size
         assert 0 < offset < size and not self.spaces[leaf].children
+        if self.spaces[root].is_input or self.spaces[root].is_output:
+            end = "input" if self.spaces[root].is_input else "output"
+            raise SpecError(
+                f"{why} splits the network {end}'s channels into parts; not supported", self.where
+            )
         members = [
             k for k in self.spaces if not self.spaces[k].children and self.root_of(k) == root
         ]

@@ -171,8 +171,18 @@ def test_channel_shuffle_interleaves_the_parts():
             lambda m, x: m.fc2(m.conv(x).view(x.shape[0], 2, 2, 4, 4).mean(1).mean((2, 3))),
             "only a channel shuffle",
         ),
+        (
+            lambda m, x: m.fc3(channel_shuffle(m.conv(x), 2).flatten(1)),
+            "after a channel shuffle",
+        ),
+        (lambda m, x: m.fc(m.conv(x).unsqueeze(2).mean((2, 3, 4))), None),
     ],
-    ids=["chunk-positions", "view-then-mean"],
+    ids=[
+        "chunk-positions",
+        "view-then-mean",
+        "flatten-after-shuffle",
+        "unsqueeze-is-not-a-shuffle",
+    ],
 )
 def test_split_errors_name_the_operation(forward, message):
     class Net(nn.Module):
@@ -181,10 +191,16 @@ def test_split_errors_name_the_operation(forward, message):
             self.conv = nn.Conv2d(1, 4, 1)
             self.fc = nn.Linear(4, 2)
             self.fc2 = nn.Linear(2, 2)
+            self.fc3 = nn.Linear(64, 2)
 
         def forward(self, x):
             return forward(self, x)
 
+    if message is None:
+        net = Net()
+        del net.fc2, net.fc3  # unused here
+        derive(net, (1, 4, 4))
+        return
     with pytest.raises(SpecError) as info:
         derive(Net(), (1, 4, 4))
     assert message in str(info.value), str(info.value)
@@ -295,3 +311,18 @@ def test_orbit_count_matches_the_engine_without_groups():
     moves = [_apply_space_move(derivation.space, m) for m in _space_moves(derivation.space)]
     linear = derivation.basis.dim
     assert linear == _orbit_count(derivation.space, moves)
+
+
+def test_splitting_the_input_channels_is_refused():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(4, 2, 1)
+            self.b = nn.Conv2d(4, 2, 1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head((x + torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+    with pytest.raises(SpecError, match="splits the network input's channels into parts"):
+        derive(Net(), (4, 3, 3))

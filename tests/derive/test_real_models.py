@@ -41,6 +41,15 @@ def _torchvision_models():
 _LIBRARIES: list[torch.library.Library] = []
 
 
+def _scaling_counts(derivation) -> dict[str, int]:
+    """How many hidden spaces allow each scaling."""
+    counts: dict[str, int] = {}
+    for space in derivation.space.spaces:
+        if space.role == "hidden":
+            counts[space.scaling.value] = counts.get(space.scaling.value, 0) + 1
+    return counts
+
+
 models = _torchvision_models()
 pytestmark = pytest.mark.skipif(models is None, reason="torchvision is not installed")
 
@@ -94,10 +103,7 @@ def test_torchvision_models_trace_and_keep_their_group(name):
     assert derivation.basis.dim > 0
     elapsed = time.perf_counter() - start
     assert elapsed < 10, f"tracing and deriving the basis took {elapsed:.1f} s"
-    counts: dict[str, int] = {}
-    for space in derivation.space.spaces:
-        if space.role == "hidden":
-            counts[space.scaling.value] = counts.get(space.scaling.value, 0) + 1
+    counts = _scaling_counts(derivation)
     if expected is not None:
         assert counts == expected
     assert Scaling.POSITIVE.value in counts or "none" in counts
@@ -121,6 +127,11 @@ def test_torchvision_models_trace_and_keep_their_group(name):
                 "regnet_y_400mf",
                 "resnext50_32x4d",
                 "shufflenet_v2_x0_5",
+                "vgg11",
+                "densenet-small",
+                "mobilenet_v3_small",
+                "efficientnet_b0",
+                "convnext_tiny",
             )
         ),
     ],
@@ -183,10 +194,7 @@ def test_timm_models_trace_and_keep_their_group(name):
     assert derivation.basis.dim > 0
     elapsed = time.perf_counter() - start
     assert elapsed < 10, f"tracing and deriving the basis took {elapsed:.1f} s"
-    counts: dict[str, int] = {}
-    for space in derivation.space.spaces:
-        if space.role == "hidden":
-            counts[space.scaling.value] = counts.get(space.scaling.value, 0) + 1
+    counts = _scaling_counts(derivation)
     assert counts == expected
 
 

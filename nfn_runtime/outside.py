@@ -208,13 +208,14 @@ def sample_outside_group(
     """
     if kind not in OUTSIDE_GROUP_KINDS:
         raise ValueError(f"unknown outside-group kind {kind!r}; valid kinds: {OUTSIDE_GROUP_KINDS}")
-    candidates = [s for s in layout.spaces if _applies(layout, kind, s)]
-    if space is not None:
-        candidates = [s for s in candidates if s.name == space]
+    candidates = [
+        s for s in layout.spaces if (space is None or s.name == space) and _applies(layout, kind, s)
+    ]
+    if not candidates and space is not None:  # (cheap: callers try every space in turn)
+        raise ValueError(f"outside-group kind {kind!r} does not apply to space {space!r}")
     if not candidates:
-        where = f"space {space!r}" if space is not None else "any space of this layout"
         raise ValueError(
-            f"outside-group kind {kind!r} does not apply to {where}; "
+            f"outside-group kind {kind!r} does not apply to any space of this layout; "
             f"kinds that apply: {outside_group_kinds(layout)}"
         )
     moved = [s for s in candidates if not s.is_fixed]

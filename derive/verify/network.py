@@ -123,15 +123,23 @@ def network_checks(derivation: Derivation, report: VerifyReport, samples: int, s
     changes: list[tuple[str, str, float]] = []
     sampled = False
     for kind in OUTSIDE_GROUP_KINDS:
-        transforms = [
-            t
-            for space in layout.spaces
-            if (t := _outside(layout, kind, generator, space.name)) is not None
-        ]
-        if len(transforms) > MAX_OUTSIDE_SPACES:
-            sampled = True
-            order = torch.randperm(len(transforms), generator=generator)[:MAX_OUTSIDE_SPACES]
-            transforms = [transforms[int(i)] for i in sorted(order)]
+        # every space on small networks; else the first MAX_OUTSIDE_SPACES where the kind
+        # applies, in a random order
+        count = len(layout.spaces)
+        order: list[int] = (
+            list(range(count))
+            if count <= MAX_OUTSIDE_SPACES
+            else torch.randperm(count, generator=generator).tolist()
+        )
+        transforms: list[OutsideGroupTransform] = []
+        for index in order:
+            transform = _outside(layout, kind, generator, layout.spaces[index].name)
+            if transform is None:
+                continue
+            if len(transforms) == MAX_OUTSIDE_SPACES:
+                sampled = True
+                break
+            transforms.append(transform)
         for transform in transforms:
             change = network_symmetry_error(model, layout, inputs, transform, per_sample=True)
             changes.append((kind, transform.space, change))

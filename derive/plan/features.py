@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from math import prod, sqrt
 from typing import Any
 
-from derive.basis.linear import BasisMap
 from derive.naming import identifier
 from derive.weightspace.model import WeightSpaceSpec
 
@@ -29,7 +28,6 @@ __all__ = [
     "FeatureKey",
     "PRODUCT",
     "tensor_var",
-    "feature_key",
     "is_product_key",
     "has_kept",
     "key_factor",
@@ -80,14 +78,6 @@ def tensor_var(name: str) -> str:
 
 def is_product_key(key: FeatureKey) -> bool:
     return bool(key) and key[0] == PRODUCT
-
-
-def feature_key(basis_map: BasisMap, kept_blocks: Sequence[int]) -> FeatureKey:
-    """The linear key of a degree-1 map, given its matched blocks in output order."""
-    assert basis_map.input is not None
-    kept = tuple(basis_map.blocks[i].inputs for i in kept_blocks)
-    reduced = tuple(sorted(b.inputs for b in basis_map.blocks if not b.outputs))
-    return (basis_map.input, kept, reduced)
 
 
 def fixed_positions(space: WeightSpaceSpec, key: FeatureKey) -> list[tuple[int, int]]:

@@ -52,13 +52,8 @@ class AxisRules(WalkState):
                 node, f"combines {self.channels(a)} channels with {self.channels(b)} channels"
             )
         for x, y in ((a, b), (b, a)):
-            for _, start, step in self.segments(self.resolve(x)):
-                if step != 1:
-                    break
-                for key, begin, stride in self.segments(self.resolve(y)):
-                    inside = -(-(start - begin) // stride)
-                    if 0 < inside < self.size_of(key):
-                        self.cut(key, inside, why)
+            starts = [start for _, start, step in self.segments(self.resolve(x)) if step == 1]
+            self.cut_at(y, starts, why)
         a, b = self.resolve(a), self.resolve(b)
         seg_a = sorted(self.segments(a), key=lambda s: s[1])
         seg_b = sorted(self.segments(b), key=lambda s: s[1])
@@ -75,6 +70,25 @@ class AxisRules(WalkState):
         return self.resolve(a)
 
     # -- layouts --------------------------------------------------------------------------
+    def axes_of(self, x: Label) -> list[tuple[int | None, int]]:
+        """Per non-batch axis of an unflattened value: ``(-1, channels)`` for the channel
+        axis, else ``(its space or None, its size)``."""
+        sizes = list(x.positions)
+        sizes.insert(x.channel_axis, self.channels(x))
+        return list(zip(x.layout(), sizes))
+
+    def with_axes(self, x: Label, axes: Sequence[tuple[int | None, int]]) -> Label:
+        """``x`` with its non-batch axes replaced by ``axes`` (as :meth:`axes_of` gives)."""
+        channel_axis = [axis for axis, _ in axes].index(-1)
+        rest = [(axis, size) for axis, size in axes if axis != -1]
+        spaces = tuple(axis for axis, _ in rest)
+        return replace(
+            x,
+            positions=tuple(size for _, size in rest),
+            channel_axis=channel_axis,
+            axis_spaces=spaces if any(k is not None for k in spaces) else (),
+        )
+
     def permute(self, node: fx.Node, x: Label, order: list[int]) -> Label:
         """Reorder the axes: the channel axis and every position (fixed or written by a
         layer) move with them."""
@@ -93,19 +107,8 @@ class AxisRules(WalkState):
         rank = 2 + len(x.positions)
         if sorted(order) != list(range(rank)) or order[0] != 0:
             raise self.fail(node, f"reorders axes {order}; the batch axis (dim 0) must stay first")
-        layout = x.layout()
-        sizes = list(x.positions)
-        sizes.insert(x.channel_axis, self.channels(x))
-        moved = [(layout[d - 1], sizes[d - 1]) for d in order[1:]]
-        channel_axis = [axis for axis, _ in moved].index(-1)
-        rest = [(axis, size) for axis, size in moved if axis != -1]
-        spaces = tuple(axis for axis, _ in rest)
-        return replace(
-            x,
-            positions=tuple(size for _, size in rest),
-            channel_axis=channel_axis,
-            axis_spaces=spaces if any(k is not None for k in spaces) else (),
-        )
+        axes = self.axes_of(x)
+        return self.with_axes(x, [axes[d - 1] for d in order[1:]])
 
     def reshape(self, node: fx.Node, x: Label) -> Label:
         """Reshapes that keep the channel axis whole: flattening channels-first maps into
@@ -172,13 +175,9 @@ class AxisRules(WalkState):
         if not swapped:
             return x
         why = f"the channel shuffle in '{where_of(node)}'"
-        for bound in range(per_group, groups * per_group, per_group):
-            for key, start, step in self.segments(self.resolve(x)):
-                inside = -(-(bound - start) // step)
-                if 0 < inside < self.size_of(key):
-                    self.cut(key, inside, why)
+        x = self.cut_at(x, range(per_group, groups * per_group, per_group), why)
         moved = []
-        for key, start, step in self.segments(self.resolve(x)):
+        for key, start, step in self.segments(x):
             block = start // per_group
             moved.append((key, (start - block * per_group) * groups + block, step * groups))
         moved.sort(key=lambda segment: segment[1])
@@ -224,33 +223,22 @@ class AxisRules(WalkState):
                 node, f"reduces over dims {dims}; only position axes (not batch or channel) are"
             )
         keepdim = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
-        layout = x.layout()
-        sizes = list(x.positions)
-        sizes.insert(x.channel_axis, self.channels(x))
+        entries = self.axes_of(x)
         where = where_of(node)
-        reduced = [k for d in axes if (k := layout[d - 1]) is not None]
+        reduced = [k for d in axes if (k := entries[d - 1][0]) is not None]
         self.constrain_keys(reduced, Scaling.NONE, f"the reduction over neurons in '{where}'")
         if is_max:
             self.constrain(
                 x, Scaling.POSITIVE, f"the maximum in '{where}' (a sign flip turns max into min)"
             )
         kept: list[tuple[int | None, int]] = []
-        for d, entry in enumerate(zip(layout, sizes)):
+        for d, entry in enumerate(entries):
             if d + 1 not in axes:
                 kept.append(entry)
             elif keepdim:
                 kept.append((None, 1))
-        channel_axis = [axis for axis, _ in kept].index(-1)
-        rest = [(axis, size) for axis, size in kept if axis != -1]
-        spaces = tuple(axis for axis, _ in rest)
-        positions = tuple(size for _, size in rest)
-        return replace(
-            x,
-            positions=positions,
-            channel_axis=channel_axis,
-            axis_spaces=spaces if any(k is not None for k in spaces) else (),
-            copies=x.copies and math.prod(positions) > 1,
-        )
+        out = self.with_axes(x, kept)
+        return replace(out, copies=x.copies and math.prod(out.positions) > 1)
 
     # -- parameters used directly ---------------------------------------------------------
     def param_axes(
@@ -274,8 +262,8 @@ class AxisRules(WalkState):
         )
         rank = 1 + len(x.positions)
         wide = (1,) * (rank + 1 - len(shape)) + tuple(shape)
-        sizes = list(x.positions)
-        sizes.insert(x.channel_axis, self.channels(x))
+        entries = self.axes_of(x)
+        sizes = [size for _, size in entries]
         fits = (
             isinstance(value, nn.Parameter)
             and len(wide) == rank + 1
@@ -294,7 +282,7 @@ class AxisRules(WalkState):
         if any(p.source_key == target for p in self.params):
             raise self.fail(node, f"uses the parameter '{target}' twice")
         axes: list[tuple[int | str, int]] = []
-        for axis, n in zip(x.layout(), wide[1:]):
+        for (axis, _), n in zip(entries, wide[1:]):
             if n == 1:
                 continue
             if axis == -1:
@@ -396,20 +384,9 @@ class AxisRules(WalkState):
                 "axes (x[:, 0]) is supported",
             )
         picked = {d for d, item in enumerate(items[1:]) if isinstance(item, int)}
-        sizes = list(x.positions)
-        sizes.insert(x.channel_axis, self.channels(x))
-        kept = [
-            (axis, size) for d, (axis, size) in enumerate(zip(layout, sizes)) if d not in picked
-        ]
-        channel_axis = [axis for axis, _ in kept].index(-1)
-        rest = [(axis, size) for axis, size in kept if axis != -1]
-        return replace(
-            x,
-            positions=tuple(size for _, size in rest),
-            channel_axis=channel_axis,
-            axis_spaces=(),
-            copies=x.copies and len(rest) > 0,
-        )
+        kept = [entry for d, entry in enumerate(self.axes_of(x)) if d not in picked]
+        out = self.with_axes(x, kept)
+        return replace(out, copies=x.copies and len(out.positions) > 0)
 
     def affine(self, node: fx.Node, operands: Sequence[Any]) -> Label:
         """``torch.addcmul(beta, alpha, x)``: ``beta + alpha * x`` with per-channel

@@ -317,16 +317,20 @@ class WalkState:
         strides = () if contiguous else tuple((start, step) for _, start, step in segments)
         return replace(x, space=keys[0], parts=keys if len(keys) > 1 else (), strides=strides)
 
+    def cut_at(self, x: Label, bounds: Sequence[int], why: str) -> Label:
+        """Split the spaces of ``x`` so that no part has neurons on both sides of any channel
+        position in ``bounds``; returns ``x`` brought up to date."""
+        for bound in bounds:
+            for key, start, step in self.segments(self.resolve(x)):
+                inside = -(-(bound - start) // step)  # neurons before the bound
+                if 0 < inside < self.size_of(key):
+                    self.cut(key, inside, why)
+        return self.resolve(x)
+
     def select(self, x: Label, lo: int, hi: int, why: str) -> Label:
         """The channels ``lo:hi`` of ``x`` (a chunk, one group of a grouped convolution):
         spaces that straddle the bounds are split first."""
-        for key, start, step in self.segments(x):
-            size = self.size_of(key)
-            for bound in (lo, hi):
-                inside = -(-(bound - start) // step)  # neurons before the bound
-                if 0 < inside < size:
-                    self.cut(key, inside, why)
-        x = self.resolve(x)
+        x = self.cut_at(x, (lo, hi), why)
         chosen = [
             (key, start - lo, step) for key, start, step in self.segments(x) if lo <= start < hi
         ]

@@ -32,6 +32,7 @@ from derive.errors import SpecError
 from derive.frontend.options import ArchitectureSpec
 from derive.layers import LAYER_KINDS, LayerOptions, generate
 from derive.layers.kind import CheckOptions
+from derive.plan.budget import Budget
 from derive.verify.checklist import VerifyReport
 from derive.verify.network import network_checks
 from derive.verify.symbolic import symbolic_checks
@@ -85,14 +86,16 @@ def verify(
     degree: int | None = None,
     family: str = "magep",
     only: Sequence[str] | None = None,
+    budget: Budget = "default",
 ) -> VerifyReport:
     """Run every check: the symbolic proofs of the basis, the group check on the network
     itself, then each registered layer kind's checks; ``only`` names the groups to run (see
-    :func:`check_group_names`)."""
+    :func:`check_group_names`); ``budget`` is the linear layer's size budget, whose factored
+    layer is checked beside the dense one."""
     chosen = set(check_group_names()) if only is None else checked_groups(only)
     report = VerifyReport()
     derivation = spec if isinstance(spec, Derivation) else derive(spec)
-    options = CheckOptions(samples=samples, seed=seed, family=family, degree=degree)
+    options = CheckOptions(samples=samples, seed=seed, family=family, degree=degree, budget=budget)
     if "symbolic" in chosen:
         symbolic_checks(derivation, report)
     if "network" in chosen:

@@ -14,6 +14,14 @@ Group (per neuron space):
 Complete linear basis: 8 parameter-sharing maps spanning dimension 25882 per
 (input channel, output channel) pair, and 10 constants per output channel;
 derived and verified by nfn-derive.
+
+Size budget: the maps over large fixed axes are factored (still exactly equivariant; the
+dense choice is the complete basis, nfn-derive generate --budget dense).
+    budget: 13 per channel pair (default: network parameters / 64); dimension 25,882 -> 2,842
+      the floor (matmuls up to 16384 dense, rank at least 8) is above the budget: 2,842
+      mix_h2_w3: 160 x 160 = 25,600 dense -> rank 8 x max(c_in, c_out): 2,560
+        writes W3; reads W3
+      4 other matmuls dense
 """
 
 from __future__ import annotations
@@ -86,7 +94,8 @@ class FlattenCnnLinear(nn.Module):
     mix_h1 = theta_mix_h1 . [W1[i,:,:,:], b1[i]]
     mix_h2_h1 = theta_mix_h2_h1 . [W2[i,j,:,:]]
     mix_h2 = theta_mix_h2 . [b2[i]]
-    mix_h2_w3 = theta_mix_h2_w3 . [W3[:,i,:]]
+    mix_h2_w3 = theta_mix_h2_w3 . [W3[:,i,:]] (size budget: theta_mix_h2_w3 = up . down, rank 8
+        * max(c_in, c_out))
     mix_pooled = theta_mix_pooled . [b3[:]]
 
     W1'[i,x,y,z] = mix_h1[i,x,y,z]
@@ -106,7 +115,12 @@ class FlattenCnnLinear(nn.Module):
         self.mix_h1_weight = nn.Parameter(torch.empty(10 * out_channels, 10 * in_channels))
         self.mix_h2_h1_weight = nn.Parameter(torch.empty(9 * out_channels, 9 * in_channels))
         self.mix_h2_weight = nn.Parameter(torch.empty(out_channels, in_channels))
-        self.mix_h2_w3_weight = nn.Parameter(torch.empty(160 * out_channels, 160 * in_channels))
+        self.mix_h2_w3_up = nn.Parameter(
+            torch.empty(160 * out_channels, 8 * max(in_channels, out_channels))
+        )
+        self.mix_h2_w3_down = nn.Parameter(
+            torch.empty(8 * max(in_channels, out_channels), 160 * in_channels)
+        )
         self.mix_pooled_weight = nn.Parameter(torch.empty(10 * out_channels, 10 * in_channels))
         self.mix_pooled_bias = nn.Parameter(torch.empty(10 * out_channels))
         self.reset_parameters()
@@ -120,12 +134,14 @@ class FlattenCnnLinear(nn.Module):
         bound_b2 = 1.0 / math.sqrt(c_in)
         bound_w3 = 1.0 / math.sqrt(160 * c_in)
         bound_b3 = 1.0 / math.sqrt(10 * c_in)
+        bound_mix_h2_w3_down = math.sqrt(3.0 / self.mix_h2_w3_down.shape[0])
         with torch.no_grad():
             self.mix_h1_weight[: 9 * c_out].uniform_(-bound_w1, bound_w1)
             self.mix_h1_weight[9 * c_out : 10 * c_out].uniform_(-bound_b1, bound_b1)
             self.mix_h2_h1_weight[: 9 * c_out].uniform_(-bound_w2, bound_w2)
             self.mix_h2_weight[:c_out].uniform_(-bound_b2, bound_b2)
-            self.mix_h2_w3_weight[: 160 * c_out].uniform_(-bound_w3, bound_w3)
+            self.mix_h2_w3_down[:].uniform_(-bound_mix_h2_w3_down, bound_mix_h2_w3_down)
+            self.mix_h2_w3_up[: 160 * c_out].uniform_(-bound_w3, bound_w3)
             self.mix_pooled_weight[: 10 * c_out].uniform_(-bound_b3, bound_b3)
             self.mix_pooled_bias[: 10 * c_out].uniform_(-bound_b3, bound_b3)
 
@@ -153,7 +169,7 @@ class FlattenCnnLinear(nn.Module):
         # mix_h2: b2
         mix_h2_b2 = torch.bmm(self.mix_h2_weight.expand(batch, -1, -1), b2)
         # mix_h2_w3: w3_all_cl
-        mix_h2_w3_w3 = F.linear(w3_all_cl, self.mix_h2_w3_weight)
+        mix_h2_w3_w3 = F.linear(F.linear(w3_all_cl, self.mix_h2_w3_down), self.mix_h2_w3_up)
         # mix_pooled: b3_all
         mix_pooled_b3 = F.linear(b3_all, self.mix_pooled_weight, self.mix_pooled_bias)
 

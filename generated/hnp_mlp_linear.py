@@ -12,6 +12,16 @@ Group (per neuron space):
 Complete linear basis: 55 parameter-sharing maps spanning dimension 1269190 per
 (input channel, output channel) pair, and 807 constants per output channel;
 derived and verified by nfn-derive.
+
+Size budget: the maps over large fixed axes are factored (still exactly equivariant; the
+dense choice is the complete basis, nfn-derive generate --budget dense).
+    budget: 860 per channel pair (default: network parameters / 64); dimension 1,269,190 -> 25,633
+      the floor (matmuls up to 16384 dense, rank at least 8) is above the budget: 25,633
+      mix_h1: 786 x 786 = 617,796 dense -> rank 8 x max(c_in, c_out): 12,576
+        writes W1, b1, W2; reads W1, b1, W2
+      mix_pooled: 807 x 807 = 651,249 dense -> rank 8 x max(c_in, c_out): 12,912
+        writes W1, b1, W2, b2, W3, b3; reads W1, b1, W2, b2, W3, b3
+      2 other matmuls dense
 """
 
 from __future__ import annotations
@@ -64,9 +74,11 @@ class HnpMlpLinear(nn.Module):
     reads; every output tensor sums the rows of the matmuls that write it, broadcast over the
     indices they do not carry. Averages are ``mean`` over a whole neuron space.
 
-    mix_h1 = theta_mix_h1 . [W1[i,:], b1[i], mean_p W2[p,i]]
+    mix_h1 = theta_mix_h1 . [W1[i,:], b1[i], mean_p W2[p,i]] (size budget: theta_mix_h1 = up .
+        down, rank 8 * max(c_in, c_out))
     mix_pooled = theta_mix_pooled . [mean_p W1[p,:], mean_p b1[p], mean_pq W2[p,q], mean_p
-        b2[p], mean_p W3[:,p], b3[:]]
+        b2[p], mean_p W3[:,p], b3[:]] (size budget: theta_mix_pooled = up . down, rank 8 *
+        max(c_in, c_out))
     mix_h2_h1 = theta_mix_h2_h1 . [W2[i,j]]
     mix_h2 = theta_mix_h2 . [mean_p W2[i,p], b2[i], W3[:,i]]
 
@@ -84,8 +96,18 @@ class HnpMlpLinear(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.mix_h1_weight = nn.Parameter(torch.empty(786 * out_channels, 786 * in_channels))
-        self.mix_pooled_weight = nn.Parameter(torch.empty(807 * out_channels, 807 * in_channels))
+        self.mix_h1_up = nn.Parameter(
+            torch.empty(786 * out_channels, 8 * max(in_channels, out_channels))
+        )
+        self.mix_h1_down = nn.Parameter(
+            torch.empty(8 * max(in_channels, out_channels), 786 * in_channels)
+        )
+        self.mix_pooled_up = nn.Parameter(
+            torch.empty(807 * out_channels, 8 * max(in_channels, out_channels))
+        )
+        self.mix_pooled_down = nn.Parameter(
+            torch.empty(8 * max(in_channels, out_channels), 807 * in_channels)
+        )
         self.mix_pooled_bias = nn.Parameter(torch.empty(807 * out_channels))
         self.mix_h2_h1_weight = nn.Parameter(torch.empty(out_channels, in_channels))
         self.mix_h2_weight = nn.Parameter(torch.empty(12 * out_channels, 12 * in_channels))
@@ -100,21 +122,25 @@ class HnpMlpLinear(nn.Module):
         bound_b2 = 1.0 / math.sqrt(819 * c_in)
         bound_w3 = 1.0 / math.sqrt(819 * c_in)
         bound_b3 = 1.0 / math.sqrt(807 * c_in)
+        bound_mix_h1_down = math.sqrt(3.0 / self.mix_h1_down.shape[0])
+        bound_mix_pooled_down = math.sqrt(3.0 / self.mix_pooled_down.shape[0])
         with torch.no_grad():
-            self.mix_h1_weight[: 784 * c_out].uniform_(-bound_w1, bound_w1)
-            self.mix_h1_weight[784 * c_out : 785 * c_out].uniform_(-bound_b1, bound_b1)
-            self.mix_h1_weight[785 * c_out : 786 * c_out].uniform_(-bound_w2, bound_w2)
-            self.mix_pooled_weight[: 784 * c_out].uniform_(-bound_w1, bound_w1)
+            self.mix_h1_down[:].uniform_(-bound_mix_h1_down, bound_mix_h1_down)
+            self.mix_h1_up[: 784 * c_out].uniform_(-bound_w1, bound_w1)
+            self.mix_h1_up[784 * c_out : 785 * c_out].uniform_(-bound_b1, bound_b1)
+            self.mix_h1_up[785 * c_out : 786 * c_out].uniform_(-bound_w2, bound_w2)
+            self.mix_pooled_down[:].uniform_(-bound_mix_pooled_down, bound_mix_pooled_down)
+            self.mix_pooled_up[: 784 * c_out].uniform_(-bound_w1, bound_w1)
             self.mix_pooled_bias[: 784 * c_out].uniform_(-bound_w1, bound_w1)
-            self.mix_pooled_weight[784 * c_out : 785 * c_out].uniform_(-bound_b1, bound_b1)
+            self.mix_pooled_up[784 * c_out : 785 * c_out].uniform_(-bound_b1, bound_b1)
             self.mix_pooled_bias[784 * c_out : 785 * c_out].uniform_(-bound_b1, bound_b1)
-            self.mix_pooled_weight[785 * c_out : 786 * c_out].uniform_(-bound_w2, bound_w2)
+            self.mix_pooled_up[785 * c_out : 786 * c_out].uniform_(-bound_w2, bound_w2)
             self.mix_pooled_bias[785 * c_out : 786 * c_out].uniform_(-bound_w2, bound_w2)
-            self.mix_pooled_weight[786 * c_out : 787 * c_out].uniform_(-bound_b2, bound_b2)
+            self.mix_pooled_up[786 * c_out : 787 * c_out].uniform_(-bound_b2, bound_b2)
             self.mix_pooled_bias[786 * c_out : 787 * c_out].uniform_(-bound_b2, bound_b2)
-            self.mix_pooled_weight[787 * c_out : 797 * c_out].uniform_(-bound_w3, bound_w3)
+            self.mix_pooled_up[787 * c_out : 797 * c_out].uniform_(-bound_w3, bound_w3)
             self.mix_pooled_bias[787 * c_out : 797 * c_out].uniform_(-bound_w3, bound_w3)
-            self.mix_pooled_weight[797 * c_out : 807 * c_out].uniform_(-bound_b3, bound_b3)
+            self.mix_pooled_up[797 * c_out : 807 * c_out].uniform_(-bound_b3, bound_b3)
             self.mix_pooled_bias[797 * c_out : 807 * c_out].uniform_(-bound_b3, bound_b3)
             self.mix_h2_h1_weight[:c_out].uniform_(-bound_w2, bound_w2)
             self.mix_h2_weight[:c_out].uniform_(-bound_w2, bound_w2)
@@ -143,7 +169,7 @@ class HnpMlpLinear(nn.Module):
         # mix_h1: w1_all_cl, b1_by_h1_cl, w2_by_h1_cl
         parts_h1 = [w1_all_cl, b1_by_h1_cl, w2_by_h1_cl]
         x_h1 = torch.cat(parts_h1, dim=-1)
-        y_h1 = F.linear(x_h1, self.mix_h1_weight)
+        y_h1 = F.linear(F.linear(x_h1, self.mix_h1_down), self.mix_h1_up)
         split_h1 = torch.split(y_h1, [784 * c_out, c_out, c_out], dim=-1)
         mix_h1_w1 = split_h1[0]
         mix_h1_b1 = split_h1[1]
@@ -151,7 +177,9 @@ class HnpMlpLinear(nn.Module):
         # mix_pooled: w1_pooled, b1_pooled, w2_pooled, b2_pooled, w3_pooled, b3_all
         parts_pooled = [w1_pooled, b1_pooled, w2_pooled, b2_pooled, w3_pooled, b3_all]
         x_pooled = torch.cat(parts_pooled, dim=1)
-        y_pooled = F.linear(x_pooled, self.mix_pooled_weight, self.mix_pooled_bias)
+        y_pooled = F.linear(
+            F.linear(x_pooled, self.mix_pooled_down), self.mix_pooled_up, self.mix_pooled_bias
+        )
         split_pooled = torch.split(
             y_pooled, [784 * c_out, c_out, c_out, c_out, 10 * c_out, 10 * c_out], dim=1
         )

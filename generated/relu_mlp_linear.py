@@ -12,6 +12,14 @@ Group (per neuron space):
 Complete linear basis: 8 parameter-sharing maps spanning dimension 616427 per
 (input channel, output channel) pair, and 10 constants per output channel;
 derived and verified by nfn-derive.
+
+Size budget: the maps over large fixed axes are factored (still exactly equivariant; the
+dense choice is the complete basis, nfn-derive generate --budget dense).
+    budget: 860 per channel pair (default: network parameters / 64); dimension 616,427 -> 12,762
+      the floor (matmuls up to 16384 dense, rank at least 8) is above the budget: 12,762
+      mix_h1: 785 x 785 = 616,225 dense -> rank 8 x max(c_in, c_out): 12,560
+        writes W1, b1; reads W1, b1
+      4 other matmuls dense
 """
 
 from __future__ import annotations
@@ -64,7 +72,8 @@ class ReluMlpLinear(nn.Module):
     reads; every output tensor sums the rows of the matmuls that write it, broadcast over the
     indices they do not carry. Averages are ``mean`` over a whole neuron space.
 
-    mix_h1 = theta_mix_h1 . [W1[i,:], b1[i]]
+    mix_h1 = theta_mix_h1 . [W1[i,:], b1[i]] (size budget: theta_mix_h1 = up . down, rank 8 *
+        max(c_in, c_out))
     mix_h2_h1 = theta_mix_h2_h1 . [W2[i,j]]
     mix_h2 = theta_mix_h2 . [b2[i]]
     mix_h2_w3 = theta_mix_h2_w3 . [W3[:,i]]
@@ -84,7 +93,12 @@ class ReluMlpLinear(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.mix_h1_weight = nn.Parameter(torch.empty(785 * out_channels, 785 * in_channels))
+        self.mix_h1_up = nn.Parameter(
+            torch.empty(785 * out_channels, 8 * max(in_channels, out_channels))
+        )
+        self.mix_h1_down = nn.Parameter(
+            torch.empty(8 * max(in_channels, out_channels), 785 * in_channels)
+        )
         self.mix_h2_h1_weight = nn.Parameter(torch.empty(out_channels, in_channels))
         self.mix_h2_weight = nn.Parameter(torch.empty(out_channels, in_channels))
         self.mix_h2_w3_weight = nn.Parameter(torch.empty(10 * out_channels, 10 * in_channels))
@@ -101,9 +115,11 @@ class ReluMlpLinear(nn.Module):
         bound_b2 = 1.0 / math.sqrt(c_in)
         bound_w3 = 1.0 / math.sqrt(10 * c_in)
         bound_b3 = 1.0 / math.sqrt(10 * c_in)
+        bound_mix_h1_down = math.sqrt(3.0 / self.mix_h1_down.shape[0])
         with torch.no_grad():
-            self.mix_h1_weight[: 784 * c_out].uniform_(-bound_w1, bound_w1)
-            self.mix_h1_weight[784 * c_out : 785 * c_out].uniform_(-bound_b1, bound_b1)
+            self.mix_h1_down[:].uniform_(-bound_mix_h1_down, bound_mix_h1_down)
+            self.mix_h1_up[: 784 * c_out].uniform_(-bound_w1, bound_w1)
+            self.mix_h1_up[784 * c_out : 785 * c_out].uniform_(-bound_b1, bound_b1)
             self.mix_h2_h1_weight[:c_out].uniform_(-bound_w2, bound_w2)
             self.mix_h2_weight[:c_out].uniform_(-bound_b2, bound_b2)
             self.mix_h2_w3_weight[: 10 * c_out].uniform_(-bound_w3, bound_w3)
@@ -124,7 +140,7 @@ class ReluMlpLinear(nn.Module):
         # mix_h1: w1_all_cl, b1_by_h1_cl
         parts_h1 = [w1_all_cl, b1_by_h1_cl]
         x_h1 = torch.cat(parts_h1, dim=-1)
-        y_h1 = F.linear(x_h1, self.mix_h1_weight)
+        y_h1 = F.linear(F.linear(x_h1, self.mix_h1_down), self.mix_h1_up)
         split_h1 = torch.split(y_h1, [784 * c_out, c_out], dim=-1)
         mix_h1_w1 = split_h1[0]
         mix_h1_b1 = split_h1[1]

@@ -27,6 +27,7 @@ from derive.frontend.options import PERMUTE_CHOICES, SCALING_CHOICES
 if TYPE_CHECKING:
     from derive.frontend.options import ArchitectureSpec
     from derive.frontend.spec import MLPSpec
+    from derive.plan.budget import Budget
 
 __all__ = ["main", "version", "COMMAND_GROUP", "LAYER_CHOICES", "DEFAULT_LAYER", "Handler"]
 
@@ -147,6 +148,23 @@ def _add_polynomial_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_budget_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--budget",
+        metavar="DIM",
+        default="default",
+        help="largest linear-layer dimension per channel pair: larger maps over fixed axes are "
+        "factored at low rank (still exactly equivariant); 'dense' keeps the complete basis; "
+        "default: the network's parameter count / 64",
+    )
+
+
+def _budget(args: argparse.Namespace) -> Budget:
+    from derive.plan.budget import parse_budget
+
+    return parse_budget(str(args.budget))
+
+
 def _check_polynomial_options(args: argparse.Namespace) -> None:
     if args.degree is not None and args.degree < 1:
         raise SpecError(f"--degree must be a positive integer, got {args.degree}", "arguments")
@@ -181,6 +199,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     inspect.add_argument(
         "--max-terms", type=int, default=2000, help="list at most this many complete terms"
     )
+    _add_budget_argument(inspect)
     generate = commands.add_parser("generate", help="write a PyTorch module for one layer")
     _add_spec_arguments(generate)
     generate.add_argument(
@@ -192,6 +211,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     )
     generate.add_argument("-o", "--output", required=True, help="output .py file")
     _add_polynomial_arguments(generate)
+    _add_budget_argument(generate)
     verify = commands.add_parser(
         "verify", help="run symbolic, numeric, sensitivity and completeness checks"
     )
@@ -205,6 +225,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         "kind (linear, invariant, polynomial, polynomial-invariant); e.g. --only network",
     )
     _add_polynomial_arguments(verify)
+    _add_budget_argument(verify)
     demo = commands.add_parser(
         "demo", help="derive, generate and verify the built-in example (a ReLU MLP)"
     )
@@ -342,6 +363,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from derive.pipeline import derive
 
     _check_polynomial_options(args)
+    budget = _budget(args)
     derivation = derive(_spec_from_args(args))
     if args.degree is not None:
         from derive.cli.poly_report import polynomial_json, polynomial_table
@@ -349,19 +371,19 @@ def _inspect(args: argparse.Namespace) -> int:
         if args.json:
             import json
 
-            payload = json.loads(report_json(derivation, latex=args.latex))
+            payload = json.loads(report_json(derivation, latex=args.latex, budget=budget))
             payload["polynomial"] = polynomial_json(
                 derivation, args.degree, args.max_terms, args.latex
             )
             sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         else:
-            sys.stdout.write(report_table(derivation, latex=args.latex))
+            sys.stdout.write(report_table(derivation, latex=args.latex, budget=budget))
             sys.stdout.write(polynomial_table(derivation, args.degree, args.max_terms, args.latex))
         return 0
     text = (
-        report_json(derivation, latex=args.latex) + "\n"
+        report_json(derivation, latex=args.latex, budget=budget) + "\n"
         if args.json
-        else report_table(derivation, latex=args.latex)
+        else report_table(derivation, latex=args.latex, budget=budget)
     )
     sys.stdout.write(text)
     return 0
@@ -380,6 +402,7 @@ def _generate(args: argparse.Namespace) -> int:
     if output.is_dir():
         raise SpecError(f"output path {str(output)!r} is a folder, not a file", "-o")
     _check_polynomial_options(args)
+    budget = _budget(args)
     source = generate(
         derive(spec),
         args.layer,
@@ -388,6 +411,7 @@ def _generate(args: argparse.Namespace) -> int:
         trainable_psi=not args.fixed_psi,
         max_terms=args.max_terms,
         max_params=args.max_params,
+        budget=budget,
     )
     write_atomic(output, source)
     print(f"wrote {output} ({args.layer} layer for {spec.name}, {len(source.splitlines())} lines)")
@@ -405,7 +429,11 @@ def _verify(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {args.samples}", "arguments")
     _check_polynomial_options(args)
+    budget = _budget(args)
     derivation = derive(spec)  # bad input is reported here, before anything is printed
+    from derive.layers.linear import budget_choice
+
+    budget_choice(derivation, budget)  # likewise a budget below the floor
     print(f"Verifying the generated layers of {spec.name} ({spec.summary()})")
     report = verify(
         derivation,
@@ -414,6 +442,7 @@ def _verify(args: argparse.Namespace) -> int:
         degree=args.degree,
         family=args.family,
         only=only,
+        budget=budget,
     )
     sys.stdout.write(report.text())
     return 0 if report.ok else 1
@@ -436,6 +465,18 @@ def _demo(args: argparse.Namespace) -> int:
         f"Complete equivariant linear basis: dimension {basis.dim} per channel pair, "
         f"{basis.num_maps} maps, {basis.constant_dim} constants (derived in {elapsed * 1000:.0f} ms)"
     )
+    from derive.layers.linear import budget_choice
+
+    choice = budget_choice(derivation, "default")
+    print(
+        f"Generated linear layer, default size budget: dimension {choice.dense_dim} -> "
+        f"{choice.kept_dim} per channel pair"
+    )
+    for op in choice.factored:
+        print(
+            f"  {op.name} ({', '.join(op.writes)} <- {', '.join(op.reads)}): "
+            f"{op.out_factor} x {op.in_factor} dense -> rank {op.rank} x max(c_in, c_out)"
+        )
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for layer in ("linear", "invariant"):

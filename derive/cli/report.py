@@ -12,6 +12,8 @@ from typing import Any
 from derive.basis.expressions import formula_text, map_formula
 from derive.basis.linear import BlockBasis, LinearBasis
 from derive.derivation import Derivation
+from derive.layers.linear import budget_choice
+from derive.plan.budget import Budget, BudgetChoice
 from derive.weightspace.model import TensorSpec, WeightSpaceSpec
 
 __all__ = ["report_json", "report_table", "report_data"]
@@ -91,7 +93,31 @@ def _tensor_entry(space: WeightSpaceSpec, tensor: TensorSpec) -> dict[str, Any]:
     }
 
 
-def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
+def _budget_data(choice: BudgetChoice) -> dict[str, Any]:
+    return {
+        "budget": choice.budget,
+        "max_dim": choice.max_dim,
+        "dense_dim": choice.dense_dim,
+        "kept_dim": choice.kept_dim,
+        "factored": [
+            {
+                "matmul": op.name,
+                "out_factor": op.out_factor,
+                "in_factor": op.in_factor,
+                "dense_dim": op.dense_dim,
+                "rank_per_channel": op.rank,
+                "kept_dim": op.kept_dim,
+                "writes": list(op.writes),
+                "reads": list(op.reads),
+            }
+            for op in choice.factored
+        ],
+    }
+
+
+def report_data(
+    derivation: Derivation, latex: bool = False, budget: Budget = "default"
+) -> dict[str, Any]:
     """The machine-readable report (see README for the fields)."""
     space = derivation.space
     basis: LinearBasis = derivation.basis
@@ -128,15 +154,17 @@ def report_data(derivation: Derivation, latex: bool = False) -> dict[str, Any]:
             "blocks": _blocks_dict(basis.invariants),
             "maps": _maps(space, basis.invariants, latex),
         },
+        "budget": _budget_data(budget_choice(derivation, budget)),
     }
 
 
-def report_json(derivation: Derivation, latex: bool = False) -> str:
-    return json.dumps(report_data(derivation, latex), indent=2)
+def report_json(derivation: Derivation, latex: bool = False, budget: Budget = "default") -> str:
+    return json.dumps(report_data(derivation, latex, budget), indent=2)
 
 
-def report_table(derivation: Derivation, latex: bool = False) -> str:
-    """The readable report: spaces, tensors, then every block with each map's formula."""
+def report_table(derivation: Derivation, latex: bool = False, budget: Budget = "default") -> str:
+    """The readable report: spaces, tensors, every block with each map's formula, and what
+    the size budget keeps of the linear layer."""
     space = derivation.space
     basis = derivation.basis
     spec = derivation.spec
@@ -192,6 +220,8 @@ def report_table(derivation: Derivation, latex: bool = False) -> str:
                     ]
                 )
         lines += _table(rows)
+    lines += ["", "Size budget of the generated linear layer (generate --budget)"]
+    lines += ["  " + line for line in budget_choice(derivation, budget).lines()]
     lines += [
         "",
         "Indices: i,j,k output neurons; p,q averaged neurons (mean over the whole space); "

@@ -105,8 +105,8 @@ def _columns(start: int, stop: int) -> str:
     return f"{spell(start)} : {spell(stop)}"
 
 
-def _expanded_weight(op: MixOp) -> str:
-    return f"self.{op.weight}.expand(batch, -1, -1)"
+def _expanded_weight(op: MixOp, attribute: str | None = None) -> str:
+    return f"self.{attribute or op.weight}.expand(batch, -1, -1)"
 
 
 def _mix_input(op: MixOp, statements: list[Statement]) -> str:
@@ -137,7 +137,8 @@ def _accumulation(
     """``target = first + sum_k W[:, cols_k] @ feature_k`` (``first`` None: start from 0).
 
     A feature in ``outer`` is ``u (x) v`` per channel and is added as a rank-one update
-    ``(W_k * u) @ v`` without ever being built.
+    ``(W_k * u) @ v`` without ever being built. A factored weight (``op.rank``) is never
+    accumulated: its features are concatenated for ``up @ (down @ x)``.
     """
     statements = [Statement("", f"{op.name}: {', '.join(op.features)}")]
     accumulator, column = first, 0
@@ -178,21 +179,36 @@ def _accumulation(
 
 def mix_statements(op: MixOp, outer: dict[str, tuple[str, str]]) -> list[Statement]:
     y = f"y_{op.name.removeprefix('mix_')}" if len(op.terms) > 1 else op.terms[0].name
-    if (_accumulates(op) or any(f in outer for f in op.features)) and not op.has_bias:
+    if op.rank and any(f in outer for f in op.features):
+        raise ValueError(f"{op.name}: a factored weight cannot take rank-one features")
+    accumulates = _accumulates(op) or any(f in outer for f in op.features)
+    if accumulates and not op.has_bias and not op.rank:
         statements = _accumulation(op, None, y, outer)
         kept = ", ".join(str(n) for n in op.kept_sizes)
         statements.append(Statement(f"{y} = {y}.view(batch, -1, {kept})"))
         return statements + _split_statements(op, y)
     statements = []
     x = _mix_input(op, statements)
-    weight = f"self.{op.weight}"
     bias = f"self.{op.bias}" if op.has_bias else None
     if not op.kept or op.layout == "channels_last":
-        args = [x, weight] + ([bias] if bias else [])
-        code = codefmt.call("F.linear", args, 8, prefix=f"{y} = ")
+        if op.rank:  # a factored weight: up @ (down @ x)
+            args: list[codefmt.Node] = [
+                codefmt.Call("F.linear", (x, f"self.{op.down}")),
+                f"self.{op.up}",
+            ]
+        else:
+            args = [x, f"self.{op.weight}"]
+        code = codefmt.call("F.linear", args + ([bias] if bias else []), 8, prefix=f"{y} = ")
     else:
         operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x
-        code = codefmt.call("torch.bmm", [_expanded_weight(op), operand], 8, prefix=f"{y} = ")
+        if op.rank:
+            mixed: list[codefmt.Node] = [
+                _expanded_weight(op, op.up),
+                codefmt.Call("torch.bmm", (_expanded_weight(op, op.down), operand)),
+            ]
+        else:
+            mixed = [_expanded_weight(op), operand]
+        code = codefmt.call("torch.bmm", mixed, 8, prefix=f"{y} = ")
         if bias:
             statements.append(Statement(code))
             code = f"{y} = {y} + {bias}[:, None]"
@@ -226,6 +242,7 @@ def _fusable(op: MixOp, base: Term) -> bool:
     in_order = list(placement.roles) == [("kept", k) for k in range(len(placement.roles))]
     return (
         op.layout == "channels_first"
+        and not op.rank
         and len(op.terms) == 1
         and not op.has_bias
         and bool(op.kept)

@@ -174,16 +174,29 @@ def linear_view(plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = 
     bound_vars = {}
     for tensor in space.tensors:
         bound_vars[tensor.name] = f"bound_{tensor.name.lower()}"
+    factor_bounds = []
     for op in plan.ops:
         rows_out = scaled(op.out_factor, "out_channels")
-        params.append(ParamDecl(op.weight, f"{rows_out}, {scaled(op.in_factor, 'in_channels')}"))
+        columns = scaled(op.in_factor, "in_channels")
+        rows_param = op.weight
+        if op.rank:  # a factored weight (size budget): up (rows x rank) @ down (rank x columns)
+            rank = scaled(op.rank, "max(in_channels, out_channels)")
+            params.append(ParamDecl(op.up, f"{rows_out}, {rank}"))
+            params.append(ParamDecl(op.down, f"{rank}, {columns}"))
+            rows_param = op.up
+            # down has unit variance per rank: up @ down then has the dense weight's variance
+            bound = f"bound_{op.down}"
+            factor_bounds.append((bound, f"math.sqrt(3.0 / self.{op.down}.shape[0])"))
+            inits.append(InitRows(op.down, ":", bound, ""))
+        else:
+            params.append(ParamDecl(op.weight, f"{rows_out}, {columns}"))
         if op.has_bias:
             params.append(ParamDecl(op.bias, rows_out))
         row = 0
         for term in op.terms:
             stop = row + term.placement.factor
             bound = bound_vars[term.placement.output]
-            inits.append(InitRows(op.weight, rows_slice(row, stop), bound, term.placement.output))
+            inits.append(InitRows(rows_param, rows_slice(row, stop), bound, term.placement.output))
             if term.has_constant:
                 inits.append(InitRows(op.bias, rows_slice(row, stop), bound, term.placement.output))
             row = stop
@@ -192,7 +205,7 @@ def linear_view(plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = 
         (bound_vars[t.name], f"1.0 / math.sqrt({scaled(plan.fan_in[t.name], 'c_in')})")
         for t in space.tensors
         if t.name in used
-    )
+    ) + tuple(factor_bounds)
     formula = _formula_lines(plan)
     return LinearView(
         unpack=tuple(var for _, var in plan.inputs),
@@ -216,7 +229,12 @@ def _formula_lines(plan: LinearPlan) -> tuple[str, ...]:
     op_of_term = {term.name: op.name for op in plan.ops for term in op.terms}
     for op in plan.ops:
         described = ", ".join(plan.feature(f).description for f in op.features)
-        lines += wrap_words(comment_text(f"{op.name} = theta_{op.name} . [{described}]"))
+        factored = (
+            f" (size budget: theta_{op.name} = up . down, rank {op.rank} * max(c_in, c_out))"
+            if op.rank
+            else ""
+        )
+        lines += wrap_words(comment_text(f"{op.name} = theta_{op.name} . [{described}]{factored}"))
     lines.append("")
     for tensor, _, terms in plan.outputs:
         t = plan.space.tensor(tensor)

@@ -22,6 +22,7 @@ from derive.codegen.views import layout_literal
 from derive.derivation import Derivation
 from derive.errors import GenerationError
 from derive.naming import class_name, comment_text, identifier
+from derive.plan.budget import Budget
 from derive.verify.checklist import VerifyReport, layer_class, load_generated
 from derive.weightspace.model import WeightSpaceSpec
 
@@ -39,24 +40,27 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LayerOptions:
-    """Options of the polynomial kinds (the linear and invariant kinds take none)."""
+    """Options of the layer kinds: ``budget`` sizes the linear layer's maps over large fixed
+    axes (:mod:`derive.plan.budget`); the others are the polynomial kinds'."""
 
     family: str = "magep"
     degree: int | None = None
     trainable_psi: bool = True
     max_terms: int = 2000
     max_params: int | None = 1_000_000
+    budget: Budget = "default"
 
 
 @dataclass(frozen=True)
 class CheckOptions:
-    """What ``verify`` samples: group elements per numeric check, the seed, and the
-    polynomial family and degree to check."""
+    """What ``verify`` samples: group elements per numeric check, the seed, the polynomial
+    family and degree to check, and the linear layer's size budget."""
 
     samples: int = 3
     seed: int = 0
     family: str = "magep"
     degree: int | None = None
+    budget: Budget = "default"  # the linear layer's size budget (its factored layer is checked)
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,18 @@ def _group_lines(space: WeightSpaceSpec) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _meta(derivation: Derivation, layer: str) -> ModuleMeta:
+def _meta(derivation: Derivation, layer: str, options: LayerOptions) -> ModuleMeta:
     spec = derivation.spec
+    budget = "" if options.budget == "default" else f" --budget {options.budget}"
     summary = comment_text(
         f"{identifier(spec.name)}: {spec.summary()}; permute {spec.permute}; scaling {spec.scaling}"
     )
     return ModuleMeta(
         name=identifier(spec.name),
         spec_summary=summary,
-        regenerate=comment_text(f"nfn-derive generate {spec.options()} --layer {layer} -o FILE"),
+        regenerate=comment_text(
+            f"nfn-derive generate {spec.options()} --layer {layer}{budget} -o FILE"
+        ),
         group_lines=_group_lines(derivation.space),
         dim=derivation.basis.dim,
         constant_dim=derivation.basis.constant_dim,
@@ -136,13 +143,13 @@ def generate(
 ) -> str:
     """Python source of the ``layer`` module for this derivation.
 
-    Options of the polynomial kinds come as ``options`` or as keywords (``family``,
+    Options come as ``options`` or as keywords (``budget``; the polynomial kinds' ``family``,
     ``degree``, ``trainable_psi``, ``max_terms``, ``max_params``)."""
     kind = layer_kind(layer)
     options = replace(options or LayerOptions(), **option_values)
     return render(
         kind.template,
-        meta=_meta(derivation, layer),
+        meta=_meta(derivation, layer, options),
         class_name=class_name(derivation.spec.name, kind.class_suffix),
         layout=layout_literal(derivation.space),
         **kind.context(derivation, options),

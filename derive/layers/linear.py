@@ -16,22 +16,37 @@ from torch import nn
 from derive.codegen.views import linear_view
 from derive.derivation import Derivation, proxy_derivation, space_sizes
 from derive.layers.kind import CheckOptions, LayerKind, LayerOptions, generated_class
+from derive.plan.budget import (
+    Budget,
+    BudgetChoice,
+    apply_budget,
+    choose_budget,
+    layer_parameters,
+)
 from derive.verify.checklist import VerifyReport, group_checks, sensitivity_check
 from derive.verify.numeric import completeness_report, layer_jacobians
 from derive.verify.reference import ReferenceLinear, load_into_generated
 from nfn_runtime import random_weight_space
 
-__all__ = ["LINEAR", "PROXY_LIMIT"]
+__all__ = ["LINEAR", "PROXY_LIMIT", "budget_choice"]
 
 #: a weight space with more entries than this is checked for completeness on a proxy
 PROXY_LIMIT = 80
 
 
+def budget_choice(derivation: Derivation, budget: Budget) -> BudgetChoice:
+    """What ``budget`` keeps of the linear layer of ``derivation`` (dense or rank per matmul)."""
+    network_params = derivation.space.to_layout().num_params()
+    return choose_budget(derivation.linear_plan, budget, network_params)
+
+
 def _context(derivation: Derivation, options: LayerOptions) -> Mapping[str, object]:
+    choice = budget_choice(derivation, options.budget)
     return {
         "title": "Equivariant linear layer",
         "family_note": "",
-        "view": linear_view(derivation.linear_plan),
+        "view": linear_view(apply_budget(derivation.linear_plan, choice)),
+        "budget_lines": tuple(choice.lines()) if choice.factored else (),
     }
 
 
@@ -111,17 +126,52 @@ def _completeness(
     report.add("completeness", not bad, detail)
 
 
+def _budget_checks(derivation: Derivation, report: VerifyReport, options: CheckOptions) -> None:
+    """The layer the size budget factors (when it factors anything): its parameter count,
+    equivariance and sensitivity (completeness is the dense layer's, checked above)."""
+    choice = budget_choice(derivation, options.budget)
+    if not choice.factored:
+        return
+    cls = generated_class(derivation, "linear", LayerOptions(budget=options.budget))
+    c_in, c_out = 2, 3
+    torch.manual_seed(options.seed)
+    module = cls(c_in, c_out)
+    count = sum(p.numel() for p in module.parameters())
+    expected = layer_parameters(apply_budget(derivation.linear_plan, choice), c_in, c_out)
+    report.add(
+        "linear budget parameter count",
+        count == expected,
+        f"{count} parameters at 2 -> 3 channels, expected {expected}: dimension "
+        f"{choice.dense_dim} -> {choice.kept_dim} per channel pair, "
+        f"{len(choice.factored)} matmul(s) factored",
+    )
+    layout = derivation.space.to_layout()
+    generator = torch.Generator().manual_seed(options.seed)
+    group_checks(
+        report,
+        "linear budget equivariance ({dtype})",
+        module,
+        layout,
+        options.samples,
+        generator,
+    )
+    slow = _reference(derivation, LayerOptions(), 2, 3)
+    sensitivity_check(layout, module, slow, "linear budget", report, generator)
+
+
 def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions) -> None:
-    cls = generated_class(derivation, "linear")
+    cls = generated_class(derivation, "linear", LayerOptions(budget="dense"))
     _reference_agreement(derivation, cls, report)
     _equivariance(derivation, cls, report, options)
+    _budget_checks(derivation, report, options)
     if derivation.space.to_layout().num_params() <= PROXY_LIMIT:
         _completeness(derivation, cls, report, "")
     else:
         proxy = proxy_derivation(derivation)
         sizes = space_sizes(proxy.space)
         note = f" (on a proxy with sizes {sizes}, same group)"
-        _completeness(proxy, generated_class(proxy, "linear"), report, note)
+        dense = LayerOptions(budget="dense")
+        _completeness(proxy, generated_class(proxy, "linear", dense), report, note)
 
 
 LINEAR = LayerKind(

@@ -157,6 +157,9 @@ class MixOp:
     has_bias: bool
     layout: str
     feature_factors: tuple[int, ...] = ()  # per feature, its columns in units of in_channels
+    #: 0: a dense weight; r > 0: ``up @ down`` of rank ``r * max(c_in, c_out)`` (a size budget,
+    #: :mod:`derive.plan.budget`)
+    rank: int = 0
 
     @property
     def weight(self) -> str:
@@ -165,6 +168,16 @@ class MixOp:
     @property
     def bias(self) -> str:
         return f"{self.name}_bias"
+
+    @property
+    def up(self) -> str:
+        """The left factor of a factored weight (rows x rank)."""
+        return f"{self.name}_up"
+
+    @property
+    def down(self) -> str:
+        """The right factor of a factored weight (rank x columns)."""
+        return f"{self.name}_down"
 
 
 @dataclass(frozen=True)

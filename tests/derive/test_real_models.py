@@ -15,8 +15,11 @@ import time
 import pytest
 import torch
 
+from derive.layers.kind import generated_class
+from derive.layers.linear import budget_choice
 from derive.pipeline import derive, verify
 from derive.weightspace.model import Scaling
+from nfn_runtime import random_weight_space
 
 
 def _torchvision_models():
@@ -141,6 +144,31 @@ def test_torchvision_models_pass_the_network_group_check(name):
     torch.manual_seed(0)
     report = verify(derive(factory(models).eval(), shape, name=name), samples=1, only=["network"])
     assert report.ok, report.text()
+
+
+def test_resnet18_default_linear_layer_is_smaller_than_the_network():
+    """At 8 -> 8 channels the default linear layer of ResNet-18 (1000-class head; dense:
+    2.4 million coefficients per channel pair) has fewer parameters than ResNet-18 (11.7M)."""
+    derivation = derive(models.resnet18().eval(), (3, 224, 224), name="resnet18")
+    network = derivation.space.to_layout().num_params()
+    choice = budget_choice(derivation, "default")
+    assert choice.within and choice.dense_dim > 2_000_000 and choice.factored
+    layer = generated_class(derivation, "linear")(8, 8)
+    assert sum(p.numel() for p in layer.parameters()) < network
+
+
+@pytest.mark.slow
+def test_resnet18_default_linear_layer_runs_forward_and_backward():
+    """One ResNet-18 weight space at 8 channels through the default linear layer and back
+    (benchmarks/real_size.py measures its time and peak memory)."""
+    derivation = derive(models.resnet18().eval(), (3, 224, 224), name="resnet18")
+    layer = generated_class(derivation, "linear")(8, 8)
+    layout = derivation.space.to_layout()
+    x = random_weight_space(layout, 1, 8, torch.float32, torch.Generator().manual_seed(0))
+    out = layer(x)
+    loss = sum((t * t).mean() for t in out.tensors())
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
 def _timm():

@@ -139,6 +139,10 @@ class _Walker(LayerRules, ValueRules):
             if path in self.called:
                 raise self.fail(node, "is called twice; shared weights are not supported", module)
             self.called.add(path)
+        if isinstance(module, nn.MultiheadAttention):
+            self.tuples[node] = [self.multihead_attention(node, module, path)]
+            self.attention.add(node)
+            return None
         x = self.label(node, node.args[0] if node.args else None, "its input")
         if isinstance(module, nn.Linear):
             return self.linear(node, module, path, x)
@@ -179,6 +183,12 @@ class _Walker(LayerRules, ValueRules):
             if not isinstance(index, int):
                 raise self.fail(node, "indexes the pieces of a split with a non-integer")
             assert isinstance(first, fx.Node)
+            if first in self.attention and index == 1:  # the attention weights
+                if node.users:
+                    raise self.fail(
+                        node, "reads the attention weights; only the output is supported"
+                    )
+                return None
             return self.tuples[first][index]
         if not self.tensor_args(node):
             return None
@@ -326,7 +336,16 @@ class _Walker(LayerRules, ValueRules):
 
 def _supported_module(module: nn.Module) -> bool:
     return (
-        isinstance(module, (nn.Linear, nn.Flatten, *ops.NORM_MODULES, *ops.PASSTHROUGH_MODULES))
+        isinstance(
+            module,
+            (
+                nn.Linear,
+                nn.Flatten,
+                nn.MultiheadAttention,
+                *ops.NORM_MODULES,
+                *ops.PASSTHROUGH_MODULES,
+            ),
+        )
         or type(module) in ops.CONV_MODULES
         or type(module) in ops.TRANSPOSED_CONV_MODULES
         or type(module) in ops.POOL_MODULES

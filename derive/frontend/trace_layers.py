@@ -204,6 +204,105 @@ class LayerRules(AxisRules):
         self.rows[node] = [(index, 0) for index in range(start, len(self.params))]
         return Label(outs[0], positions, parts=tuple(outs))
 
+    def multihead_attention(self, node: fx.Node, module: nn.MultiheadAttention, path: str) -> Label:
+        """``nn.MultiheadAttention`` (batch first): per head ``h`` a query/key space and a
+        value space of ``head_dim`` neurons each. Attention reads ``q_h . k_h`` and sums
+        ``v_h`` over tokens, so a permutation of a head's query/key dimensions with factors
+        ``s`` on the rows of ``W_Q`` and ``1/s`` on those of ``W_K`` (the key rows carry
+        character -1), and a permutation of its value dimensions with factors ``t`` on ``W_V``
+        and ``1/t`` on the columns of ``W_O``, leave the output unchanged. Each head's rows of
+        the packed ``in_proj_weight`` and columns of ``out_proj.weight`` are parts of those
+        entries. Not derived: permutations of whole heads, the invertible matrices beyond
+        monomial ones (docs/math.md section 8.6)."""
+        what = f"MultiheadAttention at '{path}'"
+        if not module.batch_first:
+            raise self.fail(node, "batch_first=False (sequence first) is not supported", module)
+        if module.bias_k is not None or module.add_zero_attn:
+            raise self.fail(node, "add_bias_kv and add_zero_attn are not supported", module)
+        names = ("query", "key", "value")
+        given = dict(zip(names, node.args))
+        given.update({k: v for k, v in node.kwargs.items() if k in names})
+        for name, value in [*zip(range(3, len(node.args)), node.args[3:]), *node.kwargs.items()]:
+            if name not in names and isinstance(value, fx.Node) and value in self.labels:
+                raise self.fail(node, f"a mask computed from the activations ({name})", module)
+        inputs = {name: self.label(node, given.get(name), f"its {name}") for name in names}
+        reads = {name: self._embedding_parts(node, module, name, x) for name, x in inputs.items()}
+        embed, heads, width = module.embed_dim, module.num_heads, module.head_dim
+        out = self.new_space(embed, f"output of {path} (MultiheadAttention)")
+        roles = (("query", "q", 1, 0), ("key", "k", -1, embed), ("value", "v", 1, 2 * embed))
+        values: list[int] = []
+        for h in range(heads):
+            qk = self.new_space(width, f"query/key dimensions of head {h} of {path}")
+            value = self.new_space(width, f"value dimensions of head {h} of {path}")
+            values.append(value)
+            self.constrain_keys(
+                [qk],
+                Scaling.NONZERO,
+                f"{what}: head {h} reads q.k (W_Q rows scaled by s, W_K rows by 1/s)",
+            )
+            self.constrain_keys(
+                [value],
+                Scaling.NONZERO,
+                f"{what}: head {h} sums values over tokens (W_V rows by t, W_O columns by 1/t)",
+            )
+            for name, short, character, offset in roles:
+                key_space = value if short == "v" else qk
+                packed = module.in_proj_weight is not None
+                attr = "in_proj_weight" if packed else f"{short}_proj_weight"
+                rows = ((offset if packed else 0) + h * width, 1, width)
+                self.layer += 1
+                first = self.layer
+                for k, (key, part) in enumerate(reads[name]):
+                    self.layer += k > 0
+                    self.add_param(
+                        path,
+                        attr,
+                        "weight",
+                        [(key_space, character), (key, -1)],
+                        {**(part or {}), 0: rows},
+                    )
+                if module.in_proj_bias is not None:
+                    last, self.layer = self.layer, first
+                    bias_rows = (offset + h * width, 1, width)
+                    self.add_param(
+                        path, "in_proj_bias", "bias", [(key_space, character)], {0: bias_rows}
+                    )
+                    self.layer = last
+        projection = f"{path}.out_proj"
+        self.layer += 1
+        first = self.layer
+        for h in range(heads):
+            self.layer += h > 0
+            columns = {1: (h * width, 1, width)}
+            self.add_param(projection, "weight", "weight", [(out, 1), (values[h], -1)], columns)
+        if module.out_proj.bias is not None:
+            last, self.layer = self.layer, first
+            self.add_param(projection, "bias", "bias", [(out, 1)])
+            self.layer = last
+        query = inputs["query"]
+        if query.channel_axis == 1:
+            return replace(query, space=out, parts=())
+        return replace(query, positions=(embed,), axis_spaces=(out,), copies=False)
+
+    def _embedding_parts(
+        self, node: fx.Node, module: nn.Module, name: str, x: Label
+    ) -> list[tuple[int | str, dict[int, tuple[int, int, int]] | None]]:
+        """The spaces (and parts) of the last axis of a ``(batch, tokens, embedding)`` input,
+        as a weight's column axis reads them; the token axis keeps no scaling."""
+        if x.flat or len(x.positions) != 1:
+            raise self.fail(node, f"expects its {name} as (batch, tokens, embedding)", module)
+        why = f"{type(module).__name__} weighs tokens by products of their embeddings"
+        if x.channel_axis == 1:  # channels last: the embedding is the channel axis
+            self.constrain_keys([k for k in x.position_spaces if k is not None], Scaling.NONE, why)
+            return [(key, part) for key, part in self.parts_of(x, 1)]
+        # channels first: the tokens are the channel axis, the embedding the position axis
+        if not any(self.record(key).is_input for key in x.members):
+            self.constrain_keys(list(x.members), Scaling.NONE, why)
+        key = x.position_spaces[0]
+        if key is None:
+            return [(self.fixed_space("x", x.positions[0], "embedding of the input tokens"), None)]
+        return [(key, None)]
+
     def _weight_parts(
         self,
         path: str,

@@ -192,6 +192,9 @@ class WalkState:
         self.labels: dict[fx.Node, Label] = {}
         #: nodes that return several values (chunk, split) -> their labels
         self.tuples: dict[fx.Node, list[Label]] = {}
+        #: nn.MultiheadAttention calls: their tuple holds the output; index 1 (the attention
+        #: weights) is refused where it is read
+        self.attention: set[fx.Node] = set()
         self.spaces: dict[int, _SpaceRecord] = {}
         self.parent: dict[int, int] = {}
         self.members: dict[int, list[int]] = {}  # union-find root -> the keys tied to it
@@ -468,6 +471,11 @@ class WalkState:
             return True
         if ops.reads_parameters(node):
             return False
+        if node.op == "call_module" and isinstance(
+            self.modules.get(str(node.target)), nn.MultiheadAttention
+        ):
+            args = [node.kwargs.get(name) for name in ("query", "key", "value")]
+            args += node.args[:3]  # masks may be buffers: they do not meet the group
         for arg in args:
             if isinstance(arg, fx.Node) and arg in self.param_views:
                 raise self.fail(

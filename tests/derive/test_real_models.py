@@ -88,6 +88,13 @@ NETWORKS = {
     "regnet_y_400mf": (lambda m: m.regnet_y_400mf(), (3, 32, 32), {"positive": 552, "none": 531}),
     "resnext50_32x4d": (lambda m: m.resnext50_32x4d(), (3, 32, 32), {"positive": 1029}),
     "shufflenet_v2_x0_5": (lambda m: m.shufflenet_v2_x0_5(), (3, 32, 32), {"positive": 86}),
+    "vit-small": (
+        lambda m: m.VisionTransformer(
+            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+        ),
+        (3, 32, 32),
+        {"none": 3, "nonzero": 8},  # the stream and two GELU spaces; per head q/k and v
+    ),
     "shufflenet-small": (
         lambda m: m.ShuffleNetV2([2, 3, 2], [4, 8, 16, 32, 16], num_classes=3),
         (3, 32, 32),
@@ -118,6 +125,7 @@ def test_torchvision_models_trace_and_keep_their_group(name):
         "resnet18",
         "convnext-small",
         "shufflenet-small",
+        "vit-small",
         # minutes on 2 cores (VGG-11-BN's 4096 x 25088 head alone takes most of it)
         *(
             pytest.param(name, marks=pytest.mark.slow)
@@ -143,6 +151,17 @@ def test_torchvision_models_pass_the_network_group_check(name):
     factory, shape, _ = NETWORKS[name]
     torch.manual_seed(0)
     report = verify(derive(factory(models).eval(), shape, name=name), samples=1, only=["network"])
+    assert report.ok, report.text()
+
+
+@pytest.mark.slow
+def test_vit_b_16_traces_with_its_heads_and_passes_the_network_group_check():
+    """torchvision's ViT-B/16: 12 layers of 12 heads, each with its query/key and value
+    spaces; the residual stream permuted (LayerNorm), the MLPs' GELU spaces permuted."""
+    torch.manual_seed(0)
+    derivation = derive(models.vit_b_16().eval(), (3, 224, 224), name="vit_b_16")
+    assert _scaling_counts(derivation) == {"none": 13, "nonzero": 288}
+    report = verify(derivation, samples=1, only=["network"])
     assert report.ok, report.text()
 
 

@@ -9,17 +9,16 @@ import).
 
 from __future__ import annotations
 
-import importlib
 import statistics
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from benchmarks.torchvision_models import torchvision_models
 from derive.basis import linear as basis_module
 from derive.basis import partitions
 from derive.basis.polynomial import count_polynomial, enumerate_polynomial
@@ -157,29 +156,6 @@ TORCHVISION = {
     "shufflenet_v2_x0_5": (lambda m: m.shufflenet_v2_x0_5(), (3, 32, 32)),
 }
 
-_LIBRARIES: list[torch.library.Library] = []
-
-
-def _torchvision_models() -> ModuleType | None:
-    """torchvision.models, declaring the compiled operators its import needs when they do not
-    load against this torch build (as the tests do); None without torchvision."""
-    try:
-        importlib.import_module("torchvision")
-    except ImportError:
-        return None
-    except RuntimeError:
-        library = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _LIBRARIES.append(library)
-        for name in [m for m in list(sys.modules) if m.startswith("torchvision")]:
-            del sys.modules[name]
-        try:
-            importlib.import_module("torchvision")
-        except (ImportError, RuntimeError):
-            return None
-    return importlib.import_module("torchvision.models")
-
 
 def _stages(model: torch.nn.Module, shape: tuple[int, ...], name: str) -> dict[str, float]:
     """Seconds per stage of one cold run (partition and pattern caches cleared)."""
@@ -208,7 +184,7 @@ def _stages(model: torch.nn.Module, shape: tuple[int, ...], name: str) -> dict[s
 def torchvision_part(names: list[str] | None = None, reps: int = 3) -> None:
     """Trace, group, basis and linear plan of torchvision's CNNs, median of ``reps`` cold runs."""
     print()
-    models = _torchvision_models()
+    models = torchvision_models()
     if models is None:
         print("torchvision does not import: torchvision table skipped")
         return

@@ -179,20 +179,24 @@ def build(
     return (lambda: None), step
 
 
-def time_layers(
-    names: list[str], widths: tuple[int, ...], channels: int, batch: int, reps: int
-) -> dict[str, list[float]]:
-    steps = {name: build(name, widths, channels, batch)[1] for name in names}
+def round_robin(steps: dict[str, Callable[[], None]], reps: int) -> dict[str, list[float]]:
+    """Seconds per call of every step, the steps interleaved (two warm-up calls each)."""
     for step in steps.values():
-        for _ in range(2):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in names}
+        step()
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, step in steps.items():
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def time_layers(
+    names: list[str], widths: tuple[int, ...], channels: int, batch: int, reps: int
+) -> dict[str, list[float]]:
+    return round_robin({name: build(name, widths, channels, batch)[1] for name in names}, reps)
 
 
 def _status_kib(field: str) -> int:

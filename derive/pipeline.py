@@ -25,7 +25,8 @@ the network itself and every kind's checks (docs/math.md section 6):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from derive.derivation import Derivation, derive, proxy_derivation, space_sizes, trace_spec
 from derive.errors import SpecError
@@ -33,7 +34,8 @@ from derive.frontend.options import ArchitectureSpec
 from derive.layers import LAYER_KINDS, LayerOptions, generate
 from derive.layers.kind import CheckOptions
 from derive.plan.budget import Budget
-from derive.verify.checklist import VerifyReport
+from derive.verify.checklist import Check, VerifyReport
+from derive.verify.limits import Limits, enforced
 from derive.verify.network import network_checks
 from derive.verify.symbolic import symbolic_checks
 
@@ -87,20 +89,32 @@ def verify(
     family: str = "magep",
     only: Sequence[str] | None = None,
     budget: Budget = "default",
+    memory: float | None = None,
+    timeout: float | None = None,
+    sink: Callable[[Check], None] | None = None,
 ) -> VerifyReport:
     """Run every check: the symbolic proofs of the basis, the group check on the network
     itself, then each registered layer kind's checks; ``only`` names the groups to run (see
     :func:`check_group_names`); ``budget`` is the linear layer's size budget, whose factored
-    layer is checked beside the dense one."""
+    layer is checked beside the dense one.
+
+    ``memory`` (GiB, None: no budget) bounds what the process holds: checks whose full
+    setting does not fit run on a smaller batch, fewer channels or a proxy with the same group
+    (their lines say so), and an allocation past it fails that check only (``out of memory``).
+    ``timeout`` (seconds) bounds the run: checks not started by then are reported as not run.
+    ``sink`` sees every check the moment it finishes (the command line prints it)."""
     chosen = set(check_group_names()) if only is None else checked_groups(only)
-    report = VerifyReport()
+    report = VerifyReport(sink=sink, limits=Limits.of(memory, timeout))
     derivation = spec if isinstance(spec, Derivation) else derive(spec)
     options = CheckOptions(samples=samples, seed=seed, family=family, degree=degree, budget=budget)
-    if "symbolic" in chosen:
-        symbolic_checks(derivation, report)
-    if "network" in chosen:
-        network_checks(derivation, report, samples, seed)
+    groups: list[tuple[str, Callable[[], None]]] = [
+        ("symbolic", lambda: symbolic_checks(derivation, report)),
+        ("network", lambda: network_checks(derivation, report, samples, seed)),
+    ]
     for kind in LAYER_KINDS.values():
-        if kind.name in chosen:
-            kind.checks(derivation, report, options)
+        groups.append((kind.name, partial(kind.checks, derivation, report, options)))
+    with enforced(report.limits):
+        for name, run in groups:
+            if name in chosen:
+                report.run_group(name, run)
     return report

@@ -25,7 +25,6 @@ from nfn_runtime import (
     TensorLayout,
     WeightSpace,
     WeightSpaceLayout,
-    unit_channels,
     unpack_weight_space,
 )
 
@@ -107,28 +106,18 @@ class HnpMlpPolynomialInvariant(nn.Module):
         batch = w1.shape[0]
 
         # Polynomial invariants: path products computed once each, then glued.
-        # [W](1,0)
-        p1 = w1
-        # [W](2,0)
-        p2 = torch.matmul(w2, p1) / 8.0
-        # [W](3,0)
-        p3 = torch.matmul(w3, p2) / 8.0
         # [W](3,2)
         q2 = w3
         # [W](3,1)
-        q1 = torch.matmul(q2, w2) / 8.0
+        q1 = torch.matmul(q2, w2).div_(8.0)
         # [W](3,0)
-        q0 = p3
-        # sum_t [Wb](2,t)
-        sum_wb2 = torch.matmul(w2, b1.unsqueeze(-1)).squeeze(-1) / 8.0
-        # sum_t [Wb](3,t)
-        sum_wb3 = torch.matmul(w3, (sum_wb2 + b2).unsqueeze(-1)).squeeze(-1) / 8.0
-        # sum_t [Wb](3,t) = sum_t [W](3,t) b_t
-        wb_b3 = sum_wb3 / 1.4142135623730951
-        # [W](1,0) Psi for 1 term(s), one matmul
-        p1_psi = torch.matmul(p1, self.psi_tr_ww_1)
-        # [W](2,0) Psi for 1 term(s), one matmul
-        p2_psi = torch.matmul(p2, self.psi_tr_ww_2)
+        q0 = torch.matmul(q1, w1).div_(8.0)
+        # [W](3,0)
+        p3 = q0
+        # sum_t [Wb](3,t) = sum_t [W](3,t) b_t: from q_t b_t
+        wb_b3 = torch.matmul(q2, b2.unsqueeze(-1)).squeeze(-1) / 8.0
+        wb_b3 = wb_b3 + torch.matmul(q1, b1.unsqueeze(-1)).squeeze(-1) / 8.0
+        wb_b3 = wb_b3 / 1.4142135623730951
         # [W](3,0) Psi for 1 term(s), one matmul
         p3_psi = torch.matmul(p3, self.psi_ww0_b3)
         # Psi' [W](L,0) for 1 term(s), one matmul
@@ -144,11 +133,11 @@ class HnpMlpPolynomialInvariant(nn.Module):
         # [bW](3)(3,0) = b3 Psi' [W](3,0)
         bw0_b3 = b3[..., None] * q0_psi
         # tr([W](1,0) Psi [W](3,1))
-        tr_ww_1 = (p1_psi * q1.transpose(-1, -2)).sum(dim=(-1, -2)) / 8.0
+        tr_ww_1 = (self.psi_tr_ww_1 * q0.transpose(-1, -2)).sum(dim=(-1, -2))
         # Psi' [W](3,1) b1
         tr_bw_1 = (q1_psi.squeeze(-2) * b1).sum(dim=-1) / 8.0
         # tr([W](2,0) Psi [W](3,2))
-        tr_ww_2 = (p2_psi * q2.transpose(-1, -2)).sum(dim=(-1, -2)) / 8.0
+        tr_ww_2 = (self.psi_tr_ww_2 * q0.transpose(-1, -2)).sum(dim=(-1, -2))
         # Psi' [W](3,2) b2
         tr_bw_2 = (q2_psi.squeeze(-2) * b2).sum(dim=-1) / 8.0
 

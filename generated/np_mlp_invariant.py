@@ -25,7 +25,6 @@ from nfn_runtime import (
     TensorLayout,
     WeightSpace,
     WeightSpaceLayout,
-    unit_channels,
     unpack_weight_space,
 )
 

@@ -25,7 +25,7 @@ from nfn_runtime import (
     TensorLayout,
     WeightSpace,
     WeightSpaceLayout,
-    unit_channels,
+    unit_channel_sum,
     unpack_weight_space,
 )
 
@@ -80,19 +80,13 @@ class ReluMlpInvariant(nn.Module):
         w1, b1, w2, b2, w3, b3 = unpack_weight_space(ws, LAYOUT, self.in_channels)
         batch = w1.shape[0]
 
-        # Canonicalize: remove the scaling of every entry exactly.
-        w1_canon = unit_channels(w1)  # unit channel norm
-        b1_canon = unit_channels(b1)  # unit channel norm
-        w2_canon = unit_channels(w2)  # unit channel norm
-        b2_canon = unit_channels(b2)  # unit channel norm
-        w3_canon = unit_channels(w3)  # unit channel norm
-
         # Pool: the complete basis of permutation-invariant functionals.
-        w1_pooled = w1_canon.sum(dim=2).reshape(batch, -1) / 64  # mean_p W1[p,:]
-        b1_pooled = b1_canon.sum(dim=2) / 64  # mean_p b1[p]
-        w2_pooled = w2_canon.sum(dim=(2, 3)) / 4096  # mean_pq W2[p,q]
-        b2_pooled = b2_canon.sum(dim=2) / 64  # mean_p b2[p]
-        w3_pooled = w3_canon.sum(dim=3).reshape(batch, -1) / 64  # mean_p W3[:,p]
+        # (unit_channel_sum and absolute_sum pool a canonicalized tensor without building it.)
+        w1_pooled = unit_channel_sum(w1, (2,)).reshape(batch, -1) / 64  # mean_p W1[p,:]
+        b1_pooled = unit_channel_sum(b1, (2,)) / 64  # mean_p b1[p]
+        w2_pooled = unit_channel_sum(w2, (2, 3)) / 4096  # mean_pq W2[p,q]
+        b2_pooled = unit_channel_sum(b2, (2,)) / 64  # mean_p b2[p]
+        w3_pooled = unit_channel_sum(w3, (3,)).reshape(batch, -1) / 64  # mean_p W3[:,p]
         b3_all = b3.reshape(batch, -1)  # b3[:]
         parts = [w1_pooled, b1_pooled, w2_pooled, b2_pooled, w3_pooled, b3_all]
         return self.mix(torch.cat(parts, dim=1))

@@ -25,7 +25,7 @@ from nfn_runtime import (
     TensorLayout,
     WeightSpace,
     WeightSpaceLayout,
-    unit_channels,
+    absolute_sum,
     unpack_weight_space,
 )
 
@@ -90,19 +90,13 @@ class SirenInvariant(nn.Module):
         w1, b1, w2, b2, w3, b3 = unpack_weight_space(ws, LAYOUT, self.in_channels)
         batch = w1.shape[0]
 
-        # Canonicalize: remove the scaling of every entry exactly.
-        w1_canon = w1.abs()  # absolute value
-        b1_canon = b1.abs()  # absolute value
-        w2_canon = w2.abs()  # absolute value
-        b2_canon = b2.abs()  # absolute value
-        w3_canon = w3.abs()  # absolute value
-
         # Pool: the complete basis of permutation-invariant functionals.
-        w1_pooled = w1_canon.sum(dim=2).reshape(batch, -1) / 32  # mean_p W1[p,:]
-        b1_pooled = b1_canon.sum(dim=2) / 32  # mean_p b1[p]
-        w2_pooled = w2_canon.sum(dim=(2, 3)) / 1024  # mean_pq W2[p,q]
-        b2_pooled = b2_canon.sum(dim=2) / 32  # mean_p b2[p]
-        w3_pooled = w3_canon.sum(dim=3).reshape(batch, -1) / 32  # mean_p W3[:,p]
+        # (unit_channel_sum and absolute_sum pool a canonicalized tensor without building it.)
+        w1_pooled = absolute_sum(w1, (2,)).reshape(batch, -1) / 32  # mean_p W1[p,:]
+        b1_pooled = absolute_sum(b1, (2,)) / 32  # mean_p b1[p]
+        w2_pooled = absolute_sum(w2, (2, 3)) / 1024  # mean_pq W2[p,q]
+        b2_pooled = absolute_sum(b2, (2,)) / 32  # mean_p b2[p]
+        w3_pooled = absolute_sum(w3, (3,)).reshape(batch, -1) / 32  # mean_p W3[:,p]
         b3_all = b3.reshape(batch, -1)  # b3[:]
         parts = [w1_pooled, b1_pooled, w2_pooled, b2_pooled, w3_pooled, b3_all]
         return self.mix(torch.cat(parts, dim=1))

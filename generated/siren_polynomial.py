@@ -189,58 +189,66 @@ class SirenPolynomial(nn.Module):
         # Polynomial terms: path products computed once each, then glued and summed.
         # [W](1,0)
         p1 = w1
-        # [W](2,0)
-        p2 = torch.matmul(w2, p1) / 5.656854249492381
+        # [W](1,0) beside its bias column
+        pcol1 = torch.cat([p1, b1.unsqueeze(-1)], dim=-1)
+        # [W](2,0) and sum_t [Wb](2,t) in one matmul
+        pb2 = torch.matmul(w2, pcol1).div_(5.656854249492381)
+        p2 = pb2[..., :-1]
+        sum_wb2 = pb2[..., -1]
         # [W](3,0)
-        p3 = torch.matmul(w3, p2) / 5.656854249492381
+        p3 = torch.matmul(w3, p2).div_(5.656854249492381)
         # [W](3,2)
         q2 = w3
         # [W](3,1)
-        q1 = torch.matmul(q2, w2) / 5.656854249492381
+        q1 = torch.matmul(q2, w2).div_(5.656854249492381)
         # [W](3,0)
         q0 = p3
-        # sum_t [Wb](2,t)
-        sum_wb2 = torch.matmul(w2, b1.unsqueeze(-1)).squeeze(-1) / 5.656854249492381
-        # sum_t [Wb](3,t)
-        sum_wb3 = torch.matmul(w3, (sum_wb2 + b2).unsqueeze(-1)).squeeze(-1) / 5.656854249492381
+        # sum_t [Wb](3,t) = sum_t [W](3,t) b_t: from q_t b_t
+        wb_b3 = torch.matmul(q2, b2.unsqueeze(-1)).squeeze(-1) / 5.656854249492381
+        wb_b3 = wb_b3 + torch.matmul(q1, b1.unsqueeze(-1)).squeeze(-1) / 5.656854249492381
+        wb_b3 = wb_b3 / 1.4142135623730951
         # sum_t [Wb](2,t) = sum_t [W](2,t) b_t
         wb_b2 = sum_wb2
-        # sum_t [Wb](3,t) = sum_t [W](3,t) b_t
-        wb_b3 = sum_wb3 / 1.4142135623730951
-        # [W](1,0) Psi for 3 term(s), one matmul
-        p1_psi = torch.matmul(p1, torch.cat([self.psi_ww_w1, self.psi_ww0_b1, self.psi_tr_ww_1], dim=-1))
-        # [W](2,0) Psi for 3 term(s), one matmul
-        p2_psi = torch.matmul(p2, torch.cat([self.psi_ww_w2, self.psi_ww0_b2, self.psi_tr_ww_2], dim=-1))
+        # [W](1,0) Psi for 2 term(s), one matmul
+        p1_psi = torch.matmul(p1, torch.cat([self.psi_ww_w1, self.psi_ww0_b1], dim=-1))
+        p1_psi_parts = torch.split(p1_psi, 1, dim=-1)
+        # [W](2,0) Psi for 2 term(s), one matmul
+        p2_psi = torch.matmul(p2, torch.cat([self.psi_ww_w2, self.psi_ww0_b2], dim=-1))
+        p2_psi_parts = torch.split(p2_psi, 1, dim=-1)
         # [W](3,0) Psi for 2 term(s), one matmul
         p3_psi = torch.matmul(p3, torch.cat([self.psi_ww_w3, self.psi_ww0_b3], dim=-1))
+        p3_psi_parts = torch.split(p3_psi, 1, dim=-1)
         # Psi' [W](L,0) for 4 term(s), one matmul
         q0_psi = torch.matmul(torch.cat([self.psi_bw_w1, self.psi_bw0_b1, self.psi_bw0_b2, self.psi_bw0_b3], dim=-2), q0)
+        q0_psi_parts = torch.split(q0_psi, 1, dim=-2)
         # Psi' [W](L,1) for 2 term(s), one matmul
         q1_psi = torch.matmul(torch.cat([self.psi_bw_w2, self.psi_tr_bw_1], dim=-2), q1)
+        q1_psi_parts = torch.split(q1_psi, 1, dim=-2)
         # Psi' [W](L,2) for 2 term(s), one matmul
         q2_psi = torch.matmul(torch.cat([self.psi_bw_w3, self.psi_tr_bw_2], dim=-2), q2)
+        q2_psi_parts = torch.split(q2_psi, 1, dim=-2)
         # [WW](2,0)(3,1) = [W](2,0) Psi [W](3,1)
-        ww_w2 = torch.matmul(p2_psi[..., 0 : 1], q1)
+        ww_w2 = torch.matmul(p2_psi_parts[0], q1)
         # [W](2,0)
         path_b2 = p2
         # [WW](3,0)(3,2) = [W](3,0) Psi [W](3,2)
-        ww_w3 = torch.matmul(p3_psi[..., 0 : 1], q2)
+        ww_w3 = torch.matmul(p3_psi_parts[0], q2)
         # [bW](3)(3,2) = b3 Psi' [W](3,2)
-        bw_w3 = b3[..., None] * q2_psi[..., 0 : 1, :]
+        bw_w3 = b3[..., None] * q2_psi_parts[0]
         # [W](3,0)
         path_b3 = p3
         # [WW](3,0)(3,0) = [W](3,0) Psi [W](3,0)
-        ww0_b3 = torch.matmul(p3_psi[..., 1 : 2], q0)
+        ww0_b3 = torch.matmul(p3_psi_parts[1], q0)
         # [bW](3)(3,0) = b3 Psi' [W](3,0)
-        bw0_b3 = b3[..., None] * q0_psi[..., 3 : 4, :]
+        bw0_b3 = b3[..., None] * q0_psi_parts[3]
         # tr([W](1,0) Psi [W](3,1))
-        tr_ww_1 = (p1_psi[..., 2 : 3] * q1.transpose(-1, -2)).sum(dim=(-1, -2)) / 5.656854249492381
+        tr_ww_1 = (self.psi_tr_ww_1 * q0.transpose(-1, -2)).sum(dim=(-1, -2))
         # Psi' [W](3,1) b1
-        tr_bw_1 = (q1_psi[..., 1 : 2, :].squeeze(-2) * b1).sum(dim=-1) / 5.656854249492381
+        tr_bw_1 = (q1_psi_parts[1].squeeze(-2) * b1).sum(dim=-1) / 5.656854249492381
         # tr([W](2,0) Psi [W](3,2))
-        tr_ww_2 = (p2_psi[..., 2 : 3] * q2.transpose(-1, -2)).sum(dim=(-1, -2)) / 5.656854249492381
+        tr_ww_2 = (self.psi_tr_ww_2 * q0.transpose(-1, -2)).sum(dim=(-1, -2))
         # Psi' [W](3,2) b2
-        tr_bw_2 = (q2_psi[..., 1 : 2, :].squeeze(-2) * b2).sum(dim=-1) / 5.656854249492381
+        tr_bw_2 = (q2_psi_parts[1].squeeze(-2) * b2).sum(dim=-1) / 5.656854249492381
 
         # Features: reductions of the input, each computed once.
         w1_all = w1.permute(0, 1, 3, 2).reshape(batch, -1, 32)  # W1[i,:]
@@ -274,10 +282,10 @@ class SirenPolynomial(nn.Module):
             self.mix_h2_h1_weight[:, c_in : 2 * c_in].expand(batch, -1, -1),
             ww_w2.flatten(2),
         )
-        # bw_w2 = b2 (x) q1_psi[..., 0 : 1, :].squeeze(-2): a rank-one update
+        # bw_w2 = b2 (x) q1_psi_parts[0].squeeze(-2): a rank-one update
         mix_h2_h1_w2_bw_w2 = torch.einsum("oc,bcj->bojc", self.mix_h2_h1_weight[:, 2 * c_in : 3 * c_in], b2).flatten(1, 2)
         mix_h2_h1_w2 = torch.baddbmm(
-            mix_h2_h1_w2.view(batch, -1, 32), mix_h2_h1_w2_bw_w2, q1_psi[..., 0 : 1, :].squeeze(-2)
+            mix_h2_h1_w2.view(batch, -1, 32), mix_h2_h1_w2_bw_w2, q1_psi_parts[0].squeeze(-2)
         )
         mix_h2_h1_w2 = mix_h2_h1_w2.view(batch, c_out, -1)
         mix_h2_h1_w2 = mix_h2_h1_w2.view(batch, -1, 32, 32)
@@ -314,51 +322,48 @@ class SirenPolynomial(nn.Module):
         # glued terms folded through their factorization
         fold_w1_theta0 = self.fold_w1_weight[:, : 2 * c_in].view(-1, c_in, 2)
         # [WW](1,0)(3,0) = [W](1,0) Psi [W](3,0): factor A per row
-        fold_w1_a0 = p1_psi[..., 0 : 1].permute(0, 2, 1, 3).reshape(batch, 32, -1)
+        fold_w1_a0 = p1_psi_parts[0].permute(0, 2, 1, 3).reshape(batch, 32, -1)
         # factor R contracted with the mixing weights
         fold_w1_g0 = torch.einsum("bclu,zcu->bclz", q0, fold_w1_theta0).flatten(1, 2)
         fold_w1_theta1 = self.fold_w1_weight[:, 2 * c_in : 4 * c_in].view(-1, c_in, 2)
         # [bW](1)(3,0) = b1 Psi' [W](3,0): Psi' [W](L,0)
-        fold_w1_r1 = q0_psi[..., 0 : 1, :].squeeze(-2)
+        fold_w1_r1 = q0_psi_parts[0].squeeze(-2)
         # [bW](1)(3,0) = b1 Psi' [W](3,0): factor A per row
         fold_w1_a1 = b1.permute(0, 2, 1)
         # factor R contracted with the mixing weights
         fold_w1_g1 = torch.einsum("bcu,zcu->bcz", fold_w1_r1, fold_w1_theta1)
-        fold_w1_a = torch.cat([fold_w1_a0, fold_w1_a1], dim=-1)
-        fold_w1_g = torch.cat([fold_w1_g0, fold_w1_g1], dim=1)
-        fold_w1 = torch.bmm(fold_w1_a, fold_w1_g)
+        fold_w1 = torch.bmm(fold_w1_a0, fold_w1_g0)
+        fold_w1 = fold_w1.baddbmm_(fold_w1_a1, fold_w1_g1)
         out_w1 = out_w1 + fold_w1.view(batch, 32, c_out, 2).permute(0, 2, 1, 3)
         fold_b1_theta0 = self.fold_b1_weight[:, : 2 * c_in].view(-1, c_in, 2)
         # [WW](1,0)(3,0) = [W](1,0) Psi [W](3,0): factor A per row
-        fold_b1_a0 = p1_psi[..., 1 : 2].permute(0, 2, 1, 3).reshape(batch, 32, -1)
+        fold_b1_a0 = p1_psi_parts[1].permute(0, 2, 1, 3).reshape(batch, 32, -1)
         # factor R contracted with the mixing weights
         fold_b1_g0 = torch.einsum("bclu,zcu->bclz", q0, fold_b1_theta0).flatten(1, 2)
         fold_b1_theta1 = self.fold_b1_weight[:, 2 * c_in : 4 * c_in].view(-1, c_in, 2)
         # [bW](1)(3,0) = b1 Psi' [W](3,0): Psi' [W](L,0)
-        fold_b1_r1 = q0_psi[..., 1 : 2, :].squeeze(-2)
+        fold_b1_r1 = q0_psi_parts[1].squeeze(-2)
         # [bW](1)(3,0) = b1 Psi' [W](3,0): factor A per row
         fold_b1_a1 = b1.permute(0, 2, 1)
         # factor R contracted with the mixing weights
         fold_b1_g1 = torch.einsum("bcu,zcu->bcz", fold_b1_r1, fold_b1_theta1)
-        fold_b1_a = torch.cat([fold_b1_a0, fold_b1_a1], dim=-1)
-        fold_b1_g = torch.cat([fold_b1_g0, fold_b1_g1], dim=1)
-        fold_b1 = torch.bmm(fold_b1_a, fold_b1_g)
+        fold_b1 = torch.bmm(fold_b1_a0, fold_b1_g0)
+        fold_b1 = fold_b1.baddbmm_(fold_b1_a1, fold_b1_g1)
         out_b1 = out_b1 + fold_b1.view(batch, 32, c_out).permute(0, 2, 1)
         fold_b2_theta0 = self.fold_b2_weight[:, : 2 * c_in].view(-1, c_in, 2)
         # [WW](2,0)(3,0) = [W](2,0) Psi [W](3,0): factor A per row
-        fold_b2_a0 = p2_psi[..., 1 : 2].permute(0, 2, 1, 3).reshape(batch, 32, -1)
+        fold_b2_a0 = p2_psi_parts[1].permute(0, 2, 1, 3).reshape(batch, 32, -1)
         # factor R contracted with the mixing weights
         fold_b2_g0 = torch.einsum("bclu,zcu->bclz", q0, fold_b2_theta0).flatten(1, 2)
         fold_b2_theta1 = self.fold_b2_weight[:, 2 * c_in : 4 * c_in].view(-1, c_in, 2)
         # [bW](2)(3,0) = b2 Psi' [W](3,0): Psi' [W](L,0)
-        fold_b2_r1 = q0_psi[..., 2 : 3, :].squeeze(-2)
+        fold_b2_r1 = q0_psi_parts[2].squeeze(-2)
         # [bW](2)(3,0) = b2 Psi' [W](3,0): factor A per row
         fold_b2_a1 = b2.permute(0, 2, 1)
         # factor R contracted with the mixing weights
         fold_b2_g1 = torch.einsum("bcu,zcu->bcz", fold_b2_r1, fold_b2_theta1)
-        fold_b2_a = torch.cat([fold_b2_a0, fold_b2_a1], dim=-1)
-        fold_b2_g = torch.cat([fold_b2_g0, fold_b2_g1], dim=1)
-        fold_b2 = torch.bmm(fold_b2_a, fold_b2_g)
+        fold_b2 = torch.bmm(fold_b2_a0, fold_b2_g0)
+        fold_b2 = fold_b2.baddbmm_(fold_b2_a1, fold_b2_g1)
         out_b2 = out_b2 + fold_b2.view(batch, 32, c_out).permute(0, 2, 1)
         return WeightSpace((out_w1, out_w2, out_w3), (out_b1, out_b2, out_b3))
 

@@ -27,7 +27,7 @@ from nfn_runtime import (
     TensorLayout,
     WeightSpace,
     WeightSpaceLayout,
-    unit_channels,
+    unit_channel_sum,
     unpack_weight_space,
 )
 
@@ -105,23 +105,15 @@ class SmallCnnInvariant(nn.Module):
         w1, b1, w2, b2, w3, b3, w4, b4 = unpack_weight_space(ws, LAYOUT, self.in_channels)
         batch = w1.shape[0]
 
-        # Canonicalize: remove the scaling of every entry exactly.
-        w1_canon = unit_channels(w1)  # unit channel norm
-        b1_canon = unit_channels(b1)  # unit channel norm
-        w2_canon = unit_channels(w2)  # unit channel norm
-        b2_canon = unit_channels(b2)  # unit channel norm
-        w3_canon = unit_channels(w3)  # unit channel norm
-        b3_canon = unit_channels(b3)  # unit channel norm
-        w4_canon = unit_channels(w4)  # unit channel norm
-
         # Pool: the complete basis of permutation-invariant functionals.
-        w1_pooled = w1_canon.sum(dim=2).reshape(batch, -1) / 8  # mean_p W1[p,:,:,:]
-        b1_pooled = b1_canon.sum(dim=2) / 8  # mean_p b1[p]
-        w2_pooled = w2_canon.sum(dim=(2, 3)).reshape(batch, -1) / 64  # mean_pq W2[p,q,:,:]
-        b2_pooled = b2_canon.sum(dim=2) / 8  # mean_p b2[p]
-        w3_pooled = w3_canon.sum(dim=(2, 3)).reshape(batch, -1) / 64  # mean_pq W3[p,q,:,:]
-        b3_pooled = b3_canon.sum(dim=2) / 8  # mean_p b3[p]
-        w4_pooled = w4_canon.sum(dim=3).reshape(batch, -1) / 8  # mean_p W4[:,p]
+        # (unit_channel_sum and absolute_sum pool a canonicalized tensor without building it.)
+        w1_pooled = unit_channel_sum(w1, (2,)).reshape(batch, -1) / 8  # mean_p W1[p,:,:,:]
+        b1_pooled = unit_channel_sum(b1, (2,)) / 8  # mean_p b1[p]
+        w2_pooled = unit_channel_sum(w2, (2, 3)).reshape(batch, -1) / 64  # mean_pq W2[p,q,:,:]
+        b2_pooled = unit_channel_sum(b2, (2,)) / 8  # mean_p b2[p]
+        w3_pooled = unit_channel_sum(w3, (2, 3)).reshape(batch, -1) / 64  # mean_pq W3[p,q,:,:]
+        b3_pooled = unit_channel_sum(b3, (2,)) / 8  # mean_p b3[p]
+        w4_pooled = unit_channel_sum(w4, (3,)).reshape(batch, -1) / 8  # mean_p W4[:,p]
         b4_all = b4.reshape(batch, -1)  # b4[:]
         parts = [
             w1_pooled,

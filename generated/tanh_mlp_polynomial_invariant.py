@@ -25,7 +25,7 @@ from nfn_runtime import (
     TensorLayout,
     WeightSpace,
     WeightSpaceLayout,
-    unit_channels,
+    absolute_sum,
     unpack_weight_space,
 )
 
@@ -107,28 +107,18 @@ class TanhMlpPolynomialInvariant(nn.Module):
         batch = w1.shape[0]
 
         # Polynomial invariants: path products computed once each, then glued.
-        # [W](1,0)
-        p1 = w1
-        # [W](2,0)
-        p2 = torch.matmul(w2, p1) / 8.0
-        # [W](3,0)
-        p3 = torch.matmul(w3, p2) / 8.0
         # [W](3,2)
         q2 = w3
         # [W](3,1)
-        q1 = torch.matmul(q2, w2) / 8.0
+        q1 = torch.matmul(q2, w2).div_(8.0)
         # [W](3,0)
-        q0 = p3
-        # sum_t [Wb](2,t)
-        sum_wb2 = torch.matmul(w2, b1.unsqueeze(-1)).squeeze(-1) / 8.0
-        # sum_t [Wb](3,t)
-        sum_wb3 = torch.matmul(w3, (sum_wb2 + b2).unsqueeze(-1)).squeeze(-1) / 8.0
-        # sum_t [Wb](3,t) = sum_t [W](3,t) b_t
-        wb_b3 = sum_wb3 / 1.4142135623730951
-        # [W](1,0) Psi for 1 term(s), one matmul
-        p1_psi = torch.matmul(p1, self.psi_tr_ww_1)
-        # [W](2,0) Psi for 1 term(s), one matmul
-        p2_psi = torch.matmul(p2, self.psi_tr_ww_2)
+        q0 = torch.matmul(q1, w1).div_(8.0)
+        # [W](3,0)
+        p3 = q0
+        # sum_t [Wb](3,t) = sum_t [W](3,t) b_t: from q_t b_t
+        wb_b3 = torch.matmul(q2, b2.unsqueeze(-1)).squeeze(-1) / 8.0
+        wb_b3 = wb_b3 + torch.matmul(q1, b1.unsqueeze(-1)).squeeze(-1) / 8.0
+        wb_b3 = wb_b3 / 1.4142135623730951
         # [W](3,0) Psi for 1 term(s), one matmul
         p3_psi = torch.matmul(p3, self.psi_ww0_b3)
         # Psi' [W](L,0) for 1 term(s), one matmul
@@ -144,27 +134,21 @@ class TanhMlpPolynomialInvariant(nn.Module):
         # [bW](3)(3,0) = b3 Psi' [W](3,0)
         bw0_b3 = b3[..., None] * q0_psi
         # tr([W](1,0) Psi [W](3,1))
-        tr_ww_1 = (p1_psi * q1.transpose(-1, -2)).sum(dim=(-1, -2)) / 8.0
+        tr_ww_1 = (self.psi_tr_ww_1 * q0.transpose(-1, -2)).sum(dim=(-1, -2))
         # Psi' [W](3,1) b1
         tr_bw_1 = (q1_psi.squeeze(-2) * b1).sum(dim=-1) / 8.0
         # tr([W](2,0) Psi [W](3,2))
-        tr_ww_2 = (p2_psi * q2.transpose(-1, -2)).sum(dim=(-1, -2)) / 8.0
+        tr_ww_2 = (self.psi_tr_ww_2 * q0.transpose(-1, -2)).sum(dim=(-1, -2))
         # Psi' [W](3,2) b2
         tr_bw_2 = (q2_psi.squeeze(-2) * b2).sum(dim=-1) / 8.0
 
-        # Canonicalize: remove the scaling of every entry exactly.
-        w1_canon = w1.abs()  # absolute value
-        b1_canon = b1.abs()  # absolute value
-        w2_canon = w2.abs()  # absolute value
-        b2_canon = b2.abs()  # absolute value
-        w3_canon = w3.abs()  # absolute value
-
         # Pool: the complete basis of permutation-invariant functionals.
-        w1_pooled = w1_canon.sum(dim=2).reshape(batch, -1) / 64  # mean_p W1[p,:]
-        b1_pooled = b1_canon.sum(dim=2) / 64  # mean_p b1[p]
-        w2_pooled = w2_canon.sum(dim=(2, 3)) / 4096  # mean_pq W2[p,q]
-        b2_pooled = b2_canon.sum(dim=2) / 64  # mean_p b2[p]
-        w3_pooled = w3_canon.sum(dim=3).reshape(batch, -1) / 64  # mean_p W3[:,p]
+        # (unit_channel_sum and absolute_sum pool a canonicalized tensor without building it.)
+        w1_pooled = absolute_sum(w1, (2,)).reshape(batch, -1) / 64  # mean_p W1[p,:]
+        b1_pooled = absolute_sum(b1, (2,)) / 64  # mean_p b1[p]
+        w2_pooled = absolute_sum(w2, (2, 3)) / 4096  # mean_pq W2[p,q]
+        b2_pooled = absolute_sum(b2, (2,)) / 64  # mean_p b2[p]
+        w3_pooled = absolute_sum(w3, (3,)).reshape(batch, -1) / 64  # mean_p W3[:,p]
         b3_all = b3.reshape(batch, -1)  # b3[:]
         path_b3_all = path_b3.reshape(batch, -1)  # PATH_B3[:,:]
         ww0_b3_all = ww0_b3.reshape(batch, -1)  # WW0_B3[:,:]

@@ -5,7 +5,7 @@ equivariant pointwise nonlinearities, and numerical equivariance checks.
 Imports torch only; generated layers depend on this package and nothing else of the project.
 """
 
-from nfn_runtime.canonical import unit_channels
+from nfn_runtime.canonical import absolute_sum, unit_channel_sum, unit_channels
 from nfn_runtime.checks import unpack_weight_space
 from nfn_runtime.convert import (
     from_nfn,
@@ -63,6 +63,8 @@ from nfn_runtime.testing import (
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = [
+    "absolute_sum",
+    "unit_channel_sum",
     "unit_channels",
     "unpack_weight_space",
     "NONLINEARITY_KINDS",

@@ -181,17 +181,62 @@ def _check_element(layout: WeightSpaceLayout, g: GroupElement) -> None:
             )
 
 
+def _permute_axes(
+    value: Tensor,
+    spec: TensorLayout,
+    g: GroupElement,
+    moving: dict[str, bool],
+    first: int,
+    last: int,
+) -> Tensor:
+    """``new[pi(i)] = old[i]`` along every permuted axis of ``spec`` at once: one gather with
+    broadcast index vectors over dims ``first..last`` (the identity on the unpermuted ones
+    between), which keeps the dims in place and is several times faster than one
+    ``index_select`` per axis when small axes (kernel offsets, positions) follow."""
+    index = []
+    for dim in range(first, last + 1):
+        axis = spec.axes[dim - 2]
+        size = value.shape[dim]
+        vector = (
+            inverse_permutation(
+                g.permutations[axis.space].to(device=value.device, dtype=torch.long)
+            )
+            if moving[axis.space]
+            else torch.arange(size, device=value.device)
+        )
+        shape = [1] * (last - first + 1)
+        shape[dim - first] = size
+        index.append(vector.reshape(shape))
+    return value[(slice(None),) * first + tuple(index)]
+
+
 def apply_group_element(ws: WeightSpace, layout: WeightSpaceLayout, g: GroupElement) -> WeightSpace:
     """``g . ws``: act on every tensor axis; any batch size, channel count and dtype.
 
     Scales are raised to each axis's character in their own dtype, then cast to the tensor's.
+    Identity permutations and unit factors (fixed spaces, spaces without scaling) are skipped:
+    on a large weight space each would copy whole tensors for nothing.
     """
     _check_element(layout, g)
+    moving = {
+        name: not torch.equal(perm, torch.arange(perm.numel(), dtype=perm.dtype))
+        for name, perm in g.permutations.items()
+    }
+    scaling = {name: not bool((scale == 1).all()) for name, scale in g.scales.items()}
 
     def act(spec: TensorLayout, value: Tensor) -> Tensor:
+        moved = [2 + index for index, axis in enumerate(spec.axes) if moving[axis.space]]
+        fresh = bool(moved)  # value is then a new tensor (safe to scale in place)
+        if moved:
+            value = _permute_axes(value, spec, g, moving, min(moved), max(moved))
         for index, axis in enumerate(spec.axes):
-            factor = None if axis.character == 0 else g.factor(axis.space, axis.character)
-            value = _transform_axis(value, 2 + index, g.permutations[axis.space], factor)
+            if axis.character == 0 or not scaling[axis.space]:
+                continue
+            shape = [1] * value.dim()
+            shape[2 + index] = -1
+            factor = g.factor(axis.space, axis.character).to(value.device, value.dtype)
+            value = value.mul_(factor.reshape(shape)) if fresh else value * factor.reshape(shape)
+            fresh = True
         return value
 
     return ws.map_layout(layout, act)

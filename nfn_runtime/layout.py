@@ -10,8 +10,7 @@ A space that is neither permuted nor scaled is a fixed axis.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 #: the entries of a state-dict entry one tensor holds: ``(dim, start, stop, step)`` per sliced
@@ -117,14 +116,13 @@ class WeightSpaceLayout:
             for axis in tensor.axes:
                 if axis.space not in names:
                     raise ValueError(f"tensor {tensor.name!r} names unknown space {axis.space!r}")
+        # lookup tables built here, not lazily: a cached_property's lock cannot be entered
+        # inside torch.compile (generated layers look shapes up in forward)
+        object.__setattr__(self, "_spaces_by_name", {space.name: space for space in self.spaces})
+        object.__setattr__(self, "_tensors_by_name", {t.name: t for t in self.tensors})
 
-    @cached_property
-    def _spaces_by_name(self) -> dict[str, SpaceLayout]:
-        return {space.name: space for space in self.spaces}
-
-    @cached_property
-    def _tensors_by_name(self) -> dict[str, TensorLayout]:
-        return {tensor.name: tensor for tensor in self.tensors}
+    _spaces_by_name: dict[str, SpaceLayout] = field(init=False, repr=False, compare=False)
+    _tensors_by_name: dict[str, TensorLayout] = field(init=False, repr=False, compare=False)
 
     def space(self, name: str) -> SpaceLayout:
         """The space called ``name``."""
@@ -142,7 +140,8 @@ class WeightSpaceLayout:
     @property
     def num_layers(self) -> int:
         """Number of weight tensors (the length of ``WeightSpace.weights``)."""
-        return max((t.layer for t in self.tensors if t.kind == "weight"), default=0)
+        layers = [t.layer for t in self.tensors if t.kind == "weight"]
+        return max(layers) if layers else 0  # (no max(default=): torch.compile traces this)
 
     @property
     def has_bias(self) -> tuple[bool, ...]:

@@ -16,8 +16,6 @@ from torch import Tensor, nn
 
 from nfn_runtime.convert import (
     read_source,
-    state_dicts_from_weight_space,
-    weight_space_from_state_dicts,
     write_sources,
 )
 from nfn_runtime.group import (
@@ -55,15 +53,25 @@ def transform_network_state(
     """A copy of a network's ``state_dict`` with ``transform`` applied to its weight space.
 
     A group element also acts on the layout's buffers; any other transform (e.g. one outside
-    the group) acts on the parameters only. Keys the layout does not name are kept.
+    the group) acts on the parameters only. Keys the layout does not name are kept. Entries the
+    transform leaves alone are shared with ``state``, not copied (on a large network each copy
+    of the parameters costs a pass over memory).
     """
-    theta = weight_space_from_state_dicts(state, layout)
+    theta = WeightSpace.from_named(
+        layout,
+        {
+            spec.name: read_source(layout, spec, state[spec.source_key or spec.name])[None, None]
+            for spec in layout.tensors
+        },
+    )
     if isinstance(transform, GroupElement):
         moved = apply_group_element(theta, layout, transform)
     else:
         moved = transform(theta)
+    moved.validate(layout)
     new_state = dict(state)
-    new_state.update(state_dicts_from_weight_space(moved, layout)[0])
+    values = {spec.name: moved.get(spec)[0, 0] for spec in layout.tensors}
+    new_state.update(write_sources(layout, layout.tensors, values))
     if isinstance(transform, GroupElement):
         new_state.update(transform_buffers(state, layout, transform))
     return new_state
@@ -86,6 +94,7 @@ def network_symmetry_error(
     input_space: str = "in",
     output_space: str = "out",
     per_sample: bool = False,
+    reference: Tensor | None = None,
 ) -> float:
     """``||pi_out^-1 f(pi_in x; g.theta) - f(x; theta)|| / ||f(x; theta)||`` on ``model``.
 
@@ -95,7 +104,8 @@ def network_symmetry_error(
     along their channel axis and the outputs permuted back. The model runs in eval mode
     through ``torch.func.functional_call``; it is left unchanged (its mode is restored). With
     ``per_sample``, the largest relative change over the inputs, one by one (for inputs of
-    very different magnitudes).
+    very different magnitudes). ``reference`` is ``f(x; theta)`` when the caller has it already
+    (a check applying many transforms to one network computes it once).
     """
     state = {key: value.detach() for key, value in model.state_dict().items()}
     if g is None:
@@ -110,7 +120,8 @@ def network_symmetry_error(
     model.eval()
     try:
         with torch.no_grad():
-            reference = model(inputs)
+            if reference is None:
+                reference = model(inputs)
             output = torch.func.functional_call(model, new_state, (moved_inputs,))
     finally:
         model.train(training)

@@ -57,6 +57,15 @@ class _LayerKindNames:
         return f"LAYER_CHOICES{self._names()!r}"
 
 
+#: ``verify --memory``: the default budget in GiB
+DEFAULT_MEMORY_GB = 8.0
+#: the exit code of ``verify`` when a check ran out of memory or time, or was not run
+EXIT_EXHAUSTED = 3
+_VERIFY_EPILOG = (
+    "Exit codes: 0 every check passed; 1 a check failed; 2 bad input (nothing is run); "
+    "3 no check failed, but a check ran out of memory or time, or was not run (--timeout)."
+)
+
 #: what ``generate --layer`` accepts: every registered layer kind
 LAYER_CHOICES = _LayerKindNames()
 DEFAULT_LAYER = "linear"
@@ -213,7 +222,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     _add_polynomial_arguments(generate)
     _add_budget_argument(generate)
     verify = commands.add_parser(
-        "verify", help="run symbolic, numeric, sensitivity and completeness checks"
+        "verify",
+        help="run symbolic, numeric, sensitivity and completeness checks",
+        description="Run the symbolic proofs, the group check on the network itself and every "
+        "layer kind's checks, printing each check's line as it finishes.",
+        epilog=_VERIFY_EPILOG,
     )
     _add_spec_arguments(verify)
     verify.add_argument("--samples", type=int, default=3, help="group elements per numeric check")
@@ -223,6 +236,22 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         metavar="CHECKS",
         help="run only these groups of checks, comma separated: symbolic, network, or a layer "
         "kind (linear, invariant, polynomial, polynomial-invariant); e.g. --only network",
+    )
+    verify.add_argument(
+        "--memory",
+        metavar="GB",
+        type=float,
+        default=DEFAULT_MEMORY_GB,
+        help="memory budget in GiB for the whole process (default %(default)g): checks whose "
+        "full setting needs more run on a smaller batch, fewer channels or a proxy with the same "
+        "group (their lines say so); an allocation past it fails that check only",
+    )
+    verify.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        help="bound the run to this many seconds (counted from the start): a check still "
+        "running then fails as out of time, checks not started get SKIP lines",
     )
     _add_polynomial_arguments(verify)
     _add_budget_argument(verify)
@@ -420,7 +449,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from derive.pipeline import checked_groups, derive, verify
+    from derive.verify.checklist import line_writer
 
+    start = time.monotonic()
     only = None
     if args.only is not None:  # checked before anything is derived or printed
         only = [part.strip() for part in args.only.split(",") if part.strip()]
@@ -428,13 +459,21 @@ def _verify(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     if args.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {args.samples}", "arguments")
+    if not args.memory > 0:
+        raise SpecError(
+            f"--memory must be a positive number of GB, got {args.memory:g}", "arguments"
+        )
+    if args.timeout is not None and not args.timeout > 0:
+        raise SpecError(
+            f"--timeout must be a positive number of seconds, got {args.timeout:g}", "arguments"
+        )
     _check_polynomial_options(args)
     budget = _budget(args)
     derivation = derive(spec)  # bad input is reported here, before anything is printed
     from derive.layers.linear import budget_choice
 
     budget_choice(derivation, budget)  # likewise a budget below the floor
-    print(f"Verifying the generated layers of {spec.name} ({spec.summary()})")
+    print(f"Verifying the generated layers of {spec.name} ({spec.summary()})", flush=True)
     report = verify(
         derivation,
         samples=args.samples,
@@ -443,9 +482,12 @@ def _verify(args: argparse.Namespace) -> int:
         family=args.family,
         only=only,
         budget=budget,
+        memory=args.memory,
+        timeout=None if args.timeout is None else args.timeout - (time.monotonic() - start),
+        sink=line_writer(sys.stdout),
     )
-    sys.stdout.write(report.text())
-    return 0 if report.ok else 1
+    sys.stdout.write(f"\n{report.verdict()}\n")
+    return report.exit_code
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -510,6 +552,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GenerationError as exc:
         sys.stderr.write(f"nfn-derive: error: {exc}\n")
         return 2
+    except (MemoryError, RuntimeError) as exc:  # outside verify's checks, which catch their own
+        from derive.verify.limits import is_out_of_memory, out_of_memory_detail
+
+        if not is_out_of_memory(exc):
+            raise
+        sys.stderr.write(f"nfn-derive: error: {args.command}: {out_of_memory_detail(exc)}\n")
+        return EXIT_EXHAUSTED
     except BrokenPipeError:
         return 0
 

@@ -3,6 +3,7 @@ them as keys, :class:`derive.plan.features.Feature`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
 
 from derive.plan.features import (
@@ -16,12 +17,24 @@ from derive.plan.features import (
 )
 from derive.weightspace.model import WeightSpaceSpec
 
-__all__ = ["feature_expression"]
+__all__ = ["Reducer", "plain_sum", "feature_expression"]
 
 
-def feature_expression(space: WeightSpaceSpec, feature: Feature) -> str:
+#: spells the sum of a variable over dimensions (``reducer("w2", (2, 3))``)
+Reducer = Callable[[str, tuple[int, ...]], str]
+
+
+def plain_sum(var: str, dims: tuple[int, ...]) -> str:
+    """``var.sum(dim=...)``: the default reducer."""
+    return f"{var}.sum(dim={dims[0] if len(dims) == 1 else dims})"
+
+
+def feature_expression(
+    space: WeightSpaceSpec, feature: Feature, reducer: Reducer = plain_sum
+) -> str:
     """The torch expression computing ``feature`` (its source variable when it is the input
-    itself)."""
+    itself); ``reducer`` spells the sum over the reduced dimensions of a linear feature
+    without diagonals (the invariant layer fuses its canonicalization into it)."""
     key, layout = feature.key, feature.layout
     channels_last = layout == "channels_last"
     if is_product_key(key):
@@ -57,8 +70,7 @@ def feature_expression(space: WeightSpaceSpec, feature: Feature) -> str:
         reduced_dims = sorted(2 + present.index(p) for p in to_reduce)
         expr = var
         if reduced_dims:
-            dims = reduced_dims[0] if len(reduced_dims) == 1 else tuple(reduced_dims)
-            expr = f"{var}.sum(dim={dims})"
+            expr = reducer(var, tuple(reduced_dims))
         remaining = ["c"] + [p for p in present if p not in to_reduce]
         kept_order: list[int | str] = [g[0] for g in kept]
         target = [*kept_order, "c", *fixed] if channels_last else ["c", *fixed, *kept_order]

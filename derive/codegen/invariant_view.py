@@ -3,15 +3,17 @@ statements the invariant template prints."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from derive.basis.magep import virtual_name
 from derive.codegen import codefmt
-from derive.codegen.feature_code import feature_expression
+from derive.codegen.feature_code import Reducer, feature_expression, plain_sum
 from derive.codegen.magep_code import magep_code
 from derive.codegen.statements import Statement, split_long
 from derive.codegen.views import PsiDecl
-from derive.plan.features import tensor_var
+from derive.plan.features import Feature, has_diagonal, tensor_var
 from derive.plan.invariant import InvariantPlan, canonical_var
 
 __all__ = ["InvariantView", "invariant_view"]
@@ -28,14 +30,50 @@ class InvariantView:
     formula: tuple[str, ...]
     products: tuple[Statement, ...] = ()
     psis: tuple[PsiDecl, ...] = ()
+    runtime: tuple[str, ...] = ()  # canonicalization functions imported from nfn_runtime
+
+
+def _fused_pools(plan: InvariantPlan) -> dict[str, tuple[str, str]]:
+    """Canonical variable -> (runtime function, raw variable), for every canonicalized tensor
+    read by a single plain pooled sum: ``unit_channel_sum`` or ``absolute_sum`` computes that
+    sum from the raw tensor, keeps no canonical copy for the backward pass and allocates one
+    gradient-sized tensor in it (autograd through the unfused code: four to six)."""
+    readers: dict[str, list[Feature]] = {}
+    for feature in plan.features:
+        readers.setdefault(feature.reads, []).append(feature)
+    fused: dict[str, tuple[str, str]] = {}
+    for canon in plan.canonical:
+        var = canonical_var(canon.tensor)
+        features = readers.get(var, [])
+        if not canon.needed or canon.normalize == canon.absolute or len(features) != 1:
+            continue
+        (feature,) = features
+        if feature.parent is not None or has_diagonal(feature.key) or not feature.key[2]:
+            continue
+        function = "unit_channel_sum" if canon.normalize else "absolute_sum"
+        fused[var] = (function, tensor_var(canon.tensor))
+    return fused
+
+
+def _reducer(fused: dict[str, tuple[str, str]]) -> Reducer:
+    """Sums of fused canonical variables call the runtime on the raw tensor."""
+
+    def reduce(var: str, dims: tuple[int, ...]) -> str:
+        if var not in fused:
+            return plain_sum(var, dims)
+        function, raw = fused[var]
+        return f"{function}({raw}, {dims!r})"
+
+    return reduce
 
 
 def invariant_view(plan: InvariantPlan) -> InvariantView:
     """All strings of the invariant-layer template."""
     variables = [tensor_var(t.name) for t in plan.space.tensors]
+    fused = _fused_pools(plan)
     canonical = []
     for canon in plan.canonical:
-        if not canon.needed:
+        if not canon.needed or canonical_var(canon.tensor) in fused:
             continue
         var = tensor_var(canon.tensor)
         expr = f"unit_channels({var})" if canon.normalize else var
@@ -52,8 +90,9 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
         canonical.append(Statement(f"{canonical_var(canon.tensor)} = {expr}", what))
     # MAGEP invariants are features of virtual tensors of the extended space
     read_space = plan.magep.space if plan.magep is not None else plan.space
+    reducer = _reducer(fused)
     features = tuple(
-        Statement(f"{f.name} = {feature_expression(read_space, f)}", f.description)
+        Statement(f"{f.name} = {feature_expression(read_space, f, reducer)}", f.description)
         for f in plan.features
         if not f.is_input
     )
@@ -92,4 +131,15 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
         formula=formula,
         products=tuple(products),
         psis=tuple(psis),
+        runtime=_runtime_imports(canonical, features),
+    )
+
+
+def _runtime_imports(*statements: Sequence[Statement]) -> tuple[str, ...]:
+    """The canonicalization functions of ``nfn_runtime`` the statements call, sorted."""
+    code = "\n".join(st.code for group in statements for st in group)
+    return tuple(
+        name
+        for name in ("absolute_sum", "unit_channel_sum", "unit_channels")
+        if re.search(rf"\b{name}\(", code)
     )

@@ -43,39 +43,29 @@ def _div(value: float) -> str:
     return f" / {float(value)!r}" if value != 1 else ""
 
 
+def _div_(value: float) -> str:
+    """In-place division of a fresh matmul result (autograd saves a matmul's inputs, not its
+    output, so this is safe and allocates nothing)."""
+    return f".div_({float(value)!r})" if value != 1 else ""
+
+
 def _statements(
     chain: Chain, terms: Sequence[MagepTerm], folded: frozenset[str] = frozenset()
 ) -> tuple[list[tuple[str, str]], dict[str, str], dict[str, str]]:
     """Python statements computing every term (but the folded ones, whose path products are
     still computed); every path product computed once."""
-    L = chain.layers
     n = chain.sizes
     w = [""] + [name.lower() for name in chain.weights]  # w[i] holds W_i
     b: list[str | None] = [None, *(None if x is None else x.lower() for x in chain.biases)]
     need_p = {t.i for t in terms if t.kind in ("WW", "WW0", "W")}
-    need_p |= {t.t for t in terms if t.kind == "trWW"}
-    need_q = {t.t for t in terms if t.kind in ("WW", "bW", "WW0", "bW0", "trWW", "trbW")}
-    out: list[tuple[str, str]] = []
-    if need_p:  # prefix products P_s = [W](s,0) = W_s P_{s-1} / sqrt(n_{s-1})
-        out.append((f"p1 = {w[1]}", "[W](1,0)"))
-        for s in range(2, max(need_p) + 1):
-            out.append(
-                (f"p{s} = torch.matmul({w[s]}, p{s - 1}){_div(sqrt(n[s - 1]))}", f"[W]({s},0)")
-            )
-    if need_q:  # suffix products Q_t = [W](L,t) = Q_{t+1} W_{t+1} / sqrt(n_{t+1})
-        out.append((f"q{L - 1} = {w[L]}", f"[W]({L},{L - 1})"))
-        for t in range(L - 2, min(need_q) - 1, -1):
-            if t == 0 and L in need_p:  # [W](L,0) is also the last prefix product
-                out.append((f"q0 = p{L}", f"[W]({L},0)"))
-                continue
-            out.append(
-                (
-                    f"q{t} = torch.matmul(q{t + 1}, {w[t + 1]}){_div(sqrt(n[t + 1]))}",
-                    f"[W]({L},{t})",
-                )
-            )
-    out += _wb_statements(chain, [t for t in terms if t.kind == "Wb"], w, b)
-    left, left_code = _glued(terms, "p", ("WW", "WW0", "trWW"), chain.sizes[-1])
+    need_q = {t.t for t in terms if t.kind in ("WW", "bW", "WW0", "bW0", "trbW")}
+    # tr([W](s,0) Psi [W](L,s)) = tr(Psi [W](L,s) [W](s,0)) = tr(Psi [W](L,0)) (cyclic trace)
+    need_q |= {0 for t in terms if t.kind == "trWW"}
+    route = _route(chain, need_p, need_q)
+    wb = _WbPlan.of(chain, [t for t in terms if t.kind == "Wb"], route, b)
+    out = _path_statements(chain, route, w, b, wb.carried)
+    out += _wb_statements(chain, wb, w, b)
+    left, left_code = _glued(terms, "p", ("WW", "WW0"), chain.sizes[-1])
     right, right_code = _glued(terms, "q", ("bW", "bW0", "trbW"), 1)
     out += left_code + right_code
     for term in terms:
@@ -87,9 +77,9 @@ def _statements(
             code = f"{term.var} = {b[term.i]}[..., None] * {right[term.var]}"
         elif term.kind == "W":
             code = f"{term.var} = p{term.i}"
-        elif term.kind == "trWW":
-            product = f"{left[term.var]} * q{term.t}.transpose(-1, -2)"
-            code = f"{term.var} = ({product}).sum(dim=(-1, -2)){_div(sqrt(n[term.t]))}"
+        elif term.kind == "trWW":  # = tr(Psi [W](L,0)); the normalizations agree (_route)
+            product = f"self.{term.psi[0].name} * q0.transpose(-1, -2)"
+            code = f"{term.var} = ({product}).sum(dim=(-1, -2))"
         elif term.kind == "trbW":
             product = f"{right[term.var]}.squeeze(-2) * {b[term.t]}"
             code = f"{term.var} = ({product}).sum(dim=-1){_div(sqrt(n[term.t]))}"
@@ -97,6 +87,142 @@ def _statements(
             continue  # Wb: done above
         out.append((code, term.formula))
     return out, left, right
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Which path products are computed: ``p_1..p_last_p`` and ``q_first_q..q_(L-1)``, and
+    whether ``[W](L,0)`` is computed once and aliased (``"p"``: ``p_L = q_0``, ``"q"``:
+    ``q_0 = p_L``)."""
+
+    layers: int
+    last_p: int
+    first_q: int
+    alias: str | None
+
+    @property
+    def suffixes(self) -> set[int]:
+        """Every ``t`` whose ``q_t`` is available."""
+        found = set(range(self.first_q, self.layers))
+        return found | {0} if self.alias == "q" else found
+
+
+def _route(chain: Chain, need_p: set[int], need_q: set[int]) -> _Route:
+    """Prefix products ``p_s = [W](s,0)`` for ``s`` in ``need_p``, suffix products
+    ``q_t = [W](L,t)`` for ``t`` in ``need_q``, each one matmul on the previous one.
+
+    ``[W](L,0)`` is both ``p_L`` and ``q_0``: it ends whichever chain costs less in total (the
+    suffix chain has n_L rows, often few: the polynomial invariant layer then needs no prefix
+    product at all). Normalized, ``p_s = [W](s,0) / sqrt(n_1 ... n_(s-1))`` and
+    ``q_t = [W](L,t) / sqrt(n_(t+1) ... n_(L-1))``, so ``p_L = q_0``, and
+    ``tr(p_s Psi q_s) / sqrt(n_s) = tr(Psi q_0)``.
+    """
+    L, n = chain.layers, chain.sizes
+    top = max(need_p - {L}, default=0)  # the prefix chain without [W](L,0)
+    bottom = min(need_q - {0}, default=L)  # the suffix chain without [W](L,0)
+    full = L in need_p or 0 in need_q
+    by_suffix = full and L > 1 and _prefix_cost(n, top, L) > _suffix_cost(n, 0, bottom)
+    last_p = L if full and not by_suffix else top
+    first_q = 0 if by_suffix or (L == 1 and 0 in need_q) else bottom
+    alias = None
+    if by_suffix and L in need_p:
+        alias = "p"
+    elif full and 0 in need_q and L > 1 and not by_suffix:
+        alias = "q"
+    return _Route(L, last_p, first_q, alias)
+
+
+def _prefix_cost(n: Sequence[int], lowest: int, highest: int) -> int:
+    """Multiply-adds of the prefix products ``p_s``, ``lowest < s <= highest`` (p_1 is free)."""
+    return sum(n[s] * n[s - 1] * n[0] for s in range(max(lowest, 1) + 1, highest + 1))
+
+
+def _suffix_cost(n: Sequence[int], lowest: int, highest: int) -> int:
+    """Multiply-adds of the suffix products ``q_t``, ``lowest <= t < highest`` (q_(L-1) is
+    free)."""
+    L = len(n) - 1
+    return sum(n[L] * n[t + 1] * n[t] for t in range(lowest, min(highest, L - 1)))
+
+
+@dataclass(frozen=True)
+class _WbPlan:
+    """How the ``sum_t [Wb](i,t)`` terms are computed: ``suffix`` ones (i = L) as
+    ``sum_t q_t b_t``; the ``rest`` by the recurrence ``S_i = W_i (S_(i-1) + b_(i-1))``, carried
+    by the prefix products as one more column up to ``carried`` (0: not carried), else by
+    matrix-vector products."""
+
+    suffix: tuple[MagepTerm, ...]
+    rest: tuple[MagepTerm, ...]
+    carried: int
+
+    @classmethod
+    def of(
+        cls, chain: Chain, terms: Sequence[MagepTerm], route: _Route, b: list[str | None]
+    ) -> _WbPlan:
+        """``sum_t q_t b_t`` when the ``q_t`` are computed anyway; the recurrence carried by
+        the prefix chain when it is complete and the chain reaches far enough. Either way a
+        hidden ``W_i`` gets no gradient from a matrix-vector product (a weight-sized outer
+        product each)."""
+        suffix = tuple(
+            t
+            for t in terms
+            if t.i == chain.layers and all(s in route.suffixes and b[s] for s in _wb_starts(t))
+        )
+        rest = tuple(t for t in terms if t not in suffix)
+        top = max((t.i for t in rest), default=0)
+        complete = all(b[1:]) and all(len(t.degrees) == t.i - 1 for t in rest)
+        carried = top if rest and complete and top <= route.last_p else 0
+        return cls(suffix, rest, carried)
+
+
+def _wb_starts(term: MagepTerm) -> list[int]:
+    """The ``t`` of every path ``[Wb](i,t)`` of a Wb term (its degree is i - t + 1)."""
+    return [term.i - degree + 1 for degree in sorted(term.degrees)]
+
+
+def _path_statements(
+    chain: Chain, route: _Route, w: list[str], b: list[str | None], carried: int
+) -> list[tuple[str, str]]:
+    """The prefix and suffix products of ``route``; up to ``p_carried`` each prefix matmul
+    also computes ``sum_wb_s = sum_t [Wb](s,t)`` in a column beside ``[W](s,0)`` (the bias
+    column of its input is ``sum_wb_(s-1) + b_(s-1)``, scaled like the path products). The
+    normalization is applied in place to each fresh matmul result (autograd saves a matmul's
+    inputs, not its output): no second tensor of its size."""
+    L, n = chain.layers, chain.sizes
+    out: list[tuple[str, str]] = []
+    if route.last_p >= 1:
+        out.append((f"p1 = {w[1]}", "[W](1,0)"))
+    for s in range(2, route.last_p + 1):
+        scale = _div_(sqrt(n[s - 1]))
+        if s > carried:
+            product = f"torch.matmul({w[s]}, p{s - 1})"
+            out.append((f"p{s} = {product}{scale}", f"[W]({s},0)"))
+            continue
+        column = b[1] if s == 2 else f"(sum_wb{s - 1} + {b[s - 1]})"
+        out.append(
+            (
+                f"pcol{s - 1} = torch.cat([p{s - 1}, {column}.unsqueeze(-1)], dim=-1)",
+                f"[W]({s - 1},0) beside its bias column",
+            )
+        )
+        out.append(
+            (
+                f"pb{s} = torch.matmul({w[s]}, pcol{s - 1}){scale}",
+                f"[W]({s},0) and sum_t [Wb]({s},t) in one matmul",
+            )
+        )
+        out.append((f"p{s} = pb{s}[..., :-1]", ""))
+        out.append((f"sum_wb{s} = pb{s}[..., -1]", ""))
+    if route.first_q <= L - 1:
+        out.append((f"q{L - 1} = {w[L]}", f"[W]({L},{L - 1})"))
+    for t in range(L - 2, route.first_q - 1, -1):
+        product = f"torch.matmul(q{t + 1}, {w[t + 1]})"
+        out.append((f"q{t} = {product}{_div_(sqrt(n[t + 1]))}", f"[W]({L},{t})"))
+    if route.alias == "p":
+        out.append((f"p{L} = q0", f"[W]({L},0)"))
+    elif route.alias == "q":
+        out.append((f"q0 = p{L}", f"[W]({L},0)"))
+    return out
 
 
 def _glued(
@@ -129,27 +255,39 @@ def _glued(
         )
         what = f"[W]({index},0) Psi" if side == "p" else f"Psi' [W](L,{index})"
         statements.append((f"{var} = {product}", f"{what} for {len(group)} term(s), one matmul"))
+        if len(group) > 1:  # split, not sliced: a slice's backward allocates the whole product
+            size, dim = (width, -1) if side == "p" else (1, -2)
+            statements.append((f"{var}_parts = torch.split({var}, {size}, dim={dim})", ""))
         for k, term in enumerate(group):
-            if len(group) == 1:
-                expressions[term.var] = var
-            elif side == "p":
-                expressions[term.var] = f"{var}[..., {k * width} : {(k + 1) * width}]"
-            else:
-                expressions[term.var] = f"{var}[..., {k} : {k + 1}, :]"
+            expressions[term.var] = var if len(group) == 1 else f"{var}_parts[{k}]"
     return expressions, statements
 
 
 def _wb_statements(
-    chain: Chain, terms: Sequence[MagepTerm], w: list[str], b: list[str | None]
+    chain: Chain, wb: _WbPlan, w: list[str], b: list[str | None]
 ) -> list[tuple[str, str]]:
-    """``sum_t [Wb](i,t)``: by the recurrence ``S_i = W_i (S_{i-1} + b_{i-1})`` when every t is
-    wanted (O(L) matrix-vector products), else by paths of bounded length shared across outputs
-    (``T_i^k = W_i T_{i-1}^{k-1}``, O(L * degree))."""
-    if not terms:
-        return []
-    L = chain.layers
+    """``sum_t [Wb](i,t)`` as :class:`_WbPlan` says; uncarried, complete ones by the
+    recurrence in matrix-vector products (O(L)), others by paths of bounded length shared
+    across outputs (``T_i^k = W_i T_{i-1}^{k-1}``, O(L * degree))."""
     n = chain.sizes
     out: list[tuple[str, str]] = []
+    for term in wb.suffix:
+        parts = [
+            f"torch.matmul(q{t}, {b[t]}.unsqueeze(-1)).squeeze(-1){_div(sqrt(n[t]))}"
+            for t in _wb_starts(term)
+        ]
+        out.append((f"{term.var} = {parts[0]}", term.formula + ": from q_t b_t"))
+        for part in parts[1:]:
+            out.append((f"{term.var} = {term.var} + {part}", ""))
+        if len(parts) > 1:
+            out.append((f"{term.var} = {term.var}{_div(sqrt(len(parts)))}", ""))
+    terms = wb.rest
+    if not terms:
+        return out
+    if wb.carried:
+        for t in terms:
+            out.append((f"{t.var} = sum_wb{t.i}{_div(sqrt(t.i - 1))}", t.formula))
+        return out
 
     def matvec(i: int, vector: str) -> str:
         return f"torch.matmul({w[i]}, {vector}.unsqueeze(-1)).squeeze(-1){_div(sqrt(n[i - 1]))}"
@@ -182,7 +320,6 @@ def _wb_statements(
                 made.add((at, j))
             parts.append(f"path_wb{term.i}_{k}")
         out.append((f"{term.var} = ({' + '.join(parts)}){_div(sqrt(len(parts)))}", term.formula))
-    del L
     return out
 
 
@@ -217,9 +354,9 @@ def fold_statements(magep: MagepPlan, code: MagepCode, group: FoldGroup) -> list
     if len(lefts) == 1:
         out.append((f"{group.name} = torch.bmm({lefts[0]}, {rights[0]})", ""))
         return out
-    out.append((f"{group.name}_a = torch.cat([{', '.join(lefts)}], dim=-1)", ""))
-    out.append((f"{group.name}_g = torch.cat([{', '.join(rights)}], dim=1)", ""))
-    out.append((f"{group.name} = torch.bmm({group.name}_a, {group.name}_g)", ""))
+    out.append((f"{group.name} = torch.bmm({lefts[0]}, {rights[0]})", ""))
+    for left, right in zip(lefts[1:], rights[1:]):  # no concatenated copy of the factors
+        out.append((f"{group.name} = {group.name}.baddbmm_({left}, {right})", ""))
     return out
 
 

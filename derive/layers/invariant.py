@@ -8,6 +8,7 @@ invariance under sampled group elements, sensitivity to transforms outside the g
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import torch
 from torch import nn
@@ -16,8 +17,15 @@ from derive.codegen.invariant_view import invariant_view
 from derive.derivation import Derivation
 from derive.layers.kind import CheckOptions, LayerKind, LayerOptions, generated_class
 from derive.plan.invariant import invariant_plan
-from derive.verify.checklist import VerifyReport, group_checks, sensitivity_check
+from derive.verify.checklist import (
+    VerifyReport,
+    fitting_setting,
+    group_checks,
+    sensitivity_check,
+    setting_note,
+)
 from derive.verify.reference import ReferenceInvariant
+from derive.verify.sized import Setting, group_bytes
 from nfn_runtime import random_weight_space
 
 __all__ = ["INVARIANT"]
@@ -33,19 +41,8 @@ def _reference(derivation: Derivation, options: LayerOptions, c_in: int, c_out: 
 
 def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions) -> None:
     cls = generated_class(derivation, "invariant")
-    module = cls(2, 3).double()
-    reference = ReferenceInvariant(derivation.space, 2, 3).double()
-    module.load_state_dict(reference.state_dict(), strict=False)
+    report.run("invariant matches reference", partial(_matches_reference, derivation, cls, report))
     layout = derivation.space.to_layout()
-    x = random_weight_space(layout, 2, 2, torch.float64, torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        got, want = module(x), reference(x)
-    error = float((got - want).norm() / want.norm().clamp_min(1e-300))
-    report.add(
-        "invariant matches reference",
-        error <= 1e-12,
-        f"relative difference {error:.2e} (one einsum per pooling map)",
-    )
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     invariant = cls(2, 3)
@@ -53,7 +50,35 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
         report, "invariant layer ({dtype})", invariant, layout, options.samples, generator, True
     )
     slow = _reference(derivation, LayerOptions(), 2, 3)
-    sensitivity_check(layout, invariant, slow, "invariant", report, generator)
+    sensitivity_check(layout, invariant, slow, "invariant", report, generator, invariant=True)
+
+
+def _matches_reference(derivation: Derivation, cls: type[nn.Module], report: VerifyReport) -> None:
+    """The generated layer equals the reference with the same parameters (float64), on batch 2,
+    2 -> 3 channels or the first smaller setting that fits the memory budget."""
+    layout = derivation.space.to_layout()
+
+    def need(setting: Setting) -> int:
+        return group_bytes(layout, setting, torch.float64, invariant=True)
+
+    name = "invariant matches reference"
+    setting = fitting_setting(report, name, need)
+    if setting is None:
+        return
+    module = cls(setting.c_in, setting.c_out).double()
+    reference = ReferenceInvariant(derivation.space, setting.c_in, setting.c_out).double()
+    module.load_state_dict(reference.state_dict(), strict=False)
+    generator = torch.Generator().manual_seed(1)
+    x = random_weight_space(layout, setting.batch, setting.c_in, torch.float64, generator)
+    with torch.no_grad():
+        got, want = module(x), reference(x)
+    error = float((got - want).norm() / want.norm().clamp_min(1e-300))
+    report.add(
+        name,
+        error <= 1e-12,
+        f"relative difference {error:.2e} (one einsum per pooling map)"
+        + setting_note(setting, need, report.limits),
+    )
 
 
 INVARIANT = LayerKind(

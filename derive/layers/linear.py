@@ -9,6 +9,7 @@ same group when the weight space is large).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,9 +24,16 @@ from derive.plan.budget import (
     choose_budget,
     layer_parameters,
 )
-from derive.verify.checklist import VerifyReport, group_checks, sensitivity_check
+from derive.verify.checklist import (
+    VerifyReport,
+    fitting_setting,
+    group_checks,
+    sensitivity_check,
+    setting_note,
+)
 from derive.verify.numeric import completeness_report, layer_jacobians
 from derive.verify.reference import ReferenceLinear, load_into_generated
+from derive.verify.sized import Setting, agreement_bytes
 from nfn_runtime import random_weight_space
 
 __all__ = ["LINEAR", "PROXY_LIMIT", "budget_choice"]
@@ -57,8 +65,13 @@ def _reference(derivation: Derivation, options: LayerOptions, c_in: int, c_out: 
 def _reference_agreement(
     derivation: Derivation, cls: type[nn.Module], report: VerifyReport
 ) -> None:
+    report.run("parameter count", partial(_parameter_count, derivation, cls, report))
+    report.run("linear matches reference", partial(_matches_reference, derivation, cls, report))
+
+
+def _parameter_count(derivation: Derivation, cls: type[nn.Module], report: VerifyReport) -> None:
     c_in, c_out = 2, 3
-    module = cls(c_in, c_out).double()
+    module = cls(c_in, c_out)
     expected = c_in * c_out * derivation.basis.dim + c_out * derivation.basis.constant_dim
     count = sum(p.numel() for p in module.parameters())
     report.add(
@@ -66,21 +79,39 @@ def _reference_agreement(
         count == expected,
         f"{count} parameters, expected C_in*C_out*dim + C_out*constants = {expected}",
     )
-    reference = ReferenceLinear(derivation.basis, c_in, c_out).double()
-    load_into_generated(reference, derivation.linear_plan, module)
+
+
+def _matches_reference(derivation: Derivation, cls: type[nn.Module], report: VerifyReport) -> None:
+    """The generated layer equals the reference with the same coefficients (float64), compared
+    one output tensor at a time: the reference computes each alone, map by map. Batch 2,
+    2 -> 3 channels, or the first smaller setting that fits the memory budget."""
     layout = derivation.space.to_layout()
+
+    def need(setting: Setting) -> int:
+        return agreement_bytes(layout, setting)
+
+    name = "linear matches reference"
+    setting = fitting_setting(report, name, need)
+    if setting is None:
+        return
+    module = cls(setting.c_in, setting.c_out).double()
+    reference = ReferenceLinear(derivation.basis, setting.c_in, setting.c_out).double()
+    load_into_generated(reference, derivation.linear_plan, module)
     generator = torch.Generator().manual_seed(0)
-    x = random_weight_space(layout, 2, c_in, torch.float64, generator)
+    x = random_weight_space(layout, setting.batch, setting.c_in, torch.float64, generator)
+    error = 0.0
     with torch.no_grad():
-        got, want = module(x), reference(x)
-    error = max(
-        float((a - b).norm() / b.norm().clamp_min(1e-300))
-        for a, b in zip(got.tensors(), want.tensors())
-    )
+        got = module(x).named(layout)
+        inputs = x.named(layout)
+        for tensor, value in got.items():
+            want = reference.output(inputs, tensor)
+            error = max(error, float((value - want).norm() / want.norm().clamp_min(1e-300)))
+            del want
     report.add(
-        "linear matches reference",
+        name,
         error <= 1e-12,
-        f"relative difference {error:.2e} (one einsum per basis map)",
+        f"relative difference {error:.2e} (one einsum per basis map)"
+        + setting_note(setting, need, report.limits),
     )
 
 
@@ -164,6 +195,13 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
     _reference_agreement(derivation, cls, report)
     _equivariance(derivation, cls, report, options)
     _budget_checks(derivation, report, options)
+    report.run("completeness", partial(_completeness_here_or_on_proxy, derivation, cls, report))
+
+
+def _completeness_here_or_on_proxy(
+    derivation: Derivation, cls: type[nn.Module], report: VerifyReport
+) -> None:
+    """Completeness on the weight space itself when it is small, else on a proxy."""
     if derivation.space.to_layout().num_params() <= PROXY_LIMIT:
         _completeness(derivation, cls, report, "")
     else:

@@ -10,6 +10,7 @@ and for the complete family the numeric dimension of Sym^2(U) -> U against the e
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import torch
 from torch import nn
@@ -92,30 +93,38 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
 
-    generated = cls(2, 3).double()
-    reference = ReferencePolynomial(pplan, derivation.basis, 2, 3).double()
-    load_into_generated(reference, pplan.plan, generated)
-    x = random_weight_space(layout, 2, 2, torch.float64, generator)
-    with torch.no_grad():
-        got, want = generated(x), reference(x)
-    error = max(
-        float((a - b).norm() / b.norm().clamp_min(1e-300))
-        for a, b in zip(got.tensors(), want.tensors())
-    )
-    report.add(
-        f"{label} matches reference",
-        error <= 1e-10,
-        f"relative difference {error:.2e} over {len(pplan.terms)} terms, each evaluated separately",
-    )
+    def matches_reference() -> None:
+        generated = cls(2, 3).double()
+        reference = ReferencePolynomial(pplan, derivation.basis, 2, 3).double()
+        load_into_generated(reference, pplan.plan, generated)
+        x = random_weight_space(layout, 2, 2, torch.float64, generator)
+        with torch.no_grad():
+            got, want = generated(x), reference(x)
+        error = max(
+            float((a - b).norm() / b.norm().clamp_min(1e-300))
+            for a, b in zip(got.tensors(), want.tensors())
+        )
+        report.add(
+            f"{label} matches reference",
+            error <= 1e-10,
+            f"relative difference {error:.2e} over {len(pplan.terms)} terms, each evaluated "
+            "separately",
+        )
+
+    def scale_at_init() -> None:
+        scales = output_scale(cls(4, 4), derivation)
+        low, high = min(scales.values()), max(scales.values())
+        report.add(
+            f"{label} scale at init",
+            0.05 <= low and high <= 20.0,
+            f"output std per tensor in [{low:.2f}, {high:.2f}] for unit-normal input "
+            "(bounds 0.05..20)",
+        )
+
+    report.run(f"{label} matches reference", matches_reference)
     name = label + " equivariance ({dtype})"
     group_checks(report, name, cls(2, 3), layout, options.samples, generator)
-    scales = output_scale(cls(4, 4), derivation)
-    low, high = min(scales.values()), max(scales.values())
-    report.add(
-        f"{label} scale at init",
-        0.05 <= low and high <= 20.0,
-        f"output std per tensor in [{low:.2f}, {high:.2f}] for unit-normal input (bounds 0.05..20)",
-    )
+    report.run(f"{label} scale at init", scale_at_init)
     sensitivity_check(
         layout,
         cls(2, 3),
@@ -125,7 +134,8 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
         generator,
     )
     if family == "complete":
-        degree2_completeness(derivation, report)
+        name = "polynomial degree-2 completeness"
+        report.run(name, partial(degree2_completeness, derivation, report))
 
 
 POLYNOMIAL = LayerKind(

@@ -53,23 +53,29 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
     cls = generated_class(derivation, "polynomial-invariant", layer_options)
     layout = derivation.space.to_layout()
     generator = torch.Generator().manual_seed(options.seed)
-    generated = cls(2, 3).double()
-    reference = ReferenceInvariant(derivation.space, 2, 3, plan.magep).double()
-    load_invariant_reference(reference, generated)
-    x = random_weight_space(layout, 2, 2, torch.float64, generator)
-    with torch.no_grad():
-        got, want = generated(x), reference(x)
-    error = float((got - want).norm() / want.norm().clamp_min(1e-300))
-    count = len(plan.magep.terms) if plan.magep else 0
-    report.add(
-        "polynomial invariant matches reference",
-        error <= 1e-10,
-        f"relative difference {error:.2e} ({count} MAGEP invariants beside the pooled features)",
-    )
+
+    def matches_reference() -> None:
+        generated = cls(2, 3).double()
+        reference = ReferenceInvariant(derivation.space, 2, 3, plan.magep).double()
+        load_invariant_reference(reference, generated)
+        x = random_weight_space(layout, 2, 2, torch.float64, generator)
+        with torch.no_grad():
+            got, want = generated(x), reference(x)
+        error = float((got - want).norm() / want.norm().clamp_min(1e-300))
+        count = len(plan.magep.terms) if plan.magep else 0
+        report.add(
+            "polynomial invariant matches reference",
+            error <= 1e-10,
+            f"relative difference {error:.2e} ({count} MAGEP invariants beside the pooled "
+            "features)",
+        )
+
+    report.run("polynomial invariant matches reference", matches_reference)
     name = "polynomial invariant ({dtype})"
     group_checks(report, name, cls(2, 3), layout, options.samples, generator, invariant=True)
     reference_check = ReferenceInvariant(derivation.space, 2, 3, plan.magep)
-    sensitivity_check(layout, cls(2, 3), reference_check, "polynomial invariant", report, generator)
+    label = "polynomial invariant"
+    sensitivity_check(layout, cls(2, 3), reference_check, label, report, generator, invariant=True)
 
 
 POLYNOMIAL_INVARIANT = LayerKind(

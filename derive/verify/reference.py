@@ -8,7 +8,7 @@ each basis map.
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from math import prod
 from typing import Any
 
@@ -107,7 +107,8 @@ def apply_map(
     equation, helpers, scale = einsum_for_map(space, basis_map)
     operands = [coefficient] + ([source] if source is not None else [])
     operands += [helper_tensor(kind, size, coefficient) for kind, size in helpers]
-    return torch.einsum(equation, *operands) * scale
+    value = torch.einsum(equation, *operands)
+    return value * scale if scale != 1.0 else value  # no second copy where nothing is averaged
 
 
 class ReferenceLinear(nn.Module):
@@ -117,6 +118,8 @@ class ReferenceLinear(nn.Module):
         self, basis: LinearBasis, in_channels: int, out_channels: int, with_constants: bool = True
     ) -> None:
         super().__init__()
+        self.basis = basis
+        self.with_constants = with_constants
         self.space = basis.space
         self.layout = basis.space.to_layout()
         self.maps = [m for block in basis.blocks for m in block.maps]
@@ -140,23 +143,28 @@ class ReferenceLinear(nn.Module):
             return (self.out_channels, *out_sizes)
         return (self.out_channels, *out_sizes, self.in_channels, *in_sizes)
 
+    def with_channels(self, in_channels: int, out_channels: int) -> ReferenceLinear:
+        """The same reference at other channel counts, with fresh coefficients."""
+        return ReferenceLinear(self.basis, in_channels, out_channels, self.with_constants)
+
+    def output(self, named: Mapping[str, Tensor], name: str) -> Tensor:
+        """The output tensor ``name`` alone: the maps writing it, one einsum each, accumulated
+        in place (so that a large weight space is checked one output tensor at a time)."""
+        like = next(iter(named.values()))
+        shape = self.space.shape(self.space.tensor(name))
+        value = like.new_zeros(like.shape[0], self.out_channels, *shape)
+        for basis_map, coefficient in zip(self.maps, self.coefficients):
+            if basis_map.output == name:
+                assert basis_map.input is not None
+                value.add_(apply_map(self.space, basis_map, coefficient, named[basis_map.input]))
+        for basis_map, constant in zip(self.constant_maps, self.constants):
+            if basis_map.output == name:
+                value.add_(apply_map(self.space, basis_map, constant, None))
+        return value
+
     def forward(self, ws: WeightSpace) -> WeightSpace:
         named = ws.named(self.layout)
-        batch = ws.batch_size
-        outputs = {
-            t.name: named[t.name].new_zeros(batch, self.out_channels, *self.space.shape(t))
-            for t in self.space.tensors
-        }
-        for basis_map, coefficient in zip(self.maps, self.coefficients):
-            assert basis_map.output is not None and basis_map.input is not None
-            outputs[basis_map.output] = outputs[basis_map.output] + apply_map(
-                self.space, basis_map, coefficient, named[basis_map.input]
-            )
-        for basis_map, constant in zip(self.constant_maps, self.constants):
-            assert basis_map.output is not None
-            outputs[basis_map.output] = outputs[basis_map.output] + apply_map(
-                self.space, basis_map, constant, None
-            )
+        outputs = {t.name: self.output(named, t.name) for t in self.space.tensors}
         return WeightSpace.from_named(self.layout, outputs)
 
 
@@ -223,6 +231,11 @@ class ReferenceInvariant(nn.Module):
             for term in magep.terms:
                 width += prod(space.space(a.space).size for a in term.axes) * in_channels
         self.mix = nn.Linear(width, out_channels)
+        self.in_channels, self.out_channels = in_channels, out_channels
+
+    def with_channels(self, in_channels: int, out_channels: int) -> ReferenceInvariant:
+        """The same reference at other channel counts, with fresh parameters."""
+        return ReferenceInvariant(self.space, in_channels, out_channels, self.magep)
 
     def _canonical(self, name: str, x: Tensor) -> Tensor:
         rule = self.canonical[name]

@@ -49,6 +49,10 @@ class ReferencePolynomial(nn.Module):
             {p.name: nn.Parameter(torch.randn(in_channels, *p.shape) * p.std) for p in pplan.psis}
         )
 
+    def with_channels(self, in_channels: int, out_channels: int) -> ReferencePolynomial:
+        """The same reference at other channel counts, with fresh coefficients."""
+        return ReferencePolynomial(self.pplan, self.linear.basis, in_channels, out_channels)
+
     def _shape(self, basis_map: Any) -> tuple[int, ...]:
         out = self.space.tensor(basis_map.output)
         out_sizes = [self.space.shape(out)[p] for p in basis_map.out_fixed]

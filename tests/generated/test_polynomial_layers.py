@@ -139,6 +139,45 @@ def test_polynomial_invariant_layer(family, activation):
         assert sensitivity_error(cls(2, 3), layout, transform, channels=2) > 1e-3
 
 
+INVARIANT_CASES = ["L1-relu", "L2-tanh", "L3-identity", "L3-width1", "L4-mixed", "L5-relu-deg3"]
+
+
+@pytest.mark.parametrize("name", INVARIANT_CASES)
+def test_polynomial_invariant_matches_reference_at_every_depth(name):
+    """The suffix-only route, sum_t q_t b_t and the cyclic-trace identity agree with the
+    reference (each term from its definition) in float64, and the layer is invariant."""
+    widths, activation, scaling, _, degree = CASES[name]
+    act = tuple(activation) if isinstance(activation, list) else activation
+    derivation = derive(mlp_spec(widths, act, scaling=scaling, name="case"))
+    module = load_generated(
+        generate(derivation, "polynomial-invariant", degree=degree), "case_poly_inv_depth"
+    )
+    cls = getattr(module, module.__all__[0])
+    layout = derivation.space.to_layout()
+    plan = invariant_plan(derivation.space, True, degree)
+    reference = ReferenceInvariant(derivation.space, 2, 3, plan.magep).double()
+    generated = cls(2, 3).double()
+    load_invariant_reference(reference, generated)
+    x = random_weight_space(layout, 3, 2, torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(generated(x), reference(x), rtol=1e-10, atol=1e-12)
+    assert assert_invariant(cls(2, 3), layout, torch.float64, channels=2) <= 1e-10
+
+
+def test_invariant_path_products_take_the_cheaper_side():
+    """With few outputs, [W](L,0) ends the suffix chain (n_L rows): no prefix product, and no
+    matrix-vector product with a hidden weight; the equivariant layer keeps its prefix chain and
+    carries sum_t [Wb](i,t) in it."""
+    derivation = derive(mlp_spec((64, 128, 128, 128, 10), "relu"))
+    invariant = generate(derivation, "polynomial-invariant")
+    assert "p2 = " not in invariant and "p3 = " not in invariant
+    assert "q0 = torch.matmul(q1, w1)" in invariant
+    assert "torch.matmul(w2" not in invariant and "torch.matmul(w3" not in invariant
+    equivariant = generate(derivation, "polynomial")
+    assert "pb2 = torch.matmul(w2, pcol1)" in equivariant
+    assert "torch.matmul(w2, b1" not in equivariant
+
+
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("depth", [1, 2, 4, 6, 8])
 def test_scale_at_init_is_stable_with_depth(activation, depth):

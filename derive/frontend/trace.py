@@ -27,6 +27,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from derive.errors import SpecError
 from derive.frontend import trace_ops as ops
 from derive.frontend.trace_assembly import assemble
+from derive.frontend.trace_attention import AttentionRules
 from derive.frontend.trace_layers import LayerRules
 from derive.frontend.trace_state import Label, describe, flat_args, shape_of
 from derive.frontend.trace_values import ValueRules
@@ -37,15 +38,22 @@ __all__ = ["Label", "trace_network"]
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, keeping named :class:`Activation` modules as single operations."""
+    """torch.fx's tracer, keeping named :class:`Activation` modules as single operations;
+    ``buffers``: buffers read in ``forward`` are traced values (a causal mask sliced to the
+    number of tokens, ``self.bias[:, :, :T, :T]``) rather than constants."""
+
+    def __init__(self, buffers: bool = False) -> None:
+        super().__init__()
+        self.proxy_buffer_attributes = buffers
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, Activation) or super().is_leaf_module(m, module_qualified_name)
 
 
-class _Walker(LayerRules, ValueRules):
+class _Walker(LayerRules, ValueRules, AttentionRules):
     """Applies :mod:`derive.frontend.trace_ops` to every node of a traced graph: the walk here,
-    the rules in :mod:`derive.frontend.trace_layers` and :mod:`derive.frontend.trace_values`."""
+    the rules in :mod:`derive.frontend.trace_layers`, :mod:`derive.frontend.trace_values` and
+    :mod:`derive.frontend.trace_attention`."""
 
     # -- the walk -----------------------------------------------------------------------
     def run(self, graph: fx.Graph) -> None:
@@ -57,6 +65,8 @@ class _Walker(LayerRules, ValueRules):
                 self.param_views[node] = str(node.target)
             elif node.op == "output":
                 self.output(node)
+            elif self.attention_step(node):
+                continue
             elif not self.check_attrs(node):
                 self.check_shuffle(node)
                 result = self.call(node)
@@ -245,16 +255,31 @@ class _Walker(LayerRules, ValueRules):
         return None
 
     def split_channels(self, node: fx.Node, target: Any, first: Any) -> None:
+        """``chunk`` or ``split`` along the channel axis, or along an embedding a layer wrote
+        behind tokens as channels (read as the channel axis: a packed q, k, v projection)."""
         x = self.label(node, first, "its input")
+        sizes, dim = self.split_of(node, target, x)
+        axis, tokens = dim % (2 + len(x.positions)) - 1, x.channel_axis
+        swapped = None
+        if not x.flat and axis != tokens and 0 <= axis < len(x.layout()):
+            swapped = self.swap_channel(x, axis)
+            if swapped is not None:
+                x = swapped
+                sizes, dim = self.split_of(node, target, x)
         length = self.channels(x)
-        try:
-            sizes, dim = ops.split_sizes(target, tuple(node.args), dict(node.kwargs), length)
-        except (TypeError, ValueError):
-            raise self.fail(node, "splits by sizes computed at run time") from None
         shape = shape_of(first) if isinstance(first, fx.Node) else None
         if shape is not None and dim % len(shape) == 1 + x.channel_axis and sum(sizes) != length:
             raise self.fail(node, f"splits {length} channels into pieces of {sizes}")
         self.chunks(node, x, sizes, dim)
+        if swapped is not None:  # each piece with the tokens as channels again
+            pieces = self.tuples[node]
+            self.tuples[node] = [self.swap_channel(p, tokens) or p for p in pieces]
+
+    def split_of(self, node: fx.Node, target: Any, x: Label) -> tuple[list[int], int]:
+        try:
+            return ops.split_sizes(target, tuple(node.args), dict(node.kwargs), self.channels(x))
+        except (TypeError, ValueError):
+            raise self.fail(node, "splits by sizes computed at run time") from None
 
     def axis_order(self, node: fx.Node, target: Any, first: Any) -> list[int]:
         try:
@@ -418,7 +443,10 @@ def trace_network(
     modes = {path: m.training for path, m in module.named_modules()}
     try:
         module.eval()  # networks are read in eval mode (dropout, drop path, running statistics)
-        graph = _Tracer().trace(module, concrete_args=_defaults(module))
+        try:
+            graph = _Tracer().trace(module, concrete_args=_defaults(module))
+        except Exception:  # a buffer sliced by a traced size: trace buffers as values
+            graph = _Tracer(buffers=True).trace(module, concrete_args=_defaults(module))
         graph_module = fx.GraphModule(module, graph)
     except Exception as exc:  # fx raises many kinds; the message is what the user needs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -177,5 +177,7 @@ def assemble(state: WalkState, name: str) -> WeightSpaceSpec:
 def _axis(state: WalkState, space: int | str, character: int, names: dict[int, str]) -> Axis:
     if isinstance(space, str):
         return Axis(space, character)
-    root = state.root_of(space)
-    return Axis(names[root], 0 if state.spaces[root].fixed else character)
+    root, flipped = state.find(space)
+    if state.spaces[root].fixed:
+        return Axis(names[root], 0)
+    return Axis(names[root], -character if flipped else character)

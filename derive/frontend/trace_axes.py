@@ -43,9 +43,12 @@ class AxisRules(WalkState):
         for key in dict.fromkeys(self.root_of(k) for k in keys):
             self.spaces[key].constraints.append((scaling, why))
 
-    def tie_channels(self, node: fx.Node, a: Label, b: Label, why: str) -> Label:
+    def tie_channels(
+        self, node: fx.Node, a: Label, b: Label, why: str, inverse: bool = False
+    ) -> Label:
         """Channel c of ``a`` and channel c of ``b`` are one neuron (an addition, a gate):
-        split the spaces of either at the other's part bounds, then tie part by part.
+        split the spaces of either at the other's part bounds, then tie part by part
+        (``inverse``: ``b``'s neurons scale inversely, the keys of ``q . k``).
         Returns ``a`` brought up to date."""
         if self.channels(a) != self.channels(b):
             raise self.fail(
@@ -66,8 +69,44 @@ class AxisRules(WalkState):
                 "on one side only)",
             )
         for (key_a, _, _), (key_b, _, _) in zip(seg_a, seg_b):
-            self.tie(key_a, key_b, why)
+            self.tie(key_a, key_b, why, inverse)
         return self.resolve(a)
+
+    def whole_key(self, x: Label) -> int | None:
+        """The one space whose parts are exactly the channel axis of ``x`` in order (its own
+        space, or the space its parts were split from), or None."""
+        segments = self.segments(self.resolve(x))
+        position = 0
+        for key, start, step in segments:
+            if start != position or step != 1:
+                return None
+            position += self.size_of(key)
+        leaves = [key for key, _, _ in segments]
+        if len(leaves) == 1:
+            return leaves[0]
+        return next(
+            (k for k, r in self.spaces.items() if r.children and self.leaves(k) == leaves), None
+        )
+
+    def swap_channel(self, x: Label, axis: int) -> Label | None:
+        """``x`` with non-batch axis ``axis`` (a position axis a layer wrote) read as its
+        channel axis, and the channel axis as a position axis with its space; None when the
+        channel axis is not one space or the position axis has none. Both describe the same
+        tensor: tokens as channels with an embedding a layer wrote behind them, or the
+        embedding as channels with the tokens before it."""
+        layout = x.layout()
+        key = layout[axis]
+        if key == -1:
+            return x
+        if key is None or x.flat or x.shuffle is not None:
+            return None
+        channel = self.whole_key(x)
+        if channel is None:
+            return None
+        axes = self.axes_of(x)
+        axes[x.channel_axis] = (channel, axes[x.channel_axis][1])
+        axes[axis] = (-1, axes[axis][1])
+        return self.resolve(self.with_axes(replace(x, space=key, parts=(), strides=()), axes))
 
     # -- layouts --------------------------------------------------------------------------
     def axes_of(self, x: Label) -> list[tuple[int | None, int]]:

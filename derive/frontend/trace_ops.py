@@ -63,6 +63,7 @@ __all__ = [
     "split_sizes",
     "is_view",
     "is_shape_query",
+    "is_number",
     "reads_parameters",
     "module_activation",
     "function_activation",
@@ -437,6 +438,11 @@ def is_shape_query(node: Any) -> bool:
     if node.op == "call_method":
         return node.target in ("size", "dim")
     return node.op == "call_function" and node.target is getattr
+
+
+def is_number(node: Any) -> bool:
+    """Whether an fx node computes a number at run time (a scale from ``x.size(-1)``)."""
+    return node.meta.get("type") in (int, float) and "tensor_meta" not in node.meta
 
 
 def rounds(target: Any, kwargs: dict[str, Any]) -> bool:

@@ -197,6 +197,9 @@ class WalkState:
         self.attention: set[fx.Node] = set()
         self.spaces: dict[int, _SpaceRecord] = {}
         self.parent: dict[int, int] = {}
+        #: per key, whether its neurons scale inversely to its parent's (a key tied to a query
+        #: by ``q . k``: its axes' characters are negated in the weight space)
+        self.flip: dict[int, bool] = {}
         self.members: dict[int, list[int]] = {}  # union-find root -> the keys tied to it
         self.stale = False  # spaces were split since the labels were last brought up to date
         self.params: list[_ParamRecord] = []
@@ -220,6 +223,7 @@ class WalkState:
         key = len(self.spaces)
         self.spaces[key] = _SpaceRecord(key, size, origin, order=order or (key,))
         self.parent[key] = key
+        self.flip[key] = False
         self.members[key] = [key]
         return key
 
@@ -252,6 +256,7 @@ class WalkState:
         firsts: list[int] = []
         for member in members:
             record = self.spaces[member]
+            flipped = self.flipped(member)
             for index, (lo, hi) in enumerate(((0, offset), (offset, size))):
                 child = self.new_space(
                     hi - lo,
@@ -269,6 +274,7 @@ class WalkState:
                     firsts.append(child)
                 else:
                     self.parent[child] = firsts[index]
+                    self.flip[child] = flipped
                     self.members[firsts[index]] += self.members.pop(child)
         self.stale = True
 
@@ -340,31 +346,51 @@ class WalkState:
         return self.with_segments(replace(x, parts=(), strides=()), chosen)
 
     def root_of(self, key: int) -> int:
+        return self.find(key)[0]
+
+    def flipped(self, key: int) -> bool:
+        """Whether ``key``'s neurons scale inversely to those of the space it is tied to."""
+        return self.find(key)[1]
+
+    def find(self, key: int) -> tuple[int, bool]:
+        """The union-find root of ``key`` and whether ``key`` is flipped relative to it (the
+        path is compressed on the way)."""
+        path = []
         root = key
         while self.parent[root] != root:
+            path.append(root)
             root = self.parent[root]
-        while self.parent[key] != root:
-            self.parent[key], key = root, self.parent[key]
-        return root
+        for node in reversed(path):  # nearest the root first: its parent is compressed already
+            above = self.parent[node]
+            self.flip[node] ^= above != root and self.flip[above]
+            self.parent[node] = root
+        return root, bool(path) and self.flip[key]
 
     def record(self, key: int) -> _SpaceRecord:
         return self.spaces[self.root_of(key)]
 
-    def tie(self, a: int, b: int, why: str) -> None:
-        """Make two spaces one (split ones part by part, splitting the other to match)."""
+    def tie(self, a: int, b: int, why: str, inverse: bool = False) -> None:
+        """Make two spaces one (split ones part by part, splitting the other to match).
+        ``inverse``: neuron i of ``b`` scales by the inverse of neuron i of ``a``'s factor (a
+        key tied to a query by ``q . k``); tied both ways, only sign flips pass."""
         if self.spaces[a].children or self.spaces[b].children:
             for offset in itertools.accumulate(self.size_of(k) for k in self.leaves(a)):
                 self.cut(b, offset, why)
             for offset in itertools.accumulate(self.size_of(k) for k in self.leaves(b)):
                 self.cut(a, offset, why)
             for leaf_a, leaf_b in zip(self.leaves(a), self.leaves(b), strict=True):
-                self.tie(leaf_a, leaf_b, why)
+                self.tie(leaf_a, leaf_b, why, inverse)
             return
-        ra, rb = self.root_of(a), self.root_of(b)
+        (ra, fa), (rb, fb) = self.find(a), self.find(b)
         if ra == rb:
+            if fa ^ fb != inverse:
+                self.spaces[ra].constraints.append(
+                    (Scaling.SIGN, f"{why} ties the space to itself with inverse factors")
+                )
             return
         first, second = sorted((ra, rb))
         self.parent[second] = first
+        self.flip[second] = fa ^ fb ^ inverse
         self.members[first] += self.members.pop(second)
         keep, gone = self.spaces[first], self.spaces[second]
         keep.activations += gone.activations
@@ -471,6 +497,9 @@ class WalkState:
             return True
         if ops.reads_parameters(node):
             return False
+        views = [a for a in args if isinstance(a, fx.Node) and a in self.param_views]
+        if views and not self.tensor_args(node) and not any(self.is_parameter(a) for a in views):
+            return True  # computed from buffers alone (a mask): a constant, it meets no group
         if node.op == "call_module" and isinstance(
             self.modules.get(str(node.target)), nn.MultiheadAttention
         ):
@@ -485,6 +514,12 @@ class WalkState:
                     "and per-channel parameters multiplied or added, are supported",
                 )
         return False
+
+    def is_parameter(self, view: fx.Node) -> bool:
+        """Whether a node viewing a parameter or buffer views a parameter."""
+        module_path, _, attr = self.param_views[view].rpartition(".")
+        module = self.modules.get(module_path)
+        return isinstance(getattr(module, attr, None), nn.Parameter)
 
     def vector_size(self, label: Label) -> int:
         return self.channels(label) * math.prod(label.positions)

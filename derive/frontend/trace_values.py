@@ -65,6 +65,8 @@ class ValueRules(AxisRules):
         if len(labelled) == 2:
             a, b = (self.labels[n] for n in labelled)
             shapes = {shape_of(n) for n in labelled}
+            if a.channel_axis != b.channel_axis and len(shapes) == 1:
+                a, b = self._same_layout(a, b)
             if len(shapes) != 1 or a.positions != b.positions or a.flat != b.flat:
                 raise self.fail(
                     node, f"adds tensors of different shapes {sorted(map(str, shapes))}"
@@ -90,6 +92,18 @@ class ValueRules(AxisRules):
             )
         return x
 
+    def _same_layout(self, a: Label, b: Label) -> tuple[Label, Label]:
+        """``a`` and ``b`` with their channel axes at one dim, when one of them can read the
+        other's channel dim as its channel (tokens as channels with the embedding a layer wrote
+        behind them, added to the embedding as channels); else unchanged."""
+        if a.flat or b.flat:
+            return a, b
+        swapped = self.swap_channel(b, a.channel_axis)
+        if swapped is not None:
+            return a, swapped
+        swapped = self.swap_channel(a, b.channel_axis)
+        return (swapped, b) if swapped is not None else (a, b)
+
     def _tie_positions(self, node: fx.Node, a: Label, b: Label) -> None:
         """Positions added together are one index set: spaces a layer wrote on a token axis
         are tied, or become fixed where the other value's positions are fixed."""
@@ -102,7 +116,11 @@ class ValueRules(AxisRules):
 
     def scale(self, node: fx.Node, operands: Sequence[Any], divides: bool) -> Label:
         labelled = [a for a in operands if isinstance(a, fx.Node) and a in self.labels]
-        others = [a for a in operands if isinstance(a, fx.Node) and a not in labelled]
+        others = [
+            a
+            for a in operands
+            if isinstance(a, fx.Node) and a not in labelled and not ops.is_number(a)
+        ]
         if not divides and len(labelled) == 2:
             return self.gate(node, [self.labels[a] for a in labelled])
         if (

@@ -1,47 +1,25 @@
 """Real architectures from torchvision, traced as structures (no weights are downloaded).
 
 torchvision's compiled operators may not load against the CPU torch wheel; the two operators its
-import registers fake kernels for are declared here first (test setup only, never in the
-library), and the tests skip where torchvision is not installed at all. Hand-written
+import registers fake kernels for are declared first (by benchmarks/torchvision_models.py, test
+and benchmark setup only, never in the library), and the tests skip where torchvision is not installed at all. Hand-written
 equivalents of every family are tested in test_trace_reach.py either way.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 import time
 
 import pytest
 import torch
 
+from benchmarks.torchvision_models import torchvision_models
 from derive.layers.kind import generated_class
 from derive.layers.linear import budget_choice
 from derive.pipeline import derive, verify
 from derive.weightspace.model import Scaling
 from nfn_runtime import random_weight_space
-
-
-def _torchvision_models():
-    try:
-        importlib.import_module("torchvision")
-    except ImportError:
-        return None
-    except RuntimeError:  # compiled operators missing for this torch build: declare them
-        library = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _LIBRARIES.append(library)  # keep the declarations alive
-        for name in [m for m in list(sys.modules) if m.startswith("torchvision")]:
-            del sys.modules[name]
-        try:
-            importlib.import_module("torchvision")
-        except (ImportError, RuntimeError):
-            return None
-    return importlib.import_module("torchvision.models")
-
-
-_LIBRARIES: list[torch.library.Library] = []
 
 
 def _scaling_counts(derivation) -> dict[str, int]:
@@ -53,7 +31,7 @@ def _scaling_counts(derivation) -> dict[str, int]:
     return counts
 
 
-models = _torchvision_models()
+models = torchvision_models()
 pytestmark = pytest.mark.skipif(models is None, reason="torchvision is not installed")
 
 #: name -> (factory, input shape, expected hidden scalings {kind: count})
@@ -215,6 +193,18 @@ def _resmlp():
     return _mixer(mlp_ratio=4, block_layer=mixer.ResBlock, norm_layer=mixer.Affine)
 
 
+def _vit(fused: bool = True):
+    """timm's VisionTransformer, reduced; ``fused``: its attention calls
+    F.scaled_dot_product_attention, else it is written out (q @ k.transpose, softmax, @ v)."""
+    vit = importlib.import_module("timm.models.vision_transformer")
+    model = vit.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3, num_classes=3
+    )
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+    return model
+
+
 #: name -> (factory, input shape, expected hidden scalings)
 TIMM_NETWORKS = {
     "mixer-small": (_mixer, (3, 32, 32), {"none": 5}),
@@ -228,6 +218,14 @@ TIMM_NETWORKS = {
         {"none": 33, "nonzero": 7},
     ),
     "resnet18": (lambda: timm.create_model("resnet18"), (3, 32, 32), {"positive": 12}),
+    # the stream and two GELU spaces; per head (3 per block) its q/k and v spaces
+    "vit-small": (_vit, (3, 32, 32), {"none": 3, "nonzero": 12}),
+    "vit-small-explicit": (lambda: _vit(fused=False), (3, 32, 32), {"none": 3, "nonzero": 12}),
+    "deit_tiny_patch16_224": (
+        lambda: timm.create_model("deit_tiny_patch16_224", pretrained=False),
+        (3, 224, 224),
+        {"none": 13, "nonzero": 72},  # 12 blocks of 3 heads
+    ),
 }
 
 
@@ -251,7 +249,13 @@ def test_timm_models_trace_and_keep_their_group(name):
     [
         "mixer-small",
         "resmlp-small",
-        *(pytest.param(name, marks=pytest.mark.slow) for name in ("convnext_atto", "resnet18")),
+        "vit-small",
+        "vit-small-explicit",
+        *(
+            pytest.param(name, marks=pytest.mark.slow)
+            # DeiT-tiny: 30 to 100 s on 2 cores
+            for name in ("convnext_atto", "resnet18", "deit_tiny_patch16_224")
+        ),
     ],
 )
 def test_timm_models_pass_the_network_group_check(name):

@@ -14,6 +14,7 @@ from derive.basis.linear import BlockBasis, LinearBasis
 from derive.derivation import Derivation
 from derive.layers.linear import budget_choice
 from derive.plan.budget import Budget, BudgetChoice
+from derive.symmetry.not_derived import not_derived
 from derive.weightspace.model import TensorSpec, WeightSpaceSpec
 
 __all__ = ["report_json", "report_table", "report_data"]
@@ -136,6 +137,7 @@ def report_data(
             }
             for s in space.spaces
         ],
+        "not_derived": not_derived(space),
         "tensors": [_tensor_entry(space, t) for t in space.tensors],
         "buffers": [_tensor_entry(space, t) for t in space.buffers],
         "linear": {
@@ -180,6 +182,14 @@ def report_table(derivation: Derivation, latex: bool = False, budget: Budget = "
             [s.name, str(s.size), "yes" if s.permuted else "no", s.scaling.value, s.decided_by]
         )
     lines += _table(rows)
+    beyond = not_derived(space)
+    if beyond:
+        lines += [
+            "",
+            "Symmetries not derived (the group above is exact, and smaller than the network's "
+            "in these directions; docs/math.md 8.6)",
+            *(f"  {line}" for line in beyond),
+        ]
     lines += ["", "Tensors"]
     rows = [["tensor", "shape", "axes (space and scaling character)", "state-dict entry"]]
     for t in space.tensors:

@@ -29,7 +29,7 @@ from torch import nn
 from derive.frontend import trace_ops as ops
 from derive.frontend.trace_axes import AxisRules
 from derive.frontend.trace_state import Label, flat_args, shape_of, where_of
-from derive.weightspace.model import Scaling
+from derive.weightspace.model import QUERY_KEY_REASON, VALUE_REASON, Scaling
 
 __all__ = ["AttentionRules", "Heads", "Scores"]
 
@@ -448,7 +448,7 @@ class AttentionRules(AxisRules):
             self.constrain_keys(
                 part_q.members,
                 Scaling.NONZERO,
-                f"{why}: head {head} reads q . k (query rows scaled by s, key rows by 1/s)",
+                f"{why}: head {head} {QUERY_KEY_REASON} (query rows scaled by s, key rows by 1/s)",
             )
         self._unscaled_tokens([tokens_q, tokens_k], why)
         return Scores(lead, tokens_q, tokens_k)
@@ -517,7 +517,7 @@ class AttentionRules(AxisRules):
             self.constrain_keys(
                 part.members,
                 Scaling.NONZERO,
-                f"{why}: head {head} sums values over tokens (value rows by t, columns of the "
+                f"{why}: head {head} {VALUE_REASON} (value rows by t, columns of the "
                 "projection after it by 1/t)",
             )
         return replace(value, dims=(*value.dims[:-2], scores.query, width))

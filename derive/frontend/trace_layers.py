@@ -13,7 +13,7 @@ from torch import nn
 from derive.frontend import trace_ops as ops
 from derive.frontend.trace_axes import AxisRules
 from derive.frontend.trace_state import Label, shape_of
-from derive.weightspace.model import Scaling
+from derive.weightspace.model import QUERY_KEY_REASON, VALUE_REASON, Scaling
 
 __all__ = ["LayerRules"]
 
@@ -238,12 +238,12 @@ class LayerRules(AxisRules):
             self.constrain_keys(
                 [qk],
                 Scaling.NONZERO,
-                f"{what}: head {h} reads q.k (W_Q rows scaled by s, W_K rows by 1/s)",
+                f"{what}: head {h} {QUERY_KEY_REASON} (W_Q rows scaled by s, W_K rows by 1/s)",
             )
             self.constrain_keys(
                 [value],
                 Scaling.NONZERO,
-                f"{what}: head {h} sums values over tokens (W_V rows by t, W_O columns by 1/t)",
+                f"{what}: head {h} {VALUE_REASON} (W_V rows by t, W_O columns by 1/t)",
             )
             for name, short, character, offset in roles:
                 key_space = value if short == "v" else qk

@@ -21,7 +21,22 @@ from typing import Literal
 
 from nfn_runtime.layout import AxisLayout, SourceSlice, SpaceLayout, TensorLayout, WeightSpaceLayout
 
-__all__ = ["Scaling", "Role", "NeuronSpace", "Axis", "TensorSpec", "WeightSpaceSpec"]
+__all__ = [
+    "Scaling",
+    "Role",
+    "NeuronSpace",
+    "Axis",
+    "TensorSpec",
+    "WeightSpaceSpec",
+    "QUERY_KEY_REASON",
+    "VALUE_REASON",
+]
+
+#: what the front end says of an attention head's query/key dimensions and of its value
+#: dimensions (in ``NeuronSpace.constraints``, after ``head N``); the symmetry report reads them
+#: to say which symmetries of attention the monomial group leaves out (docs/math.md 8.6)
+QUERY_KEY_REASON = "reads q . k"
+VALUE_REASON = "sums values over tokens"
 
 #: what a neuron space is to the network: its input, an inner space, its output, a fixed axis
 #: (kernel offsets, spatial or flattened positions), or positions that are copies of one value

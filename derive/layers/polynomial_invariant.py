@@ -46,8 +46,14 @@ def _reference(derivation: Derivation, options: LayerOptions, c_in: int, c_out: 
 
 
 def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions) -> None:
-    if options.family != "magep" or chain_reason(derivation) is not None:
-        return  # the polynomial kind reports why no MAGEP layer exists here
+    if options.family != "magep":
+        detail = f"not applicable: the {options.family} family has no invariant layer (MAGEP only)"
+        report.add("polynomial invariant layer", True, detail)
+        return
+    reason = chain_reason(derivation)
+    if reason is not None:
+        report.add("polynomial invariant layer", True, f"not applicable: {reason}")
+        return
     layer_options = LayerOptions(degree=options.degree)
     plan = _plan(derivation, layer_options)
     cls = generated_class(derivation, "polynomial-invariant", layer_options)

@@ -107,6 +107,39 @@ def test_the_group_holds_on_the_network_and_the_layers_are_exact(model, shape):
     assert {"network group check", "completeness", "linear equivariance (float64)"} <= names
 
 
+class TinyAttention(nn.Module):
+    """Two heads of 2 dimensions and a linear head: small enough for degree-2 completeness."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_the_complete_polynomial_family_is_exact_and_complete_on_attention():
+    """MAGEP terms need an MLP chain; the complete degree-2 family applies to attention: it
+    matches its reference, is equivariant under per-head nonzero factors and permutations, and
+    its numeric dimension of Sym^2(U) -> U equals the enumeration (on the proxy)."""
+    torch.manual_seed(0)
+    derivation = derive(TinyAttention().eval(), (3, 4), name="tiny")
+    report = verify(
+        derivation,
+        samples=2,
+        family="complete",
+        degree=2,
+        only=["polynomial", "polynomial-invariant"],
+    )
+    assert report.ok, report.text()
+    names = {c.name for c in report.checks}
+    assert "polynomial degree-2 completeness" in names
+    assert any(n.startswith("polynomial complete") and n.endswith("(float64)") for n in names)
+    invariant = next(c for c in report.checks if c.name == "polynomial invariant layer")
+    assert invariant.detail.startswith("not applicable: the complete family")
+
+
 def test_the_residual_stream_keeps_permutations_and_the_mlp_its_activation():
     derivation = derive(GPTBlock().eval(), (5, 3), name="gpt")
     stream = _hidden(derivation, "output of embed")[0]

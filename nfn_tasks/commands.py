@@ -25,7 +25,7 @@ from nfn_tasks.kinds import MODEL_KINDS, TASK_NAMES
 
 __all__ = ["register", "add_task_commands", "TASK_COMMANDS"]
 
-SETTING_CHOICES = ("tiny", "small", "full")
+SETTING_CHOICES = ("tiny", "small", "transformer", "full")
 
 
 def register(commands: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -45,9 +45,9 @@ def add_task_commands(commands: Any) -> None:
     train.add_argument("--task", choices=("generalization", "inr"), required=True)
     train.add_argument(
         "--activation",
-        choices=("relu", "tanh"),
+        choices=("relu", "tanh", "transformer"),
         default="relu",
-        help="generalization: which CNN zoo (default relu)",
+        help="generalization: the relu or tanh CNN zoo, or the transformer zoo (default relu)",
     )
     train.add_argument("--model", choices=MODEL_KINDS, required=True)
     train.add_argument("--seeds", default="0,1,2", help="comma list of training seeds")
@@ -114,7 +114,7 @@ def _zoo(args: argparse.Namespace) -> int:
     if zoo.kind == "inr":
         psnr = sorted(float(p) for p in zoo.info["psnr"])
         print(f"fit PSNR: min {psnr[0]:.1f} dB, median {statistics.median(psnr):.1f} dB")
-    if zoo.kind == "cnn":
+    if zoo.kind in ("cnn", "transformer"):
         accuracies = sorted(float(a) for a in zoo.targets)
         quartiles = statistics.quantiles(accuracies, n=4)
         print(

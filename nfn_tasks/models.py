@@ -40,6 +40,7 @@ __all__ = [
     "generated_layers",
     "weight_space_layout",
     "build_model",
+    "unavailable_reason",
     "calibrate",
     "count_parameters",
 ]
@@ -281,6 +282,55 @@ def build_model(
     if kind in ("nfn-hnp", "nfn-np"):
         return NFNPackageModel(layout, example, config, outputs, kind.removeprefix("nfn-"))
     raise ValueError(f"unknown model kind {kind!r} (valid: {', '.join(MODEL_KINDS)})")
+
+
+def _nfn_chain_problem(layout: WeightSpaceLayout) -> str | None:
+    """Why the ``nfn`` package cannot read ``layout`` (it takes a chain of layers, each a
+    weight ``(out, in, *kernel)`` and a bias ``(out,)``, the input of layer i the output of
+    layer i - 1: an MLP or a CNN), or None."""
+    previous = "in"
+    for layer in range(1, layout.num_layers + 1):
+        tensors = [t for t in layout.tensors if t.layer == layer]
+        weights = [t for t in tensors if t.kind == "weight"]
+        biases = [t for t in tensors if t.kind == "bias"]
+        if len(weights) != 1 or len(biases) != 1 or len(tensors) != 2:
+            keys = ", ".join(dict.fromkeys(t.source_key or t.name for t in tensors))
+            return (
+                f"layer {layer} ({keys}) has {len(weights)} weight(s) and {len(biases)} "
+                "bias(es), not one each"
+            )
+        spaces = [axis.space for axis in weights[0].axes[:2]]
+        if len(spaces) < 2 or spaces[1] != previous:
+            return f"layer {layer} does not read the output of layer {layer - 1}"
+        previous = spaces[0]
+    return None
+
+
+def unavailable_reason(
+    kind: str, architecture: str, input_shape: tuple[int, ...], config: ModelConfig | None = None
+) -> str | None:
+    """Why a model of ``kind`` cannot be built for ``architecture`` (the generator refuses its
+    layers, or the ``nfn`` package cannot read its weight space), or None when it can."""
+    config = config or ModelConfig()
+    if kind in EQUIVARIANT_KINDS:
+        try:
+            generated_layers(architecture, tuple(input_shape), kind, config.polynomial_degree)
+        except GenerationError as error:
+            if kind != "polynomial":
+                return str(error)
+            return (
+                f"not an MLP-like chain (the MAGEP family), and the complete degree-"
+                f"{config.polynomial_degree} family is too large: {error}"
+            )
+        return None
+    if kind in ("nfn-hnp", "nfn-np"):
+        problem = _nfn_chain_problem(weight_space_layout(architecture, tuple(input_shape)))
+        if problem is not None:
+            return (
+                f"the nfn package's layers take MLP and CNN weight spaces (a chain of "
+                f"weight/bias layers); this one is not: {problem}"
+            )
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,7 +3,11 @@ compute the same function), and every trained model evaluated on them.
 
 ReLU zoos are rescaled neuron by neuron with factors drawn log-uniformly from ``[1, 10^k]``
 (k = 1..4) and their hidden neurons permuted; tanh zoos and SIRENs get random sign flips and
-permutations. Before any model sees them, each transformed network is run against its original
+permutations. Transformer zoos get the same ranges with a random sign on the spaces whose
+scaling is non-zero (per head: the query/key dimensions, W_Q rows times s and W_K rows times
+1/s, and the value dimensions, W_V rows times t and out-projection columns times 1/t), positive
+factors on the ReLU MLP's hidden neurons, and permutations of every permuted space (within
+each head, the MLP's hidden neurons, the residual stream). Before any model sees them, each transformed network is run against its original
 on real inputs (digits images, or the INR's pixel grid) in float64 to confirm the function is
 unchanged. Models are evaluated in float64, so an exactly invariant model gives the same
 predictions up to float64 rounding.
@@ -49,17 +53,24 @@ class Transformation:
     label: str
     scale_range: tuple[float, float]  # positive scaling: factors log-uniform in this range
     level: int  # k for rescaling; 0 for sign flips
+    signed: bool = False  # non-zero scaling (attention heads): random signs on those spaces too
 
     def describe(self) -> str:
+        if self.level and self.signed:
+            return (
+                f"per-head scales ±[1, 1e{self.level}], MLP scales [1, 1e{self.level}] "
+                "+ permutations"
+            )
         if self.level:
             return f"scales in [1, 1e{self.level}] + permutations"
         return "sign flips + permutations"
 
 
-def transformations(zoo_activation: str) -> tuple[Transformation, ...]:
-    """The transformations of the experiment for a zoo with this activation."""
+def transformations(zoo_activation: str, zoo_kind: str = "cnn") -> tuple[Transformation, ...]:
+    """The transformations of the experiment for a zoo with this activation (and kind)."""
     if zoo_activation == "relu":
-        return tuple(Transformation(f"k={k}", (1.0, 10.0**k), k) for k in SCALE_EXPONENTS)
+        signed = zoo_kind == "transformer"
+        return tuple(Transformation(f"k={k}", (1.0, 10.0**k), k, signed) for k in SCALE_EXPONENTS)
     return (Transformation("sign", (1.0, 1.0), 0),)
 
 

@@ -1,8 +1,8 @@
 """Training NFNs on a model zoo: splits, losses, metrics, and one training loop that runs in a
 single process or under ``torchrun`` with DistributedDataParallel (gloo, CPU).
 
-Tasks: ``generalization`` (predict a CNN's test accuracy from its weights; metric Kendall's tau
-on held-out networks) and ``inr`` (classify the digit an INR encodes; metric accuracy on
+Tasks: ``generalization`` (predict a CNN's or a transformer's test accuracy from its weights;
+metric Kendall's tau on held-out networks) and ``inr`` (classify the digit an INR encodes; metric accuracy on
 held-out images). Under DDP every rank draws the same global batch (one seeded permutation per
 epoch) and takes its contiguous share, so the averaged gradients equal those of one process
 on the whole batch; evaluation is sharded and gathered, so every rank sees the same metrics.
@@ -115,10 +115,15 @@ class TrainResult:
 def zoo_weight_space(
     zoo: Zoo, layout: WeightSpaceLayout, dtype: torch.dtype = torch.float32
 ) -> WeightSpace:
-    """All networks of ``zoo`` as one :class:`WeightSpace` ``(N, 1, ...)`` in ``layout``."""
+    """All networks of ``zoo`` as one :class:`WeightSpace` ``(N, 1, ...)`` in ``layout`` (a
+    tensor that is part of a state-dict entry, such as one head's rows of a packed attention
+    projection, reads its slice)."""
     tensors = {}
     for spec in layout.tensors:
         value = zoo.params[spec.source_key]
+        if spec.source_slice is not None:
+            rows = (slice(None), *spec.source_index())  # every network, then the part's slice
+            value = value[rows]
         tensors[spec.name] = value.reshape(len(zoo), 1, *layout.shape(spec)).to(dtype)
     return WeightSpace.from_named(layout, tensors)
 
@@ -127,9 +132,9 @@ def task_data(zoo: Zoo, task: str, config: TrainConfig) -> TaskData:
     """Split ``zoo`` (by its groups) into train / validation / test for ``task``."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r} (valid: {', '.join(TASKS)})")
-    expected = "cnn" if task == "generalization" else "inr"
-    if zoo.kind != expected:
-        raise ValueError(f"task {task!r} needs a {expected} zoo, got a {zoo.kind} zoo")
+    expected = ("cnn", "transformer") if task == "generalization" else ("inr",)
+    if zoo.kind not in expected:
+        raise ValueError(f"task {task!r} needs a {' or '.join(expected)} zoo, got a {zoo.kind} zoo")
     layout = weight_space_layout(zoo.architecture, tuple(zoo.input_shape))
     rest, test = zoo.split(config.test_fraction, config.split_seed)
     inner_train, inner_val = zoo.subset(rest).split(config.val_fraction, config.split_seed + 1)

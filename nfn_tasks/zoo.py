@@ -4,6 +4,9 @@
   layers, global average pooling, a linear head) with ReLU or tanh, each network trained with
   its own learning rate, weight decay, initialization scale, training fraction, epochs and
   dropout; the target is its test accuracy on held-out digits.
+- The transformer zoo (:class:`TransformerZooSettings`): ``nfn_tasks.zoo_transformer``'s
+  one-block transformer on 2x2 patches of the digits, hyperparameters drawn per network as
+  for the CNNs; the target is its test accuracy.
 - The INR zoo (:class:`INRZooSettings`): a SIREN fit to every digit image (for several seeds);
   the target is the digit.
 
@@ -33,6 +36,7 @@ __all__ = [
     "Zoo",
     "CNNZooSettings",
     "INRZooSettings",
+    "TransformerZooSettings",
     "ZooSettings",
     "default_cache_dir",
     "settings_hash",
@@ -138,7 +142,67 @@ class INRZooSettings:
         return cls(images=30, seeds=2, steps=20)
 
 
-ZooSettings = CNNZooSettings | INRZooSettings
+@dataclass(frozen=True)
+class TransformerZooSettings:
+    """A zoo of one-block transformers on the digits (``nfn_tasks.zoo_transformer``);
+    hyperparameters are drawn per network as for :class:`CNNZooSettings` (no dropout)."""
+
+    norm: str = "pre"  # "pre" (LayerNorm before attention and MLP) or "none"
+    attention: str = "mha"  # "mha" (nn.MultiheadAttention) or "handwritten"
+    networks: int = 500
+    seed: int = 0
+    test_images: float = 0.3
+    batch_size: int = 32
+    lr: tuple[float, float] = (1e-3, 5e-2)  # Adam learning rate
+    weight_decay: tuple[float, float] = (1e-6, 1e-1)  # decoupled (AdamW) weight decay
+    init_scale: tuple[float, float] = (0.2, 3.0)  # multiplies the initialization bounds
+    train_fraction: tuple[float, float] = (0.02, 1.0)  # of the training images
+    epochs: tuple[int, int] = (1, 15)
+
+    kind = "transformer"
+
+    @property
+    def architecture(self) -> str:
+        from nfn_tasks.zoo_transformer import TRANSFORMER_FACTORIES
+
+        return f"nfn_tasks.zoo_transformer:{TRANSFORMER_FACTORIES[(self.norm, self.attention)]}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, 8, 8)
+
+    @property
+    def name(self) -> str:
+        if (self.norm, self.attention) == ("pre", "mha"):
+            return "transformer"
+        return f"transformer-{self.norm}-{self.attention}"
+
+    def validate(self) -> None:
+        from nfn_tasks.zoo_transformer import TRANSFORMER_FACTORIES
+
+        if (self.norm, self.attention) not in TRANSFORMER_FACTORIES:
+            valid = ", ".join(f"{n}/{a}" for n, a in TRANSFORMER_FACTORIES)
+            raise ValueError(
+                f"no transformer with norm {self.norm!r} and attention {self.attention!r} "
+                f"(valid norm/attention: {valid})"
+            )
+        if self.networks < 2:
+            raise ValueError(f"a zoo needs at least 2 networks, got {self.networks}")
+        if not 1 <= self.epochs[0] <= self.epochs[1]:
+            raise ValueError(f"bad epochs range {self.epochs}")
+
+    @classmethod
+    def small(cls) -> TransformerZooSettings:
+        """The quick default setting: 200 networks, up to 12 epochs."""
+        return cls(networks=200, epochs=(1, 12))
+
+    @classmethod
+    def tiny(cls) -> TransformerZooSettings:
+        """For tests: 16 networks, two to four epochs on a tenth to 40% of the images."""
+        return cls(networks=16, epochs=(2, 4), train_fraction=(0.1, 0.4))
+
+
+ZooSettings = CNNZooSettings | INRZooSettings | TransformerZooSettings
 
 
 @dataclass
@@ -148,7 +212,7 @@ class Zoo:
     e.g. fits of one image, always fall on the same side of a split) are ``(N,)``; ``info``
     holds per-network records (hyperparameters, train accuracy, fit error, ...)."""
 
-    kind: str  # "cnn" or "inr"
+    kind: str  # "cnn", "transformer" or "inr"
     architecture: str  # "package.module:factory"
     input_shape: tuple[int, ...]
     activation: str

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, Zoo
+from nfn_tasks.zoo import CNNZooSettings, INRZooSettings, TransformerZooSettings, Zoo
 from nfn_tasks.zoo_build import build_zoo
 
 
@@ -28,6 +28,11 @@ def tanh_zoo(zoo_cache: Path) -> Zoo:
 @pytest.fixture(scope="session")
 def inr_zoo(zoo_cache: Path) -> Zoo:
     return build_zoo(INRZooSettings.tiny(), zoo_cache)
+
+
+@pytest.fixture(scope="session")
+def transformer_zoo(zoo_cache: Path) -> Zoo:
+    return build_zoo(TransformerZooSettings.tiny(), zoo_cache)
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,7 @@ def test_weights_are_normalized_per_tensor(zoos) -> None:
 
 
 def test_task_checks(zoos) -> None:
-    with pytest.raises(ValueError, match="needs a cnn zoo"):
+    with pytest.raises(ValueError, match="needs a cnn or transformer zoo"):
         task_data(zoos["inr"], "generalization", CONFIG)
     with pytest.raises(ValueError, match="unknown task"):
         task_data(zoos["inr"], "segmentation", CONFIG)

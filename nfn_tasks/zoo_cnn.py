@@ -23,14 +23,13 @@ from torch.func import grad_and_value, vmap
 
 from nfn_tasks.data import digits, stratified_split
 from nfn_tasks.zoo import CNNZooSettings, Zoo
+from nfn_tasks.zoo_training import adamw_step, log_uniform, uniform
 
 __all__ = ["CNN_CHANNELS", "train_cnn_zoo", "cnn_forward", "cnn_accuracy"]
 
 CNN_CHANNELS = (1, 8, 8, 8)
 CLASSES = 10
 CONV_KEYS = ("features.0", "features.2", "features.4")
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 
 Params = dict[str, Tensor]
 
@@ -69,18 +68,6 @@ def _init_params(count: int, scales: Tensor, generator: torch.Generator) -> Para
     return params
 
 
-def _log_uniform(bounds: tuple[float, float], count: int, generator: torch.Generator) -> Tensor:
-    low, high = math.log(bounds[0]), math.log(bounds[1])
-    return torch.exp(
-        low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
-    )
-
-
-def _uniform(bounds: tuple[float, float], count: int, generator: torch.Generator) -> Tensor:
-    low, high = bounds
-    return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
-
-
 def cnn_accuracy(params: Params, images: Tensor, labels: Tensor, activation: str) -> Tensor:
     """``(N,)`` accuracies of stacked networks on ``images`` (no dropout)."""
     forward = vmap(lambda p: cnn_forward(p, images, None, activation))
@@ -100,13 +87,13 @@ def train_cnn_zoo(settings: CNNZooSettings, progress: bool = False) -> Zoo:
     images, labels = digits(torch.float32)
     pool, test = stratified_split(labels, settings.test_images, settings.seed)
     n = settings.networks
-    lr = _log_uniform(settings.lr, n, generator)
-    weight_decay = _log_uniform(settings.weight_decay, n, generator)
-    init_scale = _log_uniform(settings.init_scale, n, generator)
-    fraction = _uniform(settings.train_fraction, n, generator)
+    lr = log_uniform(settings.lr, n, generator)
+    weight_decay = log_uniform(settings.weight_decay, n, generator)
+    init_scale = log_uniform(settings.init_scale, n, generator)
+    fraction = uniform(settings.train_fraction, n, generator)
     low, high = settings.epochs
     epochs = torch.randint(low, high + 1, (n,), generator=generator)
-    dropout = _uniform(settings.dropout, n, generator)
+    dropout = uniform(settings.dropout, n, generator)
     sizes = (fraction * len(pool)).round().long().clamp(min=10, max=len(pool))
     subsets = torch.stack([pool[torch.randperm(len(pool), generator=generator)] for _ in range(n)])
     batch = settings.batch_size
@@ -127,7 +114,6 @@ def train_cnn_zoo(settings: CNNZooSettings, progress: bool = False) -> Zoo:
         iterator = tqdm(
             iterator, desc=f"CNN zoo ({settings.activation}, {n} networks)", unit="step"
         )
-    beta1, beta2 = ADAM_BETAS
     for step in iterator:
         active = (steps >= step).nonzero().flatten()
         draws = (torch.rand(len(active), batch, generator=generator) * sizes[active, None]).long()
@@ -138,17 +124,7 @@ def train_cnn_zoo(settings: CNNZooSettings, progress: bool = False) -> Zoo:
         keep = (keep_rand >= rate[:, :, None]).float() / (1 - rate[:, :, None])
         current = {key: value[active] for key, value in params.items()}
         grads, _ = step_fn(current, x, y, keep)
-        correction1, correction2 = 1 - beta1**step, 1 - beta2**step
-        for key, value in current.items():
-            shape = (-1, *([1] * (value.dim() - 1)))
-            step_size = lr[active].float().reshape(shape)
-            decay = (weight_decay[active].float()).reshape(shape)
-            m = moments[key][active].mul_(beta1).add_(grads[key], alpha=1 - beta1)
-            v = squares[key][active].mul_(beta2).addcmul_(grads[key], grads[key], value=1 - beta2)
-            update = (m / correction1) / ((v / correction2).sqrt() + ADAM_EPS)
-            params[key][active] = value * (1 - step_size * decay) - step_size * update
-            moments[key][active] = m
-            squares[key][active] = v
+        adamw_step(params, moments, squares, current, grads, active, lr, weight_decay, step)
     test_accuracy = cnn_accuracy(params, images[test], labels[test], settings.activation)
     train_accuracy = cnn_accuracy(params, images[pool], labels[pool], settings.activation)
     return Zoo(

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from nfn_tasks.data import IMAGE_SIDE, digits, stratified_split
 from nfn_tasks.zoo import TransformerZooSettings, Zoo
+from nfn_tasks.zoo_training import adamw_step, log_uniform, uniform
 
 __all__ = [
     "DigitTransformer",
@@ -44,8 +45,6 @@ __all__ = [
 ]
 
 CLASSES = 10
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 
 Params = dict[str, Tensor]
 
@@ -154,18 +153,6 @@ def _init_params(
     return params
 
 
-def _log_uniform(bounds: tuple[float, float], count: int, generator: torch.Generator) -> Tensor:
-    low, high = math.log(bounds[0]), math.log(bounds[1])
-    return torch.exp(
-        low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
-    )
-
-
-def _uniform(bounds: tuple[float, float], count: int, generator: torch.Generator) -> Tensor:
-    low, high = bounds
-    return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
-
-
 def _keys(attention: str) -> dict[str, str]:
     """Role -> state-dict key of the attention projections (the packed q, k, v rows are ordered
     (q, k, v) x heads x head dimensions in both forms)."""
@@ -244,10 +231,10 @@ def train_transformer_zoo(settings: TransformerZooSettings, progress: bool = Fal
     images, labels = digits(torch.float32)
     pool, test = stratified_split(labels, settings.test_images, settings.seed)
     n = settings.networks
-    lr = _log_uniform(settings.lr, n, generator)
-    weight_decay = _log_uniform(settings.weight_decay, n, generator)
-    init_scale = _log_uniform(settings.init_scale, n, generator)
-    fraction = _uniform(settings.train_fraction, n, generator)
+    lr = log_uniform(settings.lr, n, generator)
+    weight_decay = log_uniform(settings.weight_decay, n, generator)
+    init_scale = log_uniform(settings.init_scale, n, generator)
+    fraction = uniform(settings.train_fraction, n, generator)
     low, high = settings.epochs
     epochs = torch.randint(low, high + 1, (n,), generator=generator)
     sizes = (fraction * len(pool)).round().long().clamp(min=10, max=len(pool))
@@ -264,7 +251,6 @@ def train_transformer_zoo(settings: TransformerZooSettings, progress: bool = Fal
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=f"transformer zoo ({n} networks)", unit="step")
-    beta1, beta2 = ADAM_BETAS
     for step in iterator:
         active = (steps >= step).nonzero().flatten()
         draws = (torch.rand(len(active), batch, generator=generator) * sizes[active, None]).long()
@@ -277,18 +263,7 @@ def train_transformer_zoo(settings: TransformerZooSettings, progress: bool = Fal
         grads = dict(
             zip(current, torch.autograd.grad(losses.sum() / batch, list(current.values())))
         )
-        correction1, correction2 = 1 - beta1**step, 1 - beta2**step
-        for key, value in current.items():
-            value = value.detach()
-            shape = (-1, *([1] * (value.dim() - 1)))
-            step_size = lr[active].float().reshape(shape)
-            decay = weight_decay[active].float().reshape(shape)
-            m = moments[key][active].mul_(beta1).add_(grads[key], alpha=1 - beta1)
-            v = squares[key][active].mul_(beta2).addcmul_(grads[key], grads[key], value=1 - beta2)
-            update = (m / correction1) / ((v / correction2).sqrt() + ADAM_EPS)
-            params[key][active] = value * (1 - step_size * decay) - step_size * update
-            moments[key][active] = m
-            squares[key][active] = v
+        adamw_step(params, moments, squares, current, grads, active, lr, weight_decay, step)
     test_accuracy = transformer_accuracy(
         params, images[test], labels[test], settings.norm, settings.attention
     )

@@ -23,7 +23,7 @@ from torch.func import grad_and_value, vmap
 
 from nfn_tasks.data import digits, stratified_split
 from nfn_tasks.zoo import CNNZooSettings, Zoo
-from nfn_tasks.zoo_training import adamw_step, log_uniform, uniform
+from nfn_tasks.zoo_training import Hyperparameters, Schedule, adamw_step, uniform
 
 __all__ = ["CNN_CHANNELS", "train_cnn_zoo", "cnn_forward", "cnn_accuracy"]
 
@@ -87,18 +87,13 @@ def train_cnn_zoo(settings: CNNZooSettings, progress: bool = False) -> Zoo:
     images, labels = digits(torch.float32)
     pool, test = stratified_split(labels, settings.test_images, settings.seed)
     n = settings.networks
-    lr = log_uniform(settings.lr, n, generator)
-    weight_decay = log_uniform(settings.weight_decay, n, generator)
-    init_scale = log_uniform(settings.init_scale, n, generator)
-    fraction = uniform(settings.train_fraction, n, generator)
-    low, high = settings.epochs
-    epochs = torch.randint(low, high + 1, (n,), generator=generator)
+    hyper = Hyperparameters.draw(settings, n, generator)
+    lr, weight_decay = hyper.lr, hyper.weight_decay
     dropout = uniform(settings.dropout, n, generator)
-    sizes = (fraction * len(pool)).round().long().clamp(min=10, max=len(pool))
-    subsets = torch.stack([pool[torch.randperm(len(pool), generator=generator)] for _ in range(n)])
     batch = settings.batch_size
-    steps = torch.ceil(epochs.double() * sizes.double() / batch).long()
-    params = _init_params(n, init_scale, generator)
+    schedule = Schedule.plan(pool, hyper, batch, generator)
+    steps = schedule.steps
+    params = _init_params(n, hyper.init_scale, generator)
     moments = {key: torch.zeros_like(value) for key, value in params.items()}
     squares = {key: torch.zeros_like(value) for key, value in params.items()}
 
@@ -116,8 +111,7 @@ def train_cnn_zoo(settings: CNNZooSettings, progress: bool = False) -> Zoo:
         )
     for step in iterator:
         active = (steps >= step).nonzero().flatten()
-        draws = (torch.rand(len(active), batch, generator=generator) * sizes[active, None]).long()
-        index = subsets[active].gather(1, draws)
+        index = schedule.batch(active, batch, generator)
         x, y = images[index], labels[index]
         rate = dropout[active].float()[:, None]
         keep_rand = torch.rand(len(active), batch, CNN_CHANNELS[-1], generator=generator)
@@ -136,11 +130,7 @@ def train_cnn_zoo(settings: CNNZooSettings, progress: bool = False) -> Zoo:
         targets=test_accuracy.float(),
         groups=torch.arange(n),
         info={
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "init_scale": init_scale,
-            "train_fraction": sizes.double() / len(pool),
-            "epochs": epochs,
+            **schedule.info(hyper, pool),
             "dropout": dropout,
             "steps": steps,
             "train_accuracy": train_accuracy.float(),

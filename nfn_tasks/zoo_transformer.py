@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from nfn_tasks.data import IMAGE_SIDE, digits, stratified_split
 from nfn_tasks.zoo import TransformerZooSettings, Zoo
-from nfn_tasks.zoo_training import adamw_step, log_uniform, uniform
+from nfn_tasks.zoo_training import Hyperparameters, Schedule, adamw_step
 
 __all__ = [
     "DigitTransformer",
@@ -231,17 +231,12 @@ def train_transformer_zoo(settings: TransformerZooSettings, progress: bool = Fal
     images, labels = digits(torch.float32)
     pool, test = stratified_split(labels, settings.test_images, settings.seed)
     n = settings.networks
-    lr = log_uniform(settings.lr, n, generator)
-    weight_decay = log_uniform(settings.weight_decay, n, generator)
-    init_scale = log_uniform(settings.init_scale, n, generator)
-    fraction = uniform(settings.train_fraction, n, generator)
-    low, high = settings.epochs
-    epochs = torch.randint(low, high + 1, (n,), generator=generator)
-    sizes = (fraction * len(pool)).round().long().clamp(min=10, max=len(pool))
-    subsets = torch.stack([pool[torch.randperm(len(pool), generator=generator)] for _ in range(n)])
+    hyper = Hyperparameters.draw(settings, n, generator)
+    lr, weight_decay = hyper.lr, hyper.weight_decay
     batch = settings.batch_size
-    steps = torch.ceil(epochs.double() * sizes.double() / batch).long()
-    params = _init_params(template, n, init_scale, generator)
+    schedule = Schedule.plan(pool, hyper, batch, generator)
+    steps = schedule.steps
+    params = _init_params(template, n, hyper.init_scale, generator)
     moments = {key: torch.zeros_like(value) for key, value in params.items()}
     squares = {key: torch.zeros_like(value) for key, value in params.items()}
 
@@ -253,8 +248,7 @@ def train_transformer_zoo(settings: TransformerZooSettings, progress: bool = Fal
         iterator = tqdm(iterator, desc=f"transformer zoo ({n} networks)", unit="step")
     for step in iterator:
         active = (steps >= step).nonzero().flatten()
-        draws = (torch.rand(len(active), batch, generator=generator) * sizes[active, None]).long()
-        index = subsets[active].gather(1, draws)
+        index = schedule.batch(active, batch, generator)
         x, y = images[index], labels[index]
         current = {key: value[active].requires_grad_() for key, value in params.items()}
         logits = transformer_forward(current, x, norm=settings.norm, attention=settings.attention)
@@ -279,11 +273,7 @@ def train_transformer_zoo(settings: TransformerZooSettings, progress: bool = Fal
         targets=test_accuracy.float(),
         groups=torch.arange(n),
         info={
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "init_scale": init_scale,
-            "train_fraction": sizes.double() / len(pool),
-            "epochs": epochs,
+            **schedule.info(hyper, pool),
             "steps": steps,
             "train_accuracy": train_accuracy.float(),
         },

@@ -126,17 +126,23 @@ def test_polynomial_invariant_layer(family, activation):
     assert assert_invariant(cls(2, 3), layout, torch.float64, channels=2) <= 1e-10
     assert assert_invariant(cls(2, 3), layout, torch.float32, channels=2) <= 1e-4
     if family == "magep":
-        plan = invariant_plan(derivation.space, True, degree)
-        reference = ReferenceInvariant(derivation.space, 2, 3, plan.magep).double()
-        generated = cls(2, 3).double()
-        load_invariant_reference(reference, generated)
-        x = random_weight_space(layout, 3, 2, torch.float64)
-        with torch.no_grad():
-            torch.testing.assert_close(generated(x), reference(x), rtol=1e-10, atol=1e-12)
+        _assert_matches_invariant_reference(derivation, cls, degree)
         transform = sample_outside_group(
             layout, "permute_fixed", torch.Generator().manual_seed(0), space="out"
         )
         assert sensitivity_error(cls(2, 3), layout, transform, channels=2) > 1e-3
+
+
+def _assert_matches_invariant_reference(derivation, cls, degree) -> None:
+    """The generated polynomial invariant layer equals the reference (each MAGEP invariant from
+    its definition) with the same parameters, in float64 on 3 weight spaces, 2 -> 3 channels."""
+    plan = invariant_plan(derivation.space, True, degree)
+    reference = ReferenceInvariant(derivation.space, 2, 3, plan.magep).double()
+    generated = cls(2, 3).double()
+    load_invariant_reference(reference, generated)
+    x = random_weight_space(derivation.space.to_layout(), 3, 2, torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(generated(x), reference(x), rtol=1e-10, atol=1e-12)
 
 
 INVARIANT_CASES = ["L1-relu", "L2-tanh", "L3-identity", "L3-width1", "L4-mixed", "L5-relu-deg3"]
@@ -154,13 +160,7 @@ def test_polynomial_invariant_matches_reference_at_every_depth(name):
     )
     cls = getattr(module, module.__all__[0])
     layout = derivation.space.to_layout()
-    plan = invariant_plan(derivation.space, True, degree)
-    reference = ReferenceInvariant(derivation.space, 2, 3, plan.magep).double()
-    generated = cls(2, 3).double()
-    load_invariant_reference(reference, generated)
-    x = random_weight_space(layout, 3, 2, torch.float64)
-    with torch.no_grad():
-        torch.testing.assert_close(generated(x), reference(x), rtol=1e-10, atol=1e-12)
+    _assert_matches_invariant_reference(derivation, cls, degree)
     assert assert_invariant(cls(2, 3), layout, torch.float64, channels=2) <= 1e-10
 
 

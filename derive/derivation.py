@@ -19,6 +19,7 @@ from derive.frontend.options import ArchitectureSpec
 from derive.frontend.torch_spec import torch_spec
 from derive.frontend.trace import trace_network
 from derive.plan.linear import LinearPlan, linear_plan
+from derive.plan.tying import tied_plan
 from derive.symmetry.group import derive_group
 from derive.weightspace.graph import weight_space_graph
 from derive.weightspace.model import WeightSpaceSpec
@@ -44,7 +45,9 @@ class Derivation:
 
     @cached_property
     def linear_plan(self) -> LinearPlan:
-        return linear_plan(self.basis)
+        """The linear layer's plan; its matmuls are tied across heads where the group permutes
+        attention heads as wholes."""
+        return tied_plan(linear_plan(self.basis))
 
     def __str__(self) -> str:
         return f"Derivation of {self.spec.name} ({self.spec.summary()}): {self.space}"

@@ -23,6 +23,7 @@ from nfn_runtime.group import (
 from nfn_runtime.layout import (
     SCALING_KINDS,
     AxisLayout,
+    HeadsLayout,
     ScalingKind,
     SpaceLayout,
     TensorLayout,
@@ -60,6 +61,7 @@ from nfn_runtime.testing import (
     random_weight_space,
     sensitivity_error,
 )
+from nfn_runtime.tying import tied_index, tied_rows
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "EquivariantLayer",
     "EquivariantNonlinearity",
     "GroupElement",
+    "HeadsLayout",
     "InvariantLayer",
     "NonlinearityKind",
     "OutsideGroupTransform",
@@ -105,6 +108,8 @@ __all__ = [
     "state_dicts_from_weight_space",
     "to_nfn",
     "transform_buffers",
+    "tied_index",
+    "tied_rows",
     "transform_network_state",
     "weight_space_from_state_dicts",
 ]

@@ -10,6 +10,11 @@ so ``(g.W)(i)[j, k] = d_i[j] / d_{i-1}[k] * W(i)[pi_i^{-1}(j), pi_{i-1}^{-1}(k)]
 channel axes in front are never touched. Permutations are stored as ``perm[i] = pi(i)``: the
 entry at position ``i`` moves to position ``perm[i]``.
 
+Where the layout lists attention heads (:class:`nfn_runtime.layout.HeadsLayout`), an element may
+also relabel whole heads: after the per-space action, head ``h``'s tensors move to head
+``sigma(h)``'s (the group is the semidirect product of the per-space group and the head
+permutations, docs/math.md 8.6).
+
 Transformations *outside* the group, for sensitivity tests (docs/math.md section 6), are built by
 :func:`apply_axis_transform` (one axis of one tensor) and :func:`sample_outside_group`.
 """
@@ -17,12 +22,13 @@ Transformations *outside* the group, for sensitivity tests (docs/math.md section
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from nfn_runtime.layout import SpaceLayout, TensorLayout, WeightSpaceLayout
+from nfn_runtime.layout import HeadsLayout, SpaceLayout, TensorLayout, WeightSpaceLayout
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = [
@@ -31,6 +37,7 @@ __all__ = [
     "identity_element",
     "inverse_permutation",
     "sample_group_element",
+    "tensor_moves",
 ]
 
 
@@ -43,15 +50,18 @@ def inverse_permutation(perm: Tensor) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class GroupElement:
-    """One element ``g`` of the group: a permutation and a scale vector per neuron space.
+    """One element ``g`` of the group: a permutation and a scale vector per neuron space, and
+    a relabelling of whole attention heads.
 
     ``permutations[s]`` is a long tensor with ``perm[i] = pi_s(i)``; ``scales[s]`` is the vector
-    ``d_s``, indexed by the *new* (permuted) position. ``g.compose(h)`` acts as ``h`` first,
-    then ``g``.
+    ``d_s``, indexed by the *new* (permuted) position. ``relabel`` maps a head's space to the
+    space of the head it moves to (spaces not named stay): ``g`` acts with the permutations and
+    scales first, then moves the heads. ``g.compose(h)`` acts as ``h`` first, then ``g``.
     """
 
     permutations: dict[str, Tensor]
     scales: dict[str, Tensor]
+    relabel: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.permutations.keys() != self.scales.keys():
@@ -65,32 +75,81 @@ class GroupElement:
                     f"space {name!r}: permutation shape {tuple(perm.shape)} and scale shape "
                     f"{tuple(self.scales[name].shape)} must be equal 1-D shapes"
                 )
+        if sorted(self.relabel.values()) != sorted(self.relabel):
+            raise ValueError("GroupElement.relabel must permute the spaces it names")
+
+    def _moved(self, name: str) -> str:
+        return self.relabel.get(name, name)
+
+    def _renamed(self, rename: Mapping[str, str]) -> GroupElement:
+        """The per-space part with space ``s``'s entries under ``rename[s]`` (no relabelling)."""
+        return GroupElement(
+            {rename.get(n, n): perm for n, perm in self.permutations.items()},
+            {rename.get(n, n): scale for n, scale in self.scales.items()},
+        )
 
     def inverse(self) -> GroupElement:
-        """``g^{-1}``: ``pi' = pi^{-1}`` and ``d'[j] = 1 / d[pi(j)]``."""
-        return GroupElement(
+        """``g^{-1}``: ``pi' = pi^{-1}`` and ``d'[j] = 1 / d[pi(j)]``; with heads moved by
+        ``sigma``, ``(sigma h)^-1 = sigma^-1 (sigma h^-1 sigma^-1)``."""
+        inverse = GroupElement(
             {name: inverse_permutation(perm) for name, perm in self.permutations.items()},
             {name: 1.0 / self.scales[name][perm] for name, perm in self.permutations.items()},
         )
+        if not self.relabel:
+            return inverse
+        moved = inverse._renamed(self.relabel)
+        back = {target: source for source, target in self.relabel.items()}
+        return GroupElement(moved.permutations, moved.scales, back)
 
     def compose(self, other: GroupElement) -> GroupElement:
         """``self * other``: acting with the result equals acting with ``other``, then ``self``.
 
-        ``pi = pi_self o pi_other`` and ``d[j] = d_self[j] * d_other[pi_self^{-1}(j)]``.
+        ``pi = pi_self o pi_other`` and ``d[j] = d_self[j] * d_other[pi_self^{-1}(j)]``; with
+        heads moved, ``sigma1 h1 sigma2 h2 = (sigma1 sigma2) (sigma2^-1 h1 sigma2) h2``.
         """
         if self.permutations.keys() != other.permutations.keys():
             raise ValueError("cannot compose group elements over different spaces")
+        first = self
+        if other.relabel:  # sigma2^-1 h1 sigma2: space s takes h1's entries of sigma2(s)
+            pulled = {target: source for source, target in other.relabel.items()}
+            first = self._renamed(pulled)
         permutations: dict[str, Tensor] = {}
         scales: dict[str, Tensor] = {}
-        for name, perm in self.permutations.items():
+        for name, perm in first.permutations.items():
             permutations[name] = perm[other.permutations[name]]
-            other_scale = other.scales[name].to(self.scales[name].dtype)
-            scales[name] = self.scales[name] * other_scale[inverse_permutation(perm)]
-        return GroupElement(permutations, scales)
+            other_scale = other.scales[name].to(first.scales[name].dtype)
+            scales[name] = first.scales[name] * other_scale[inverse_permutation(perm)]
+        names = set(self.relabel) | set(other.relabel)
+        relabel = {n: self._moved(other._moved(n)) for n in names}
+        return GroupElement(permutations, scales, {n: m for n, m in relabel.items() if n != m})
 
     def factor(self, space: str, character: int) -> Tensor:
         """The per-position multiplier ``d_s ** chi`` of an axis in ``space``."""
         return self.scales[space] ** character
+
+
+def _head_order(block: HeadsLayout, relabel: Mapping[str, str]) -> list[int]:
+    """``sigma`` with ``sigma[h]`` the head that head ``h`` moves to."""
+    first = {head[0]: index for index, head in enumerate(block.spaces)}
+    order = []
+    for head in block.spaces:
+        target = first.get(relabel.get(head[0], head[0]))
+        if target is None or [relabel.get(s, s) for s in head] != list(block.spaces[target]):
+            raise ValueError(f"the relabelling does not move head {list(head)} onto a head")
+        order.append(target)
+    return order
+
+
+def tensor_moves(layout: WeightSpaceLayout, g: GroupElement) -> dict[str, str]:
+    """Where ``g`` moves each tensor and buffer of a head it relabels (others stay)."""
+    moves: dict[str, str] = {}
+    if not g.relabel:
+        return moves
+    for block in layout.heads:
+        for head, target in enumerate(_head_order(block, g.relabel)):
+            pairs = zip(block.tensors[head], block.tensors[target])
+            moves.update({source: to for source, to in pairs if source != to})
+    return moves
 
 
 def identity_element(layout: WeightSpaceLayout, dtype: torch.dtype = torch.float64) -> GroupElement:
@@ -136,12 +195,15 @@ def sample_group_element(
     generator: torch.Generator | None = None,
     scale_range: tuple[float, float] = (1e-2, 1e2),
     dtype: torch.dtype = torch.float64,
+    move_heads: bool = False,
 ) -> GroupElement:
     """A random group element for ``layout``.
 
     Permuted spaces get a uniform random permutation, others the identity. Scales follow each
     space's scaling: log-uniform in ``scale_range`` ("positive"), random signs ("sign"), both
-    ("nonzero"), ones ("none").
+    ("nonzero"), ones ("none"). The heads of each attention the layout lists are relabelled
+    by a uniform random permutation (drawn after everything else); with ``move_heads``, by a
+    uniform random one other than the identity (so that a check sees heads move).
     """
     if not 0 < scale_range[0] <= scale_range[1]:
         raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
@@ -153,7 +215,15 @@ def sample_group_element(
         else:
             permutations[space.name] = torch.arange(space.size)
         scales[space.name] = _sample_scale(space, generator, scale_range, dtype)
-    return GroupElement(permutations, scales)
+    relabel: dict[str, str] = {}
+    for block in layout.heads:
+        order = torch.randperm(block.count, generator=generator).tolist()
+        while move_heads and order == sorted(order):
+            order = torch.randperm(block.count, generator=generator).tolist()
+        for head, target in enumerate(order):
+            pairs = zip(block.spaces[head], block.spaces[target])
+            relabel.update({source: to for source, to in pairs if source != to})
+    return GroupElement(permutations, scales, relabel)
 
 
 def _transform_axis(
@@ -239,4 +309,9 @@ def apply_group_element(ws: WeightSpace, layout: WeightSpaceLayout, g: GroupElem
             fresh = True
         return value
 
-    return ws.map_layout(layout, act)
+    moves = tensor_moves(layout, g)
+    if not moves:
+        return ws.map_layout(layout, act)
+    ws.validate(layout)
+    moved = {moves.get(s.name, s.name): act(s, ws.get(s)) for s in layout.tensors}
+    return WeightSpace.from_named(layout, moved)

@@ -21,6 +21,7 @@ __all__ = [
     "SourceSlice",
     "SCALING_KINDS",
     "AxisLayout",
+    "HeadsLayout",
     "ScalingKind",
     "SpaceLayout",
     "TensorLayout",
@@ -98,15 +99,43 @@ class TensorLayout:
 
 
 @dataclass(frozen=True)
+class HeadsLayout:
+    """The heads of one attention operation, permuted as wholes by the group.
+
+    ``spaces[h]`` are head ``h``'s spaces and ``tensors[h]`` its tensors and buffers; entry
+    ``k`` of every head corresponds (the same size, scaling, kind and axes up to the head's
+    spaces). Moving head ``h`` to head ``h'`` moves each of its spaces' permutation and scales
+    and each of its tensors' entries to entry ``k`` of head ``h'``.
+    """
+
+    spaces: tuple[tuple[str, ...], ...]
+    tensors: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.spaces) != len(self.tensors) or len(self.spaces) < 2:
+            raise ValueError("HeadsLayout needs the spaces and tensors of at least two heads")
+        for field_name, entries in (("spaces", self.spaces), ("tensors", self.tensors)):
+            if len({len(entry) for entry in entries}) != 1:
+                raise ValueError(f"HeadsLayout: every head needs as many {field_name}")
+
+    @property
+    def count(self) -> int:
+        """The number of heads."""
+        return len(self.spaces)
+
+
+@dataclass(frozen=True)
 class WeightSpaceLayout:
     """All spaces and tensors of one weight space, in a fixed order.
 
     ``buffers`` are network state the group acts on (running statistics) but no layer reads.
+    ``heads`` lists the attention heads the group permutes as wholes (empty without attention).
     """
 
     spaces: tuple[SpaceLayout, ...]
     tensors: tuple[TensorLayout, ...]
     buffers: tuple[TensorLayout, ...] = ()
+    heads: tuple[HeadsLayout, ...] = ()
 
     def __post_init__(self) -> None:
         names = {space.name for space in self.spaces}
@@ -116,6 +145,14 @@ class WeightSpaceLayout:
             for axis in tensor.axes:
                 if axis.space not in names:
                     raise ValueError(f"tensor {tensor.name!r} names unknown space {axis.space!r}")
+        tensor_names = {t.name for t in (*self.tensors, *self.buffers)}
+        for block in self.heads:
+            for space in (s for head in block.spaces for s in head):
+                if space not in names:
+                    raise ValueError(f"heads name unknown space {space!r}")
+            for tensor_name in (t for head in block.tensors for t in head):
+                if tensor_name not in tensor_names:
+                    raise ValueError(f"heads name unknown tensor {tensor_name!r}")
         # lookup tables built here, not lazily: a cached_property's lock cannot be entered
         # inside torch.compile (generated layers look shapes up in forward)
         object.__setattr__(self, "_spaces_by_name", {space.name: space for space in self.spaces})
@@ -208,6 +245,10 @@ class WeightSpaceLayout:
             if not fits(t):
                 take(t, order)
         return self.with_source_keys(keys)
+
+    def without_heads(self) -> WeightSpaceLayout:
+        """The same layout with no whole-head permutations in its group."""
+        return replace(self, heads=())
 
     def num_params(self) -> int:
         """Number of scalar entries in one network of this weight space."""

@@ -24,6 +24,7 @@ from nfn_runtime.group import (
     apply_group_element,
     inverse_permutation,
     sample_group_element,
+    tensor_moves,
 )
 from nfn_runtime.layout import WeightSpaceLayout
 from nfn_runtime.weight_space import WeightSpace
@@ -36,12 +37,13 @@ def transform_buffers(
 ) -> dict[str, Tensor]:
     """``g`` applied to the buffers the layout lists (keys of ``state``; others are left out)."""
     moved: dict[str, Tensor] = {}
+    moves = tensor_moves(layout, g)
     for spec in layout.buffers:
         value = read_source(layout, spec, state[spec.source_key or spec.name]).unsqueeze(0)
         for index, axis in enumerate(spec.axes):
             factor = None if axis.character == 0 else g.factor(axis.space, axis.character)
             value = _transform_axis(value, 1 + index, g.permutations[axis.space], factor)
-        moved[spec.name] = value[0]
+        moved[moves.get(spec.name, spec.name)] = value[0]
     return write_sources(layout, layout.buffers, moved)
 
 
@@ -95,6 +97,7 @@ def network_symmetry_error(
     output_space: str = "out",
     per_sample: bool = False,
     reference: Tensor | None = None,
+    move_heads: bool = False,
 ) -> float:
     """``||pi_out^-1 f(pi_in x; g.theta) - f(x; theta)|| / ||f(x; theta)||`` on ``model``.
 
@@ -105,11 +108,12 @@ def network_symmetry_error(
     through ``torch.func.functional_call``; it is left unchanged (its mode is restored). With
     ``per_sample``, the largest relative change over the inputs, one by one (for inputs of
     very different magnitudes). ``reference`` is ``f(x; theta)`` when the caller has it already
-    (a check applying many transforms to one network computes it once).
+    (a check applying many transforms to one network computes it once). ``move_heads``: a
+    sampled element relabels the heads of every attention the layout lists (not the identity).
     """
     state = {key: value.detach() for key, value in model.state_dict().items()}
     if g is None:
-        g = sample_group_element(layout, generator, scale_range)
+        g = sample_group_element(layout, generator, scale_range, move_heads=move_heads)
     new_state = transform_network_state(state, layout, g)
     names = {space.name for space in layout.spaces}
     moved_inputs = inputs

@@ -146,7 +146,7 @@ def _equivariance(
     with torch.no_grad():
         for sample in range(n_samples):
             x = random_weight_space(layout, batch, _channels(layer, channels), dtype, generator)
-            g = sample_group_element(layout, generator, scale_range)
+            g = sample_group_element(layout, generator, scale_range, move_heads=sample == 0)
             y = layer(x)
             pulled_back = apply_group_element(
                 layer(apply_group_element(x, layout, g)), target, g.inverse()
@@ -192,7 +192,7 @@ def _invariance(
     with torch.no_grad():
         for sample in range(n_samples):
             x = random_weight_space(layout, batch, _channels(layer, channels), dtype, generator)
-            g = sample_group_element(layout, generator, scale_range)
+            g = sample_group_element(layout, generator, scale_range, move_heads=sample == 0)
             y = layer(x)
             worst.update(layer(apply_group_element(x, layout, g)) - y, y, f"sample {sample}")
 

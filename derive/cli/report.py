@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from derive.basis.expressions import formula_text, map_formula
+from derive.basis.head_orbits import head_orbits, tied_dims
 from derive.basis.linear import BlockBasis, LinearBasis
 from derive.derivation import Derivation
 from derive.layers.linear import budget_choice
@@ -116,6 +117,43 @@ def _budget_data(choice: BudgetChoice) -> dict[str, Any]:
     }
 
 
+#: which generated layers include whole-head permutations (docs/math.md 8.6)
+HEAD_LAYERS = (
+    "linear and invariant layers: tied across heads (one coefficient per orbit); polynomial "
+    "layers: equivariant to the per-space group only"
+)
+
+
+def _heads_data(space: WeightSpaceSpec) -> list[dict[str, Any]]:
+    return [
+        {
+            "where": block.where,
+            "heads": [
+                {"query_key": list(h.query_key), "value": list(h.value)} for h in block.heads
+            ],
+            "permuted": block.permuted,
+            "decided_by": block.decided_by,
+            "tensors": [list(names) for names in block.tensors],
+            "layers": HEAD_LAYERS if block.permuted else "",
+        }
+        for block in space.head_blocks
+    ]
+
+
+def _heads_lines(space: WeightSpaceSpec) -> list[str]:
+    """The heads of every attention, and whether the group permutes them as wholes."""
+    if not space.head_blocks:
+        return []
+    lines = ["", "Attention heads (a head: its query/key and value spaces)"]
+    for block in space.head_blocks:
+        heads = ", ".join("(" + ", ".join(h.spaces) + ")" for h in block.heads)
+        lines.append(f"  {block.where}: {heads}")
+        lines.append(f"    {block.decided_by}")
+    if space.permuted_heads:
+        lines.append(f"  Generated layers: {HEAD_LAYERS}")
+    return lines
+
+
 def report_data(
     derivation: Derivation, latex: bool = False, budget: Budget = "default"
 ) -> dict[str, Any]:
@@ -123,6 +161,7 @@ def report_data(
     space = derivation.space
     basis: LinearBasis = derivation.basis
     spec = derivation.spec
+    tied, tied_constants, tied_invariants = tied_dims(basis, head_orbits(space))
     return {
         "name": spec.name,
         "architecture": spec.architecture_data(),
@@ -137,22 +176,26 @@ def report_data(
             }
             for s in space.spaces
         ],
+        "heads": _heads_data(space),
         "not_derived": not_derived(space),
         "tensors": [_tensor_entry(space, t) for t in space.tensors],
         "buffers": [_tensor_entry(space, t) for t in space.buffers],
         "linear": {
             "dim": basis.dim,
+            "tied_dim": tied,
             "num_maps": basis.num_maps,
             "blocks": _blocks_dict(basis.blocks),
             "maps": _maps(space, basis.blocks, latex),
         },
         "constants": {
             "dim": basis.constant_dim,
+            "tied_dim": tied_constants,
             "blocks": _blocks_dict(basis.constants),
             "maps": _maps(space, basis.constants, latex),
         },
         "invariants": {
             "dim": basis.invariant_dim,
+            "tied_dim": tied_invariants,
             "blocks": _blocks_dict(basis.invariants),
             "maps": _maps(space, basis.invariants, latex),
         },
@@ -182,6 +225,7 @@ def report_table(derivation: Derivation, latex: bool = False, budget: Budget = "
             [s.name, str(s.size), "yes" if s.permuted else "no", s.scaling.value, s.decided_by]
         )
     lines += _table(rows)
+    lines += _heads_lines(space)
     beyond = not_derived(space)
     if beyond:
         lines += [
@@ -202,16 +246,23 @@ def report_table(derivation: Derivation, latex: bool = False, budget: Budget = "
         for t in space.buffers:
             rows.append([t.name, "x".join(str(n) for n in space.shape(t)), _axes_text(t)])
         lines += _table(rows)
+    tied = tied_dims(basis, head_orbits(space))
     sections = (
-        ("Equivariant linear maps", basis.blocks, basis.dim),
-        ("Equivariant constants", basis.constants, basis.constant_dim),
-        ("Invariant linear functionals", basis.invariants, basis.invariant_dim),
+        ("Equivariant linear maps", basis.blocks, basis.dim, tied[0]),
+        ("Equivariant constants", basis.constants, basis.constant_dim, tied[1]),
+        ("Invariant linear functionals", basis.invariants, basis.invariant_dim, tied[2]),
     )
-    for title, blocks, dim in sections:
+    for title, blocks, dim, tied_dim in sections:
         nonzero = [b for b in blocks if b.maps]
+        orbits = (
+            f"; {tied_dim} with one coefficient per orbit under head permutations"
+            if space.permuted_heads
+            else ""
+        )
         lines += [
             "",
-            f"{title}: dimension {dim} per channel pair, {sum(len(b.maps) for b in blocks)} maps",
+            f"{title}: dimension {dim} per channel pair, {sum(len(b.maps) for b in blocks)} "
+            f"maps{orbits}",
         ]
         if not nonzero:
             continue

@@ -96,9 +96,14 @@ def invariant_view(plan: InvariantPlan) -> InvariantView:
         for f in plan.features
         if not f.is_input
     )
-    names = [f.name for f in plan.features]
+    names = [" + ".join(group) for group in plan.orbits] or [f.name for f in plan.features]
     pooled = codefmt.wrap_list(names, 8, prefix="parts = ")
     formula = tuple(f"{f.name} = {f.description}" for f in plan.features)
+    if plan.orbits:
+        formula += (
+            "orbits under whole-head permutations, summed before mixing:",
+            *(" + ".join(group) for group in plan.orbits if len(group) > 1),
+        )
     products: list[Statement] = []
     psis: list[PsiDecl] = []
     if plan.magep is not None:

@@ -17,6 +17,7 @@ __all__ = [
     "mix_statements",
     "output_statements",
     "fused_terms",
+    "param_ref",
     "rows_slice",
     "scaled",
     "split_long",
@@ -105,8 +106,14 @@ def _columns(start: int, stop: int) -> str:
     return f"{spell(start)} : {spell(stop)}"
 
 
+def param_ref(op: MixOp, attribute: str) -> str:
+    """A matmul's parameter: the module attribute, or the local variable a tied layer
+    gathered it into."""
+    return attribute if op.tied else f"self.{attribute}"
+
+
 def _expanded_weight(op: MixOp, attribute: str | None = None) -> str:
-    return f"self.{attribute or op.weight}.expand(batch, -1, -1)"
+    return f"{param_ref(op, attribute or op.weight)}.expand(batch, -1, -1)"
 
 
 def _mix_input(op: MixOp, statements: list[Statement]) -> str:
@@ -145,7 +152,7 @@ def _accumulation(
     for feature, factor in zip(op.features, op.feature_factors):
         if feature in outer:
             u, v = outer[feature]
-            theta = f"self.{op.weight}[:, {_columns(column, column + factor)}]"
+            theta = f"{param_ref(op, op.weight)}[:, {_columns(column, column + factor)}]"
             left = f"{target}_{feature}"
             code = f'{left} = torch.einsum("oc,bcj->bojc", {theta}, {u}).flatten(1, 2)'
             statements.append(Statement(code, f"{feature} = {u} (x) {v}: a rank-one update"))
@@ -166,7 +173,7 @@ def _accumulation(
             weight = _expanded_weight(op)
         else:
             columns = _columns(column, column + factor)
-            weight = f"self.{op.weight}[:, {columns}].expand(batch, -1, -1)"
+            weight = f"{param_ref(op, op.weight)}[:, {columns}].expand(batch, -1, -1)"
         if accumulator is None:
             call = codefmt.call("torch.bmm", [weight, operand], 8, prefix=f"{target} = ")
         else:
@@ -189,15 +196,15 @@ def mix_statements(op: MixOp, outer: dict[str, tuple[str, str]]) -> list[Stateme
         return statements + _split_statements(op, y)
     statements = []
     x = _mix_input(op, statements)
-    bias = f"self.{op.bias}" if op.has_bias else None
+    bias = param_ref(op, op.bias) if op.has_bias else None
     if not op.kept or op.layout == "channels_last":
         if op.rank:  # a factored weight: up @ (down @ x)
             args: list[codefmt.Node] = [
-                codefmt.Call("F.linear", (x, f"self.{op.down}")),
-                f"self.{op.up}",
+                codefmt.Call("F.linear", (x, param_ref(op, op.down))),
+                param_ref(op, op.up),
             ]
         else:
-            args = [x, f"self.{op.weight}"]
+            args = [x, param_ref(op, op.weight)]
         code = codefmt.call("F.linear", args + ([bias] if bias else []), 8, prefix=f"{y} = ")
     else:
         operand = f"{x}.flatten(2)" if len(op.kept) > 1 else x

@@ -19,10 +19,12 @@ from derive.codegen.statements import (
     scaled,
 )
 from derive.naming import comment_text
-from derive.plan.linear import LinearPlan
+from derive.plan.linear import LinearPlan, MixOp
+from derive.plan.tying import BIAS, DOWN, UP, WEIGHT, TiedOp, Tying, plan_tying
 from derive.weightspace.model import WeightSpaceSpec
 
 __all__ = [
+    "BufferDecl",
     "ParamDecl",
     "InitRows",
     "PsiDecl",
@@ -55,6 +57,19 @@ class ParamDecl:
 
 
 @dataclass(frozen=True)
+class BufferDecl:
+    """A non-persistent buffer computed in ``__init__`` (the index of a tied weight)."""
+
+    name: str
+    value: codefmt.Node
+
+    @property
+    def line(self) -> str:
+        args: list[codefmt.Node] = [f'"{self.name}"', self.value, "persistent=False"]
+        return codefmt.call("self.register_buffer", args, 8)
+
+
+@dataclass(frozen=True)
 class InitRows:
     """``param[rows]`` is drawn uniformly with the fan-in of output ``output``."""
 
@@ -76,6 +91,7 @@ class LinearView:
     inits: tuple[InitRows, ...]
     bounds: tuple[tuple[str, str], ...]  # (variable, expression)
     formula: tuple[str, ...]
+    buffers: tuple[BufferDecl, ...] = ()
     products: tuple[Statement, ...] = ()  # polynomial layers: shared path products and terms
     psis: tuple[PsiDecl, ...] = ()
     term_lines: tuple[str, ...] = ()
@@ -99,8 +115,9 @@ class PsiDecl:
         return codefmt.call("self.register_buffer", [f'"{self.name}"', empty], 8)
 
 
-def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
-    """The ``WeightSpaceLayout(...)`` literal for generated code."""
+def layout_literal(space: WeightSpaceSpec, indent: int = 0, heads: bool = True) -> str:
+    """The ``WeightSpaceLayout(...)`` literal for generated code (``heads``: with the attention
+    heads the group permutes as wholes, for a layer equivariant to that)."""
     pad = " " * indent
     lines = [f"{pad}WeightSpaceLayout(", f"{pad}    spaces=("]
     for s in space.spaces:
@@ -130,8 +147,25 @@ def layout_literal(space: WeightSpaceSpec, indent: int = 0) -> str:
             call = codefmt.call("TensorLayout", args, indent + 8, prefix=f"{pad}        ")
             lines.append(call + ",")
         lines.append(f"{pad}    ),")
+    if heads and space.permuted_heads:
+        lines.append(f"{pad}    heads=(")
+        for block in space.permuted_heads:
+            head_spaces = _nested_strings(tuple(h.spaces for h in block.heads))
+            head_tensors = _nested_strings(block.tensors)
+            call = codefmt.call(
+                "HeadsLayout", [head_spaces, head_tensors], indent + 8, prefix=f"{pad}        "
+            )
+            lines.append(call + ",")
+        lines.append(f"{pad}    ),")
     lines.append(f"{pad})")
     return "\n".join(lines)
+
+
+def _nested_strings(rows: tuple[tuple[str, ...], ...]) -> codefmt.Seq:
+    """A tuple of tuples of string literals."""
+    return codefmt.Seq(
+        tuple(codefmt.Seq(tuple(safe_string(x) for x in row), "(") for row in rows), "("
+    )
 
 
 def linear_view(plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = None) -> LinearView:
@@ -169,11 +203,53 @@ def linear_view(plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = 
         8,
         prefix="return ",
     )
+    bound_vars = {t.name: f"bound_{t.name.lower()}" for t in space.tensors}
+    tying = plan_tying(plan) if any(op.tied for op in plan.ops) else None
+    buffers: tuple[BufferDecl, ...] = ()
+    if tying is None:
+        params, inits, factor_bounds = _params(plan, bound_vars)
+    else:
+        params, inits, factor_bounds = _tied_params(tying, bound_vars)
+        buffers = tuple(b for op in plan.ops for b in _index_buffers(op, tying.ops[op.name]))
+        mixes = [s for op in plan.ops for s in _gathers(op, tying.ops[op.name])] + mixes
+    used = {i.output for i in inits}
+    bounds = tuple(
+        (bound_vars[t.name], f"1.0 / math.sqrt({scaled(plan.fan_in[t.name], 'c_in')})")
+        for t in space.tensors
+        if t.name in used
+    ) + tuple(factor_bounds)
+    formula = _formula_lines(plan)
+    if tying is not None:
+        note = (
+            "Tied across attention heads (docs/math.md 8.6): every theta_mix_* is gathered "
+            f"from {WEIGHT} (and the biases from {BIAS}), one coefficient block per orbit of "
+            "basis maps under whole-head permutations."
+        )
+        formula = (*formula, "", *wrap_words(note))
+    return LinearView(
+        unpack=tuple(var for _, var in plan.inputs),
+        unpack_line=codefmt.assign_tuple(
+            [var for _, var in plan.inputs], "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8
+        ),
+        features=tuple(features),
+        mixes=tuple(mixes),
+        outputs=tuple(outputs),
+        result=result,
+        params=tuple(params),
+        inits=tuple(inits),
+        bounds=bounds,
+        formula=formula,
+        buffers=buffers,
+    )
+
+
+def _params(
+    plan: LinearPlan, bound_vars: Mapping[str, str]
+) -> tuple[list[ParamDecl], list[InitRows], list[tuple[str, str]]]:
+    """One weight (or two factors) and one bias per matmul, initialized row block by row
+    block with the fan-in of the output each block writes."""
     params = []
     inits = []
-    bound_vars = {}
-    for tensor in space.tensors:
-        bound_vars[tensor.name] = f"bound_{tensor.name.lower()}"
     factor_bounds = []
     for op in plan.ops:
         rows_out = scaled(op.out_factor, "out_channels")
@@ -200,27 +276,92 @@ def linear_view(plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = 
             if term.has_constant:
                 inits.append(InitRows(op.bias, rows_slice(row, stop), bound, term.placement.output))
             row = stop
-    used = {i.output for i in inits}
-    bounds = tuple(
-        (bound_vars[t.name], f"1.0 / math.sqrt({scaled(plan.fan_in[t.name], 'c_in')})")
-        for t in space.tensors
-        if t.name in used
-    ) + tuple(factor_bounds)
-    formula = _formula_lines(plan)
-    return LinearView(
-        unpack=tuple(var for _, var in plan.inputs),
-        unpack_line=codefmt.assign_tuple(
-            [var for _, var in plan.inputs], "unpack_weight_space(ws, LAYOUT, self.in_channels)", 8
-        ),
-        features=tuple(features),
-        mixes=tuple(mixes),
-        outputs=tuple(outputs),
-        result=result,
-        params=tuple(params),
-        inits=tuple(inits),
-        bounds=bounds,
-        formula=formula,
-    )
+    return params, inits, factor_bounds
+
+
+def _units_slice(start: int, stop: int, unit: str) -> str:
+    """``a * unit : b * unit`` (``unit`` a product of channel counts)."""
+
+    def spell(value: int) -> str:
+        return unit if value == 1 else f"{value} * {unit}"
+
+    return f": {spell(stop)}" if start == 0 else f"{spell(start)} : {spell(stop)}"
+
+
+def _blocks_init(
+    param: str, blocks: tuple[tuple[int, int, str], ...], unit: str, bound_vars: Mapping[str, str]
+) -> list[InitRows]:
+    """Consecutive blocks of one flat parameter with the same output, one init each."""
+    merged: list[tuple[int, int, str]] = []
+    for offset, size, output in blocks:
+        if merged and merged[-1][2] == output and merged[-1][1] == offset:
+            merged[-1] = (merged[-1][0], offset + size, output)
+        else:
+            merged.append((offset, offset + size, output))
+    return [
+        InitRows(param, _units_slice(start, stop, unit), bound_vars[output], output)
+        for start, stop, output in merged
+    ]
+
+
+def _tied_params(
+    tying: Tying, bound_vars: Mapping[str, str]
+) -> tuple[list[ParamDecl], list[InitRows], list[tuple[str, str]]]:
+    """The flat parameters of a layer tied across heads: one block per orbit of maps."""
+    params, inits, factor_bounds = [], [], []
+    if tying.weight:
+        params.append(ParamDecl(WEIGHT, scaled(tying.weight, "in_channels * out_channels")))
+        inits += _blocks_init(WEIGHT, tying.weight_blocks, "c_in * c_out", bound_vars)
+    if tying.up:
+        rank = scaled(tying.rank, "max(in_channels, out_channels)")
+        params.append(ParamDecl(UP, f"{scaled(tying.up, 'out_channels')}, {rank}"))
+        params.append(ParamDecl(DOWN, f"{rank}, {scaled(tying.down, 'in_channels')}"))
+        inits += _blocks_init(UP, tying.up_blocks, "c_out", bound_vars)
+        bound = f"bound_{DOWN}"
+        factor_bounds.append((bound, f"math.sqrt(3.0 / self.{DOWN}.shape[0])"))
+        inits.append(InitRows(DOWN, ":", bound, ""))
+    if tying.bias:
+        params.append(ParamDecl(BIAS, scaled(tying.bias, "out_channels")))
+        inits += _blocks_init(BIAS, tying.bias_blocks, "c_out", bound_vars)
+    return params, inits, factor_bounds
+
+
+def _cells(cells: tuple[tuple[int, ...], ...]) -> codefmt.Seq:
+    return codefmt.Seq(tuple(codefmt.Seq(tuple(str(v) for v in c), "(") for c in cells), "(")
+
+
+def _index_buffers(op: MixOp, tied: TiedOp) -> list[BufferDecl]:
+    """The indices gathering one matmul's weight (or factors) and bias."""
+    buffers = []
+    if tied.cells:
+        args = (_cells(tied.cells), str(op.out_factor), str(op.in_factor))
+        call = codefmt.Call("tied_index", (*args, "out_channels", "in_channels"))
+        buffers.append(BufferDecl(f"{op.name}_index", call))
+    if tied.up_rows:
+        rows = codefmt.Call("tied_rows", (_cells(tied.up_rows), str(op.out_factor), "out_channels"))
+        buffers.append(BufferDecl(f"{op.name}_up_index", rows))
+        cols = codefmt.Call("tied_rows", (_cells(tied.down_cols), str(op.in_factor), "in_channels"))
+        buffers.append(BufferDecl(f"{op.name}_down_index", cols))
+    if tied.bias_rows:
+        bias = codefmt.Call(
+            "tied_rows", (_cells(tied.bias_rows), str(op.out_factor), "out_channels")
+        )
+        buffers.append(BufferDecl(f"{op.name}_bias_index", bias))
+    return buffers
+
+
+def _gathers(op: MixOp, tied: TiedOp) -> list[Statement]:
+    """``forward``'s first lines: each matmul's weight gathered from the flat parameters."""
+    statements = []
+    if tied.cells:
+        comment = f"{op.name}: weight gathered from the coefficients shared across heads"
+        statements.append(Statement(f"{op.weight} = self.{WEIGHT}[self.{op.name}_index]", comment))
+    if tied.up_rows:
+        statements.append(Statement(f"{op.up} = self.{UP}[self.{op.name}_up_index]"))
+        statements.append(Statement(f"{op.down} = self.{DOWN}[:, self.{op.name}_down_index]"))
+    if tied.bias_rows:
+        statements.append(Statement(f"{op.bias} = self.{BIAS}[self.{op.name}_bias_index]"))
+    return statements
 
 
 def _formula_lines(plan: LinearPlan) -> tuple[str, ...]:

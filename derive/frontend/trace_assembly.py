@@ -8,7 +8,15 @@ import itertools
 from dataclasses import dataclass
 
 from derive.frontend.trace_state import WalkState, _ParamRecord
-from derive.weightspace.model import Axis, NeuronSpace, Role, TensorSpec, WeightSpaceSpec
+from derive.weightspace.model import (
+    Axis,
+    Head,
+    HeadBlock,
+    NeuronSpace,
+    Role,
+    TensorSpec,
+    WeightSpaceSpec,
+)
 from nfn_runtime.layout import SourceSlice
 
 __all__ = ["assemble"]
@@ -171,6 +179,20 @@ def assemble(state: WalkState, name: str) -> WeightSpaceSpec:
         tensors=tuple(tensors),
         buffers=tuple(buffers),
         source=state.where,
+        head_blocks=_head_blocks(state, names),
+    )
+
+
+def _head_blocks(state: WalkState, names: dict[int, str]) -> tuple[HeadBlock, ...]:
+    """The attention heads the walk recorded, each key as the named spaces it ends up as."""
+
+    def spaces(keys: tuple[int, ...]) -> tuple[str, ...]:
+        found = [names[state.root_of(leaf)] for key in keys for leaf in state.leaves(key)]
+        return tuple(dict.fromkeys(found))
+
+    return tuple(
+        HeadBlock(where, tuple(Head(spaces(qk), spaces(value)) for qk, value in heads))
+        for where, heads in state.head_blocks
     )
 
 

@@ -80,6 +80,8 @@ class Scores:
     query: _Dim
     key: _Dim
     masked: bool = False
+    #: per head, the spaces of its query (and key) dimensions
+    query_keys: tuple[tuple[int, ...], ...] = ()
 
 
 def _is_call(node: fx.Node, methods: frozenset[str], functions: Sequence[Any]) -> bool:
@@ -441,17 +443,19 @@ class AttentionRules(AxisRules):
         if tokens_q.kind != "tokens" or tokens_k.kind != "tokens":
             raise self.fail(node, "multiplies queries and keys along axes other than the tokens")
         why = f"the attention in '{where_of(node)}'"
+        query_keys: list[tuple[int, ...]] = []
         for head, (start_q, start_k) in enumerate(self._starts(lead, query, key)):
             part_q = self.select(self.resolve(query.source), start_q, start_q + width.size, why)
             part_k = self.select(self.resolve(key.source), start_k, start_k + width.size, why)
             part_q = self.tie_channels(node, part_q, part_k, why, inverse=True)
+            query_keys.append(tuple(part_q.members))
             self.constrain_keys(
                 part_q.members,
                 Scaling.NONZERO,
                 f"{why}: head {head} {QUERY_KEY_REASON} (query rows scaled by s, key rows by 1/s)",
             )
         self._unscaled_tokens([tokens_q, tokens_k], why)
-        return Scores(lead, tokens_q, tokens_k)
+        return Scores(lead, tokens_q, tokens_k, query_keys=tuple(query_keys))
 
     def _lead(self, node: fx.Node, a: Sequence[_Dim], b: Sequence[_Dim]) -> tuple[_Dim, ...]:
         """The batch and head axes two operands share (the same kinds and sizes, in order)."""
@@ -512,14 +516,18 @@ class AttentionRules(AxisRules):
             if key is not None:
                 self.fix(key, f"{why} (a mask)")
         self._unscaled_tokens([tokens], why)
+        value_keys: list[tuple[int, ...]] = []
         for head, (start,) in enumerate(self._starts(value.dims[:-2], value)):
             part = self.select(self.resolve(value.source), start, start + width.size, why)
+            value_keys.append(tuple(part.members))
             self.constrain_keys(
                 part.members,
                 Scaling.NONZERO,
                 f"{why}: head {head} {VALUE_REASON} (value rows by t, columns of the "
                 "projection after it by 1/t)",
             )
+        if len(value_keys) == len(scores.query_keys):
+            self.head_blocks.append((why, list(zip(scores.query_keys, value_keys))))
         return replace(value, dims=(*value.dims[:-2], scores.query, width))
 
     # -- attention weights ----------------------------------------------------------------

@@ -212,8 +212,9 @@ class LayerRules(AxisRules):
         character -1), and a permutation of its value dimensions with factors ``t`` on ``W_V``
         and ``1/t`` on the columns of ``W_O``, leave the output unchanged. Each head's rows of
         the packed ``in_proj_weight`` and columns of ``out_proj.weight`` are parts of those
-        entries. Not derived: permutations of whole heads, the invertible matrices beyond
-        monomial ones (docs/math.md section 8.6)."""
+        entries. The heads are recorded as a head block (whole-head permutations, decided by
+        :mod:`derive.symmetry.heads`). Not derived: the invertible matrices beyond monomial
+        ones (docs/math.md section 8.6)."""
         what = f"MultiheadAttention at '{path}'"
         if not module.batch_first:
             raise self.fail(node, "batch_first=False (sequence first) is not supported", module)
@@ -231,10 +232,12 @@ class LayerRules(AxisRules):
         out = self.new_space(embed, f"output of {path} (MultiheadAttention)")
         roles = (("query", "q", 1, 0), ("key", "k", -1, embed), ("value", "v", 1, 2 * embed))
         values: list[int] = []
+        found: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         for h in range(heads):
             qk = self.new_space(width, f"query/key dimensions of head {h} of {path}")
             value = self.new_space(width, f"value dimensions of head {h} of {path}")
             values.append(value)
+            found.append(((qk,), (value,)))
             self.constrain_keys(
                 [qk],
                 Scaling.NONZERO,
@@ -268,6 +271,7 @@ class LayerRules(AxisRules):
                         path, "in_proj_bias", "bias", [(key_space, character)], {0: bias_rows}
                     )
                     self.layer = last
+        self.head_blocks.append((what, found))
         projection = f"{path}.out_proj"
         self.layer += 1
         first = self.layer

@@ -211,6 +211,9 @@ class WalkState:
         self.called: set[str] = set()
         #: nodes that are a parameter or buffer, or a reshaped view of one -> its target
         self.param_views: dict[fx.Node, str] = {}
+        #: attention operations: (where, per head (query/key keys, value keys)), for
+        #: the head blocks of the weight space (whole-head permutations)
+        self.head_blocks: list[tuple[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]] = []
         self.layer = 0
         self.input_key = -1
         self.output_key = -1

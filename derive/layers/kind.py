@@ -75,6 +75,9 @@ class LayerKind:
     reference: Callable[[Derivation, LayerOptions, int, int], nn.Module]
     checks: Callable[[Derivation, VerifyReport, CheckOptions], None]
     applies: Callable[[Derivation], str | None] = lambda derivation: None
+    #: whether the layer is equivariant to whole-head permutations of attention too (else to
+    #: the per-space group only; its generated layout then lists no heads)
+    head_permutations: bool = True
 
     @property
     def file_stem(self) -> str:
@@ -103,7 +106,7 @@ def layer_kind(name: str) -> LayerKind:
         raise GenerationError(f"unknown layer kind {name!r} (valid: {valid})") from None
 
 
-def _group_lines(space: WeightSpaceSpec) -> tuple[str, ...]:
+def _group_lines(space: WeightSpaceSpec, heads: bool) -> tuple[str, ...]:
     lines = ["Group (per neuron space):"]
     for s in space.spaces:
         if s.is_fixed:
@@ -113,6 +116,10 @@ def _group_lines(space: WeightSpaceSpec) -> tuple[str, ...]:
                 "" if s.scaling.value == "none" else f", {s.scaling.value} scaling"
             )
         lines.append(comment_text(f"    {s.name} ({s.size}): {kind}"))
+    for block in space.permuted_heads:
+        heads_text = ", ".join("(" + ", ".join(h.spaces) + ")" for h in block.heads)
+        state = "permuted as wholes" if heads else "not permuted as wholes by this layer"
+        lines.append(comment_text(f"Heads of {block.where}, {state}: {heads_text}"))
     return tuple(lines)
 
 
@@ -128,7 +135,7 @@ def _meta(derivation: Derivation, layer: str, options: LayerOptions) -> ModuleMe
         regenerate=comment_text(
             f"nfn-derive generate {spec.options()} --layer {layer}{budget} -o FILE"
         ),
-        group_lines=_group_lines(derivation.space),
+        group_lines=_group_lines(derivation.space, layer_kind(layer).head_permutations),
         dim=derivation.basis.dim,
         constant_dim=derivation.basis.constant_dim,
         num_maps=derivation.basis.num_maps,
@@ -151,7 +158,8 @@ def generate(
         kind.template,
         meta=_meta(derivation, layer, options),
         class_name=class_name(derivation.spec.name, kind.class_suffix),
-        layout=layout_literal(derivation.space),
+        layout=layout_literal(derivation.space, heads=kind.head_permutations),
+        heads_in_layout=kind.head_permutations and bool(derivation.space.permuted_heads),
         **kind.context(derivation, options),
     )
 

@@ -14,6 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from derive.basis.head_orbits import head_orbits, tied_dims
 from derive.codegen.views import linear_view
 from derive.derivation import Derivation, proxy_derivation, space_sizes
 from derive.layers.kind import CheckOptions, LayerKind, LayerOptions, generated_class
@@ -31,7 +32,8 @@ from derive.verify.checklist import (
     sensitivity_check,
     setting_note,
 )
-from derive.verify.numeric import completeness_report, layer_jacobians
+from derive.verify.numeric import BlockCheck, completeness_report, layer_jacobians
+from derive.verify.numeric_heads import head_completeness, tied_null_total
 from derive.verify.reference import ReferenceLinear, load_into_generated
 from derive.verify.sized import Setting, agreement_bytes
 from nfn_runtime import random_weight_space
@@ -72,12 +74,16 @@ def _reference_agreement(
 def _parameter_count(derivation: Derivation, cls: type[nn.Module], report: VerifyReport) -> None:
     c_in, c_out = 2, 3
     module = cls(c_in, c_out)
-    expected = c_in * c_out * derivation.basis.dim + c_out * derivation.basis.constant_dim
+    dim, constants, _ = tied_dims(derivation.basis, head_orbits(derivation.space))
+    expected = c_in * c_out * dim + c_out * constants
     count = sum(p.numel() for p in module.parameters())
+    tied = (
+        " (one per orbit under whole-head permutations)" if derivation.space.permuted_heads else ""
+    )
     report.add(
         "parameter count",
         count == expected,
-        f"{count} parameters, expected C_in*C_out*dim + C_out*constants = {expected}",
+        f"{count} parameters, expected C_in*C_out*dim + C_out*constants = {expected}{tied}",
     )
 
 
@@ -96,6 +102,7 @@ def _matches_reference(derivation: Derivation, cls: type[nn.Module], report: Ver
         return
     module = cls(setting.c_in, setting.c_out).double()
     reference = ReferenceLinear(derivation.basis, setting.c_in, setting.c_out).double()
+    reference.tie_heads()
     load_into_generated(reference, derivation.linear_plan, module)
     generator = torch.Generator().manual_seed(0)
     x = random_weight_space(layout, setting.batch, setting.c_in, torch.float64, generator)
@@ -154,7 +161,42 @@ def _completeness(
             for c in bad[:3]
         )
     )
+    if derivation.space.permuted_heads and not bad:
+        ok, detail = _head_completeness(derivation, counts, checks, jacobians, proxy_note)
+        report.add("completeness", ok, detail)
+        return
     report.add("completeness", not bad, detail)
+
+
+def _head_completeness(
+    derivation: Derivation,
+    counts: dict[str, int],
+    checks: list[BlockCheck],
+    jacobians: dict[tuple[str, str], torch.Tensor],
+    proxy_note: str,
+) -> tuple[bool, str]:
+    """With whole-head permutations: the null space of the constraints of every generator,
+    head relabellings included, against the tied basis, and the tied layer's Jacobians."""
+    orbits = head_completeness(derivation.space, counts, jacobians)
+    bad = [o for o in orbits if not o.ok]
+    nulls = {c.key: c.null_space for c in checks}
+    total = tied_null_total(derivation.space, nulls, orbits)
+    tied, _, _ = tied_dims(derivation.basis, head_orbits(derivation.space))
+    if bad or total != tied:
+        detail = (
+            "; ".join(
+                f"{o.key}: symbolic {o.symbolic}, null {o.null_space}, span {o.jacobian_span}"
+                for o in bad[:3]
+            )
+            or f"null space with head relabellings {total} != tied basis {tied}"
+        )
+        return False, detail
+    detail = (
+        f"{len(checks)} blocks in {len(orbits)} coupled orbits under head relabellings: null "
+        f"space {total} = tied basis {tied} (per-space group: {sum(nulls.values())}); "
+        f"Jacobians span it, tied across heads{proxy_note}"
+    )
+    return True, detail
 
 
 def _budget_checks(derivation: Derivation, report: VerifyReport, options: CheckOptions) -> None:

@@ -89,7 +89,7 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
         pplan = _plan(derivation, layer_options)
         label += f" (proxy {space_sizes(derivation.space)})"
     cls = generated_class(derivation, "polynomial", LayerOptions(family=family, degree=degree))
-    layout = derivation.space.to_layout()
+    layout = derivation.space.to_layout().without_heads()
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
 
@@ -147,4 +147,5 @@ POLYNOMIAL = LayerKind(
     reference=_reference,
     checks=_checks,
     applies=chain_reason,
+    head_permutations=False,
 )

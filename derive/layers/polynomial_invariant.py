@@ -57,7 +57,7 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
     layer_options = LayerOptions(degree=options.degree)
     plan = _plan(derivation, layer_options)
     cls = generated_class(derivation, "polynomial-invariant", layer_options)
-    layout = derivation.space.to_layout()
+    layout = derivation.space.to_layout().without_heads()
     generator = torch.Generator().manual_seed(options.seed)
 
     def matches_reference() -> None:
@@ -93,4 +93,5 @@ POLYNOMIAL_INVARIANT = LayerKind(
     reference=_reference,
     checks=_checks,
     applies=chain_reason,
+    head_permutations=False,
 )

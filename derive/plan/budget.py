@@ -32,6 +32,7 @@ from typing import Literal
 
 from derive.errors import GenerationError, SpecError
 from derive.plan.linear import LinearPlan, MixOp
+from derive.plan.tying import plan_tying
 
 __all__ = [
     "Budget",
@@ -227,8 +228,13 @@ def apply_budget(plan: LinearPlan, choice: BudgetChoice) -> LinearPlan:
 
 def layer_parameters(plan: LinearPlan, c_in: int, c_out: int) -> int:
     """The parameters of the module generated from ``plan`` at ``c_in -> c_out`` channels:
-    per matmul its dense weight or its two factors, and its bias."""
+    per matmul its dense weight or its two factors, and its bias (tied across heads: the flat
+    parameters, :mod:`derive.plan.tying`)."""
     width = max(c_in, c_out)
+    tying = plan_tying(plan) if any(op.tied for op in plan.ops) else None
+    if tying is not None:
+        factors = tying.rank * width * (tying.up * c_out + tying.down * c_in)
+        return tying.weight * c_in * c_out + tying.bias * c_out + factors
     total = 0
     for op in plan.ops:
         rows, columns = op.out_factor * c_out, op.in_factor * c_in

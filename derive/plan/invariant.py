@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from derive.basis.head_orbits import head_orbits
 from derive.basis.linear import enumerate_block
 from derive.basis.magep import virtual_name
 from derive.basis.polynomial import enumerate_polynomial
@@ -61,6 +62,9 @@ class InvariantPlan:
     in_factor: int
     magep: MagepPlan | None = None  # polynomial invariants (their terms and Psi)
     trainable_psi: bool = True
+    #: the features summed before mixing, one group per orbit under whole-head permutations
+    #: (docs/math.md 8.6); empty: every feature mixed on its own
+    orbits: tuple[tuple[str, ...], ...] = ()
 
     def __str__(self) -> str:
         canonical = sum(c.needed for c in self.canonical)
@@ -123,5 +127,25 @@ def invariant_plan(
                     pooled = tuple(sorted(b.inputs for b in m.blocks))
                     key = (PRODUCT, m.factors, (), pooled)
                     features.append(feature_for(space, key, taken))
+    orbits = () if polynomial else pooled_orbits(space, features)
     factor = sum(f.factor for f in features)
-    return InvariantPlan(space, canonical, tuple(features), factor, magep, trainable_psi)
+    if orbits:
+        by_name = {f.name: f for f in features}
+        factor = sum(by_name[group[0]].factor for group in orbits)
+    return InvariantPlan(space, canonical, tuple(features), factor, magep, trainable_psi, orbits)
+
+
+def pooled_orbits(space: WeightSpaceSpec, features: list[Feature]) -> tuple[tuple[str, ...], ...]:
+    """The pooled features grouped by orbit under whole-head permutations, in order of first
+    member: relabelling heads moves the functional of ``T`` with pattern ``P`` to that of
+    ``sigma T`` with ``P``, so an invariant layer mixes each orbit's sum (empty when the group
+    permutes no heads)."""
+    orbits = head_orbits(space)
+    if orbits.trivial:
+        return ()
+    groups: dict[object, list[str]] = {}
+    for feature in features:
+        tensor, kept, reduced = feature.key
+        (canonical,) = orbits.canonical((tensor,))
+        groups.setdefault((canonical, kept, reduced), []).append(feature.name)
+    return tuple(tuple(group) for group in groups.values())

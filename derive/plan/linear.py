@@ -160,6 +160,9 @@ class MixOp:
     #: 0: a dense weight; r > 0: ``up @ down`` of rank ``r * max(c_in, c_out)`` (a size budget,
     #: :mod:`derive.plan.budget`)
     rank: int = 0
+    #: the weight (or its factors) and bias are gathered from the flat parameters of a layer
+    #: tied across attention heads (:mod:`derive.plan.tying`), into local variables
+    tied: bool = False
 
     @property
     def weight(self) -> str:

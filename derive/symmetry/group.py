@@ -4,7 +4,8 @@ Per neuron space: is it permuted, and which diagonal scaling does every operatio
 allow? Hidden spaces are permuted; input and output spaces only in the NP setting
 (``permute="all"``) and never scaled; fixed axes are never moved. A space touched by several
 operations keeps only what all of them allow (:meth:`Scaling.meet`). ``decided_by`` records
-the reason, for ``inspect``.
+the reason, for ``inspect``. The heads of an attention are then permuted as wholes where
+:mod:`derive.symmetry.heads` finds that a symmetry.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from derive.symmetry.activations import ACTIVATION_REASON, scaling_of
+from derive.symmetry.heads import decide_head_permutations
 from derive.weightspace.model import NeuronSpace, Scaling, WeightSpaceSpec
 
 __all__ = ["space_symmetry", "derive_group"]
@@ -78,8 +80,9 @@ def derive_group(
 ) -> WeightSpaceSpec:
     """The weight space with every space's group decided (``permute``: hidden | all;
     ``scaling``: auto, or a scaling kind that overrides every hidden space)."""
-    return replace(
+    decided = replace(
         space,
         spaces=tuple(space_symmetry(s, permute, scaling) for s in space.spaces),
         setting=f"permute {permute}; scaling {scaling}",
     )
+    return decide_head_permutations(decided)

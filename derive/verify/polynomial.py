@@ -40,7 +40,7 @@ def output_scale(
     layer: nn.Module, derivation: Derivation, channels: int = 4, batch: int = 8
 ) -> dict[str, float]:
     """Per output tensor, the standard deviation of the layer's output on unit normal input."""
-    layout = derivation.space.to_layout()
+    layout = derivation.space.to_layout().without_heads()
     x = random_weight_space(
         layout, batch, channels, torch.float64, torch.Generator().manual_seed(3)
     )

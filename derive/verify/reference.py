@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from derive.basis.linear import BasisMap, LinearBasis, enumerate_block
+from derive.basis.head_orbits import head_orbits
+from derive.basis.linear import BasisMap, LinearBasis, enumerate_block, pattern_of
 from derive.plan.invariant import canonicalization, permutation_only
 from derive.plan.linear import LinearPlan
+from derive.plan.tying import BIAS, WEIGHT, plan_tying
 from derive.verify.reference_magep import magep_term_value
 from derive.weightspace.model import WeightSpaceSpec
 from nfn_runtime.weight_space import WeightSpace
@@ -147,6 +149,25 @@ class ReferenceLinear(nn.Module):
         """The same reference at other channel counts, with fresh coefficients."""
         return ReferenceLinear(self.basis, in_channels, out_channels, self.with_constants)
 
+    def tie_heads(self) -> None:
+        """Give every map its orbit's coefficients under whole-head permutations (those of
+        the orbit's first map): the layer is then equivariant to them too."""
+        orbits = head_orbits(self.space)
+        if orbits.trivial:
+            return
+        with torch.no_grad():
+            for maps, values in (
+                (self.maps, self.coefficients),
+                (self.constant_maps, self.constants),
+            ):
+                first: dict[object, Tensor] = {}
+                for basis_map, value in zip(maps, values):
+                    key = (
+                        orbits.canonical((basis_map.output, basis_map.input)),
+                        pattern_of(basis_map),
+                    )
+                    value.copy_(first.setdefault(key, value))
+
     def output(self, named: Mapping[str, Tensor], name: str) -> Tensor:
         """The output tensor ``name`` alone: the maps writing it, one einsum each, accumulated
         in place (so that a large weight space is checked one output tensor at a time)."""
@@ -168,6 +189,18 @@ class ReferenceLinear(nn.Module):
         return WeightSpace.from_named(self.layout, outputs)
 
 
+def _pool_orbits(space: WeightSpaceSpec, pools: list[tuple[str, BasisMap]]) -> list[list[int]]:
+    """Indices of ``pools`` grouped by orbit under whole-head permutations (empty without)."""
+    orbits = head_orbits(space)
+    if orbits.trivial:
+        return []
+    groups: dict[object, list[int]] = {}
+    for index, (name, basis_map) in enumerate(pools):
+        reduced = tuple(sorted(b.inputs for b in basis_map.blocks))
+        groups.setdefault((orbits.canonical((name,)), reduced), []).append(index)
+    return list(groups.values())
+
+
 def load_into_generated(reference: nn.Module, plan: LinearPlan, module: nn.Module) -> None:
     """Copy a reference's coefficients into a generated module built from ``plan``.
 
@@ -182,11 +215,18 @@ def load_into_generated(reference: nn.Module, plan: LinearPlan, module: nn.Modul
     pairs += list(
         zip(getattr(reference, "term_maps", []), getattr(reference, "term_coefficients", []))
     )
+    tying = plan_tying(plan) if any(op.tied for op in plan.ops) else None
     with torch.no_grad():
         for param in module.parameters():
             param.zero_()
         for basis_map, coefficient in pairs:
             slot = plan.map_slots[basis_map]
+            if tying is not None:  # the orbit's block of the flat parameter
+                flat = getattr(module, WEIGHT)
+                start = tying.slot_offset(slot) * c_in * c_out
+                values = coefficient.reshape(c_out * slot.row_factor, c_in * slot.col_factor)
+                flat[start : start + values.numel()] = values.reshape(-1).to(flat)
+                continue
             weight = getattr(module, f"{slot.op}_weight")
             rows = slice(slot.row_start * c_out, (slot.row_start + slot.row_factor) * c_out)
             cols = slice(slot.col_start * c_in, (slot.col_start + slot.col_factor) * c_in)
@@ -195,6 +235,11 @@ def load_into_generated(reference: nn.Module, plan: LinearPlan, module: nn.Modul
             ).to(weight)
         for basis_map, constant in zip(linear.constant_maps, linear.constants):
             slot = plan.constant_slots[basis_map]
+            if tying is not None:
+                flat = getattr(module, BIAS)
+                start = tying.slot_offset(slot, bias=True) * c_out
+                flat[start : start + constant.numel()] = constant.reshape(-1).to(flat)
+                continue
             bias = getattr(module, f"{slot.op}_bias")
             rows = slice(slot.row_start * c_out, (slot.row_start + slot.row_factor) * c_out)
             bias[rows] = constant.reshape(-1).to(bias)
@@ -226,7 +271,10 @@ class ReferenceInvariant(nn.Module):
         self.pools = [
             (t.name, m) for t in space.tensors for m in enumerate_block(perm_space, None, t)
         ]
+        self.orbits = _pool_orbits(space, self.pools) if magep is None else []
         width = sum(m.num_params for _, m in self.pools) * in_channels
+        if self.orbits:  # one coefficient per orbit under whole-head permutations
+            width = sum(self.pools[group[0]][1].num_params for group in self.orbits) * in_channels
         if magep is not None:  # every MAGEP invariant is indexed by fixed axes only: all entries
             for term in magep.terms:
                 width += prod(space.space(a.space).size for a in term.axes) * in_channels
@@ -272,6 +320,10 @@ class ReferenceInvariant(nn.Module):
                 * scale
             )
             pooled.append(value.reshape(value.shape[0], -1))
+        if self.orbits:
+            pooled = [
+                sum((pooled[k] for k in group[1:]), pooled[group[0]]) for group in self.orbits
+            ]
         if self.magep is not None:
             psi = dict(self.psi.items())
             for term in self.magep.terms:

@@ -166,10 +166,10 @@ def group_error(
     again from the generator's state, which bounds the peak by :func:`group_bytes`."""
     worst = 0.0
     with torch.no_grad():
-        for _ in range(samples):
+        for sample in range(samples):
             state = generator.get_state()
             x = random_weight_space(layout, setting.batch, setting.c_in, dtype, generator)
-            g = sample_group_element(layout, generator, scale_range)
+            g = sample_group_element(layout, generator, scale_range, move_heads=sample == 0)
             moved = apply_group_element(x, layout, g)
             del x
             out = layer(moved)

@@ -19,7 +19,14 @@ from enum import Enum
 from functools import cached_property
 from typing import Literal
 
-from nfn_runtime.layout import AxisLayout, SourceSlice, SpaceLayout, TensorLayout, WeightSpaceLayout
+from nfn_runtime.layout import (
+    AxisLayout,
+    HeadsLayout,
+    SourceSlice,
+    SpaceLayout,
+    TensorLayout,
+    WeightSpaceLayout,
+)
 
 __all__ = [
     "Scaling",
@@ -27,6 +34,8 @@ __all__ = [
     "NeuronSpace",
     "Axis",
     "TensorSpec",
+    "Head",
+    "HeadBlock",
     "WeightSpaceSpec",
     "QUERY_KEY_REASON",
     "VALUE_REASON",
@@ -133,6 +142,37 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Head:
+    """One attention head: the spaces of its query/key dimensions and of its value dimensions
+    (usually one each; several where a head's dimensions were split into parts)."""
+
+    query_key: tuple[str, ...]
+    value: tuple[str, ...]
+
+    @property
+    def spaces(self) -> tuple[str, ...]:
+        """Every space of the head: query/key first, then value."""
+        return (*self.query_key, *self.value)
+
+
+@dataclass(frozen=True)
+class HeadBlock:
+    """The heads of one attention operation (docs/math.md 8.6), as the front end found them.
+
+    The symmetry stage decides whether relabelling the heads (head ``h`` moved to ``h'``: its
+    spaces, and the tensors on them, moved together) is part of the group: ``permuted`` and
+    ``decided_by``; ``tensors[h]`` then lists the tensors and buffers of head ``h``, position
+    ``k`` of every head's tuple corresponding (the same axes up to the head's spaces).
+    """
+
+    where: str
+    heads: tuple[Head, ...]
+    permuted: bool = False
+    decided_by: str = ""
+    tensors: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class WeightSpaceSpec:
     """A weight space with its symmetry group: the input of every derivation step.
 
@@ -148,6 +188,13 @@ class WeightSpaceSpec:
     source: str = ""
     #: the symmetry options the group was derived with ("" before the symmetry stage)
     setting: str = ""
+    #: the attention heads, per attention operation (empty without attention)
+    head_blocks: tuple[HeadBlock, ...] = ()
+
+    @property
+    def permuted_heads(self) -> tuple[HeadBlock, ...]:
+        """The head blocks whose whole-head permutations are part of the group."""
+        return tuple(block for block in self.head_blocks if block.permuted)
 
     def __str__(self) -> str:
         spaces = ", ".join(f"{s.name}={s.size}" for s in self.spaces)
@@ -201,4 +248,8 @@ class WeightSpaceSpec:
                 tensor_layout(t, "weight" if t.kind == "weight" else "bias") for t in self.tensors
             ),
             buffers=tuple(tensor_layout(t, "buffer") for t in self.buffers),
+            heads=tuple(
+                HeadsLayout(tuple(h.spaces for h in block.heads), block.tensors)
+                for block in self.permuted_heads
+            ),
         )

@@ -18,10 +18,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from derive.errors import SpecError
 from nfn_tasks.kinds import MODEL_KINDS, TASK_NAMES
+
+if TYPE_CHECKING:
+    from nfn_tasks.experiment import ExperimentSettings
 
 __all__ = ["register", "add_task_commands", "TASK_COMMANDS"]
 
@@ -54,6 +57,7 @@ def add_task_commands(commands: Any) -> None:
     train.add_argument("--epochs", type=int, help="override the setting's epochs")
     train.add_argument("--batch-size", type=int, help="override the setting's global batch size")
     train.add_argument("--lr", type=float, help="override the setting's learning rate")
+    _probe_option(train)
     train.add_argument("--out", help="write the results as JSON here")
     train.add_argument("--checkpoint-dir", help="save each seed's best model here (rank 0)")
     _common(train)
@@ -65,7 +69,25 @@ def add_task_commands(commands: Any) -> None:
     experiment.add_argument("--seeds", help="comma list of seeds (default: the setting's)")
     experiment.add_argument("--models", help="comma list of model kinds (default: all)")
     experiment.add_argument("--tasks", help="comma list of tasks (default: all)")
+    _probe_option(experiment)
     _common(experiment)
+
+
+def _probe_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--probe-grid",
+        type=int,
+        help="side of the grid of probe inputs whose hidden activations feed the models on the "
+        "INR task (0: weights only; default: the setting's)",
+    )
+
+
+def _with_probes(settings: ExperimentSettings, grid: int | None) -> ExperimentSettings:
+    if grid is None:
+        return settings
+    if grid < 0:
+        raise SpecError(f"must be 0 or a positive integer, got {grid}", "--probe-grid")
+    return replace(settings, model=replace(settings.model, probe_grid=grid))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -143,7 +165,7 @@ def _train(args: argparse.Namespace) -> int:
     from nfn_tasks.experiment import load_task, mean_std
     from nfn_tasks.train import metric_name, task_data, train_model
 
-    settings = _settings(args.setting)
+    settings = _with_probes(_settings(args.setting), args.probe_grid)
     seeds = _ints(args.seeds, "--seeds")
     for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -222,7 +244,7 @@ def _train(args: argparse.Namespace) -> int:
 def _experiment(args: argparse.Namespace) -> int:
     from nfn_tasks.experiment import results_table, run_experiment
 
-    settings = _settings(args.setting)
+    settings = _with_probes(_settings(args.setting), args.probe_grid)
     if args.seeds:
         settings = replace(settings, seeds=_ints(args.seeds, "--seeds"))
     if args.models:

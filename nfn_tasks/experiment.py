@@ -6,7 +6,7 @@ Tasks: ``generalization-relu`` and ``generalization-tanh`` (CNN zoos, Kendall's 
 transformers, Kendall's tau). ``small`` is the quick default (a few minutes on two cores; the
 CNN and INR tasks only); ``transformer`` runs the transformer task alone at the size of
 ``small`` (about ten minutes on two cores, so it has its own setting); ``full`` trains the same
-models on the full zoos (1000 CNNs, two fits of each of the 1797 digits, 500 transformers);
+models on the full zoos (1000 CNNs, four fits of each of the 1797 digits, 500 transformers);
 ``tiny`` (for tests) has every task. A model kind that cannot be built for a task's architecture (the
 ``nfn`` package's layers on a transformer, say) is left out of that task with the reason, which
 the table states.
@@ -84,7 +84,7 @@ SETTINGS: dict[str, ExperimentSettings] = {
         inr=INRZooSettings.small(),
         train=TrainConfig(epochs=20, batch_size=32, lr=2e-3),
         inr_train=TrainConfig(epochs=20, batch_size=32, lr=2e-3),
-        model=ModelConfig(channels=8, layers=2, invariant_dim=32, head_hidden=64),
+        model=ModelConfig(channels=8, layers=2, invariant_dim=32, head_hidden=64, probe_grid=8),
         tasks=("generalization-relu", "generalization-tanh", "inr"),
     ),
     "transformer": ExperimentSettings(
@@ -103,7 +103,7 @@ SETTINGS: dict[str, ExperimentSettings] = {
         inr=INRZooSettings.tiny(),
         train=TrainConfig(epochs=2, batch_size=8, lr=2e-3),
         inr_train=TrainConfig(epochs=2, batch_size=8, lr=2e-3),
-        model=ModelConfig(channels=4, layers=2, invariant_dim=8, head_hidden=16),
+        model=ModelConfig(channels=4, layers=2, invariant_dim=8, head_hidden=16, probe_grid=8),
         seeds=(0,),
         transformer=TransformerZooSettings.tiny(),
     ),
@@ -113,7 +113,7 @@ SETTINGS: dict[str, ExperimentSettings] = {
         inr=INRZooSettings(),
         train=TrainConfig(epochs=20, batch_size=32, lr=2e-3),
         inr_train=TrainConfig(epochs=20, batch_size=32, lr=2e-3),
-        model=ModelConfig(channels=8, layers=2, invariant_dim=32, head_hidden=64),
+        model=ModelConfig(channels=8, layers=2, invariant_dim=32, head_hidden=64, probe_grid=8),
         transformer=TransformerZooSettings(),
     ),
 }

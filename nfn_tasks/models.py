@@ -13,6 +13,13 @@ Every model maps a :class:`~nfn_runtime.WeightSpace` with one channel (a batch o
   al.); ``mlp``: an MLP on the flattened weights;
 - ``nfn-hnp`` / ``nfn-np``: the ``nfn`` package's ``HNPLinear`` / ``NPLinear`` layers with
   ReLU, its pooling layer and the same head (the external peer).
+
+With probe features (:mod:`nfn_tasks.probes`, the INR task), every model that can take them
+does: the equivariant ones (generated and ``nfn-hnp``) add a linear map of each hidden space's
+activations to that space's bias channels after their first layer, ``statnn`` appends the same
+seven statistics of each space's activations, ``mlp`` appends them flattened. ``np`` and
+``nfn-np`` do not: their group also permutes the input neurons, which moves the activations at
+fixed probe inputs in a way no permutation of the features follows.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from derive.pipeline import Derivation, derive, generate
 from derive.verify.checklist import layer_class, load_generated
 from nfn_runtime import EquivariantNonlinearity, WeightSpace, WeightSpaceLayout, to_nfn
 from nfn_tasks.kinds import EQUIVARIANT_KINDS, MODEL_KINDS
+from nfn_tasks.probes import ChainProbes
 
 __all__ = [
     "MODEL_KINDS",
+    "PROBELESS_KINDS",
     "EQUIVARIANT_KINDS",
     "ModelConfig",
     "GeneratedLayers",
@@ -46,6 +55,10 @@ __all__ = [
 ]
 
 
+#: kinds whose group also permutes the input neurons, so probe features cannot feed them
+PROBELESS_KINDS = ("np", "nfn-np")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes shared by every model kind (so that comparisons are like for like)."""
@@ -55,6 +68,7 @@ class ModelConfig:
     invariant_dim: int = 32  # output of the invariant / pooling stage
     head_hidden: int = 64  # hidden width of the MLP head (and of the baselines' MLPs)
     polynomial_degree: int = 2  # degree bound of complete-family polynomial layers
+    probe_grid: int = 0  # side of the grid of probe inputs on the INR task (0: no probes)
 
 
 @dataclass(frozen=True)
@@ -144,7 +158,9 @@ class Standardize(nn.Module):
 @torch.no_grad()
 def calibrate(model: nn.Module, ws: WeightSpace) -> None:
     """Fix every :class:`Standardize` of ``model`` from one pass over ``ws`` (eval mode)."""
-    layers = [m for m in model.modules() if isinstance(m, Standardize)]
+    layers: list[Standardize | ChainProbes] = [
+        m for m in model.modules() if isinstance(m, (Standardize, ChainProbes))
+    ]
     training = model.training
     model.eval()
     for layer in layers:
@@ -165,14 +181,37 @@ def _head(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     )  # fmt: skip
 
 
+class ProbeInput(nn.Module):
+    """Each hidden space's probe features mapped over the probe axis (no constant term) to
+    ``channels``, shaped like that space's bias: ``(B, channels, n)`` per space."""
+
+    def __init__(self, probes: ChainProbes, channels: int) -> None:
+        super().__init__()
+        self.probes = probes
+        self.maps = nn.ModuleList(
+            nn.Linear(probes.count, channels, bias=False) for _ in probes.spaces
+        )
+
+    def forward(self, ws: WeightSpace) -> list[Tensor]:
+        features = self.probes(ws)
+        return [m(f).transpose(1, 2) for m, f in zip(self.maps, features)]
+
+
 class EquivariantNFN(nn.Module):
-    """Equivariant layers with equivariant nonlinearities, the invariant layer, an MLP head."""
+    """Equivariant layers with equivariant nonlinearities, the invariant layer, an MLP head
+    (with ``probes``, their features are added to the hidden biases after the first layer)."""
 
     def __init__(
-        self, layers: GeneratedLayers, config: ModelConfig, outputs: int, permutation_only: bool
+        self,
+        layers: GeneratedLayers,
+        config: ModelConfig,
+        outputs: int,
+        permutation_only: bool,
+        probes: ChainProbes | None = None,
     ) -> None:
         super().__init__()
         self.layout = layers.layout
+        self.probe_input = ProbeInput(probes, config.channels) if probes is not None else None
         channels = config.channels
         blocks: list[nn.Module] = []
         for index in range(config.layers):
@@ -188,27 +227,48 @@ class EquivariantNFN(nn.Module):
         self.head = _head(config.invariant_dim, config.head_hidden, outputs)
 
     def forward(self, ws: WeightSpace) -> Tensor:
-        for block, activation in zip(self.blocks, self.activations):
-            ws = activation(block(ws))
+        probe = self.probe_input(ws) if self.probe_input is not None else None
+        for index, (block, activation) in enumerate(zip(self.blocks, self.activations)):
+            ws = block(ws)
+            if index == 0 and probe is not None:
+                ws = self._add_to_biases(ws, probe)
+            ws = activation(ws)
         out: Tensor = self.head(self.invariant(ws))
         return out
 
+    def _add_to_biases(self, ws: WeightSpace, probe: list[Tensor]) -> WeightSpace:
+        assert self.probe_input is not None
+        named = ws.named(self.layout)
+        for bias, value in zip(self.probe_input.probes.biases, probe):
+            named[bias] = named[bias] + value
+        return WeightSpace.from_named(self.layout, named)
+
 
 class StatNN(nn.Module):
-    """Per tensor: mean, variance and the 0, 25, 50, 75, 100% quantiles; then an MLP."""
+    """Per tensor (and per hidden space's probe features): mean, variance and the 0, 25, 50,
+    75, 100% quantiles; then an MLP."""
 
     QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
-    def __init__(self, layout: WeightSpaceLayout, config: ModelConfig, outputs: int) -> None:
+    def __init__(
+        self,
+        layout: WeightSpaceLayout,
+        config: ModelConfig,
+        outputs: int,
+        probes: ChainProbes | None = None,
+    ) -> None:
         super().__init__()
         self.layout = layout
-        features = 7 * len(layout.tensors)
-        self.head = _head(features, config.head_hidden, outputs)
+        self.probes = probes
+        sets = len(layout.tensors) + (len(probes.spaces) if probes is not None else 0)
+        self.head = _head(7 * sets, config.head_hidden, outputs)
 
     def forward(self, ws: WeightSpace) -> Tensor:
+        values = [tensor[:, 0].flatten(1) for tensor in ws.tensors()]
+        if self.probes is not None:
+            values += [f.flatten(1) for f in self.probes(ws)]
         stats = []
-        for tensor in ws.tensors():
-            flat = tensor[:, 0].flatten(1)
+        for flat in values:
             q = torch.tensor(self.QUANTILES, dtype=flat.dtype, device=flat.device)
             stats += [flat.mean(1, keepdim=True), flat.var(1, correction=0, keepdim=True)]
             stats.append(torch.quantile(flat, q, dim=1).T)
@@ -217,15 +277,29 @@ class StatNN(nn.Module):
 
 
 class FlatMLP(nn.Module):
-    """An MLP on all weights flattened into one vector (no symmetry at all)."""
+    """An MLP on all weights flattened into one vector (no symmetry at all), and on the probe
+    features flattened."""
 
-    def __init__(self, layout: WeightSpaceLayout, config: ModelConfig, outputs: int) -> None:
+    def __init__(
+        self,
+        layout: WeightSpaceLayout,
+        config: ModelConfig,
+        outputs: int,
+        probes: ChainProbes | None = None,
+    ) -> None:
         super().__init__()
         self.layout = layout
-        self.head = _head(layout.num_params(), 2 * config.head_hidden, outputs)
+        self.probes = probes
+        inputs = layout.num_params()
+        if probes is not None:
+            inputs += probes.count * sum(layout.space(s).size for s in probes.spaces)
+        self.head = _head(inputs, 2 * config.head_hidden, outputs)
 
     def forward(self, ws: WeightSpace) -> Tensor:
-        out: Tensor = self.head(ws.flatten()[:, 0])
+        parts = [ws.flatten()[:, 0]]
+        if self.probes is not None:
+            parts += [f.flatten(1) for f in self.probes(ws)]
+        out: Tensor = self.head(torch.cat(parts, dim=1))
         return out
 
 
@@ -235,7 +309,7 @@ class NFNPackageModel(nn.Module):
 
     def __init__(
         self, layout: WeightSpaceLayout, example: WeightSpace, config: ModelConfig, outputs: int,
-        setting: str,
+        setting: str, probes: ChainProbes | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         from nfn.common import network_spec_from_wsfeat
@@ -244,9 +318,11 @@ class NFNPackageModel(nn.Module):
         self.layout = layout
         spec = network_spec_from_wsfeat(to_nfn(example))
         linear, pool = (HNPLinear, HNPPool) if setting == "hnp" else (NPLinear, NPPool)
-        layers: list[nn.Module] = []
-        for index in range(config.layers):
-            layers.append(linear(spec, 1 if index == 0 else config.channels, config.channels))
+        self.first = linear(spec, 1, config.channels)
+        self.probe_input = ProbeInput(probes, config.channels) if probes is not None else None
+        layers: list[nn.Module] = [TupleOp(nn.ReLU())]
+        for _ in range(1, config.layers):
+            layers.append(linear(spec, config.channels, config.channels))
             layers.append(TupleOp(nn.ReLU()))
         self.layers = nn.Sequential(*layers)
         self.pool = pool(spec)
@@ -255,7 +331,15 @@ class NFNPackageModel(nn.Module):
         self.head = _head(config.invariant_dim, config.head_hidden, outputs)
 
     def forward(self, ws: WeightSpace) -> Tensor:
-        features = self.pool(self.layers(to_nfn(ws))).flatten(1)
+        from nfn.common import WeightSpaceFeatures
+
+        hidden = self.first(to_nfn(ws))
+        if self.probe_input is not None:  # layer l's bias is hidden space l's (a chain)
+            biases = list(hidden.biases)
+            for index, value in enumerate(self.probe_input(ws)):
+                biases[index] = biases[index] + value
+            hidden = WeightSpaceFeatures(hidden.weights, biases)
+        features = self.pool(self.layers(hidden)).flatten(1)
         out: Tensor = self.head(self.project(features))
         return out
 
@@ -267,20 +351,27 @@ def build_model(
     example: WeightSpace,
     outputs: int,
     config: ModelConfig | None = None,
+    probes: ChainProbes | None = None,
 ) -> nn.Module:
     """A fresh model of ``kind`` for networks of ``architecture`` (``example``: a batch of them,
-    used by the ``nfn`` package to read the shapes)."""
+    used by the ``nfn`` package to read the shapes), fed ``probes`` where the kind takes them
+    (every kind but ``np`` and ``nfn-np``; see the module docstring)."""
     config = config or ModelConfig()
+    if kind in PROBELESS_KINDS:
+        probes = None
     if kind in EQUIVARIANT_KINDS:
         layers = generated_layers(architecture, tuple(input_shape), kind, config.polynomial_degree)
-        return EquivariantNFN(layers, config, outputs, permutation_only=kind in ("hnp", "np"))
+        return EquivariantNFN(
+            layers, config, outputs, permutation_only=kind in ("hnp", "np"), probes=probes
+        )
     layout = weight_space_layout(architecture, tuple(input_shape))
     if kind == "statnn":
-        return StatNN(layout, config, outputs)
+        return StatNN(layout, config, outputs, probes)
     if kind == "mlp":
-        return FlatMLP(layout, config, outputs)
+        return FlatMLP(layout, config, outputs, probes)
     if kind in ("nfn-hnp", "nfn-np"):
-        return NFNPackageModel(layout, example, config, outputs, kind.removeprefix("nfn-"))
+        setting = kind.removeprefix("nfn-")
+        return NFNPackageModel(layout, example, config, outputs, setting, probes)
     raise ValueError(f"unknown model kind {kind!r} (valid: {', '.join(MODEL_KINDS)})")
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfn_runtime import WeightSpace, WeightSpaceLayout
+from nfn_tasks.data import pixel_grid
 from nfn_tasks.models import (
     ModelConfig,
     build_model,
@@ -31,6 +32,7 @@ from nfn_tasks.models import (
     count_parameters,
     weight_space_layout,
 )
+from nfn_tasks.probes import ChainProbes
 from nfn_tasks.zoo import Zoo
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "TaskData",
     "TrainResult",
     "task_data",
+    "task_probes",
     "zoo_weight_space",
     "kendall_tau",
     "metric_name",
@@ -68,8 +71,10 @@ class TaskData:
     """A zoo as tensors: the whole weight space (one channel), targets and the three splits.
 
     ``weights`` are the zoo's weights divided tensor by tensor by ``scales`` (the root mean
-    square of that tensor over the training networks). A scalar per tensor commutes with every
-    permutation, scaling and sign flip, so the normalized weights carry the same symmetries."""
+    square of that tensor over the training networks; corresponding tensors of the heads of an
+    attention share one). A scalar per tensor commutes with every permutation, scaling and
+    sign flip, and a scalar shared across heads with relabelling them, so the normalized
+    weights carry the same symmetries."""
 
     task: str
     zoo: Zoo
@@ -141,10 +146,13 @@ def task_data(zoo: Zoo, task: str, config: TrainConfig) -> TaskData:
     targets = zoo.targets.float() if task == "generalization" else zoo.targets.long()
     train = rest[inner_train]
     raw = zoo_weight_space(zoo, layout)
-    scales = {
-        name: float(value.index_select(0, train).double().pow(2).mean().sqrt()) or 1.0
-        for name, value in raw.named(layout).items()
-    }
+    scales = _tie_head_scales(
+        {
+            name: float(value.index_select(0, train).double().pow(2).mean().sqrt()) or 1.0
+            for name, value in raw.named(layout).items()
+        },
+        layout,
+    )
     weights = WeightSpace.from_named(
         layout, {name: value / scales[name] for name, value in raw.named(layout).items()}
     )
@@ -159,6 +167,32 @@ def task_data(zoo: Zoo, task: str, config: TrainConfig) -> TaskData:
         test=test,
         scales=scales,
     )
+
+
+def _tie_head_scales(scales: dict[str, float], layout: WeightSpaceLayout) -> dict[str, float]:
+    """One scale for the corresponding tensors of every head (their root mean square), so that
+    dividing by the scales commutes with relabelling heads as well."""
+    tied = dict(scales)
+    for heads in layout.heads:
+        for entry in zip(*heads.tensors):  # entry k of every head
+            names = [name for name in entry if name in scales]
+            if names:
+                shared = math.sqrt(sum(scales[name] ** 2 for name in names) / len(names))
+                tied.update(dict.fromkeys(names, shared))
+    return tied
+
+
+def task_probes(data: TaskData, config: ModelConfig | None) -> ChainProbes | None:
+    """The probe features ``config`` asks for on the INR task: the SIRENs' hidden activations
+    at the pixel centres of a ``probe_grid x probe_grid`` image (``nfn_tasks.data.pixel_grid``; 8: the digits' own pixels) (None on other tasks, or when off)."""
+    if config is None or config.probe_grid == 0 or data.task != "inr":
+        return None
+    from nfn_tasks.zoo_inr import OMEGA
+
+    def sine(z: Tensor) -> Tensor:
+        return torch.sin(OMEGA * z)
+
+    return ChainProbes(data.layout, sine, pixel_grid(config.probe_grid), data.scales)
 
 
 def kendall_tau(x: Tensor, y: Tensor) -> float:
@@ -240,6 +274,7 @@ def train_model(
         example,
         data.outputs,
         model_config,
+        probes=task_probes(data, model_config),
     )
     calibrate(model, _select(data.weights, data.train))
     parameters = count_parameters(model)

@@ -94,7 +94,11 @@ def _group_options(kind: str) -> tuple[str, str]:
 @cache
 def _derivation(architecture: str, input_shape: tuple[int, ...], kind: str) -> Derivation:
     permute, scaling = _group_options(kind)
-    return derive(torch_spec(architecture, input_shape, permute, scaling, name="zoo"))
+    # tracing builds the architecture, which draws its initialization from the global random
+    # state: keep that state untouched, so a model's initialization depends on its seed only
+    # and not on whether its layers were derived before (cached) or inside build_model
+    with torch.random.fork_rng():
+        return derive(torch_spec(architecture, input_shape, permute, scaling, name="zoo"))
 
 
 def weight_space_layout(

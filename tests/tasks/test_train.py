@@ -83,3 +83,23 @@ def test_kendall_tau() -> None:
     assert kendall_tau(x, -x) == pytest.approx(-1.0)
     assert kendall_tau(x, torch.tensor([0.1, 0.3, 0.4, 0.9])) == pytest.approx(2 / 3)
     assert kendall_tau(x, torch.zeros(4)) == 0.0
+
+
+def test_initialization_does_not_depend_on_the_layer_cache(zoos) -> None:
+    """Deriving a model's layers (which traces, and so builds, the architecture) must not
+    consume the random state its initialization is drawn from."""
+    from nfn_tasks.models import _derivation, generated_layers
+
+    data = task_data(zoos["generalization-relu"], "generalization", CONFIG)
+    batch = data.weights.map(lambda t: t[:2])
+
+    def fresh() -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_model("monomial", data.zoo.architecture, data.zoo.input_shape, batch,
+                            data.outputs, MODEL)  # fmt: skip
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    _derivation.cache_clear()
+    generated_layers.cache_clear()
+    first = fresh()  # derives inside build_model
+    assert torch.equal(first, fresh())  # cached

@@ -1,4 +1,4 @@
-"""Building the full model zoos from scratch: 500 ReLU + 500 tanh CNNs and two SIREN fits of
+"""Building the full model zoos from scratch: 500 ReLU + 500 tanh CNNs and four SIREN fits of
 each of the 1797 digits (target: under 10 minutes on 2 cores), with the spread of the CNNs'
 test accuracies and the INR fit quality.
 

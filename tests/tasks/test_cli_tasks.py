@@ -26,6 +26,13 @@ def test_train_command(cli, zoos, zoo_cache: Path, tmp_path: Path) -> None:
     assert summary["task"] == "inr" and summary["metric"] == "accuracy"
     assert [run["seed"] for run in summary["runs"]] == [0, 1]
     assert "inr statnn: accuracy" in out
+    # weights only: a different model (no probe statistics), so a different parameter count
+    code, _, _ = cli("train", "--task", "inr", "--model", "statnn", "--setting", "tiny",
+                     "--seeds", "0", "--cache-dir", zoo_cache, "--no-progress",
+                     "--probe-grid", "0", "--out", out_file)  # fmt: skip
+    assert code == 0
+    without = json.loads(out_file.read_text())
+    assert without["runs"][0]["parameters"] < summary["runs"][0]["parameters"]
 
 
 def test_experiment_command(cli, zoos, zoo_cache: Path, tmp_path: Path) -> None:
@@ -44,6 +51,7 @@ def test_experiment_command(cli, zoos, zoo_cache: Path, tmp_path: Path) -> None:
             monomial["clean_float64"]["mean"], abs=1e-9
         )
     assert set(results["tasks"]["inr"]["models"]) == {"monomial", "hnp"}
+    assert results["settings"]["model"]["probe_grid"] == 8  # the tiny setting's probes
     table = (out_dir / "results.md").read_text()
     assert "| monomial |" in table and "**inr**" in table
     assert (out_dir / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -57,6 +65,8 @@ def test_experiment_command(cli, zoos, zoo_cache: Path, tmp_path: Path) -> None:
         (["experiment", "--tasks", "imagenet"], ["--tasks", "'imagenet'"]),
         (["train", "--task", "inr", "--model", "hnp", "--seeds", "1,x"], ["--seeds", "'1,x'"]),
         (["train", "--task", "inr", "--model", "hnp", "--epochs", "0"], ["--epochs", "0"]),
+        (["experiment", "--probe-grid", "-2"], ["--probe-grid", "-2"]),
+        (["train", "--task", "inr", "--model", "hnp", "--probe-grid", "-1"], ["--probe-grid"]),
     ],
 )
 def test_bad_arguments(cli, one_line_error, tmp_path: Path, argv, fragments) -> None:

@@ -16,6 +16,7 @@ from nfn_runtime.convert import (
 from nfn_runtime.group import (
     GroupElement,
     apply_group_element,
+    head_relabelling,
     identity_element,
     inverse_permutation,
     sample_group_element,
@@ -96,6 +97,7 @@ __all__ = [
     "equivariance_error",
     "from_nfn",
     "gated_nonlinearity",
+    "head_relabelling",
     "identity_element",
     "invariance_error",
     "inverse_permutation",

@@ -22,7 +22,7 @@ Transformations *outside* the group, for sensitivity tests (docs/math.md section
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +35,7 @@ __all__ = [
     "GroupElement",
     "apply_group_element",
     "identity_element",
+    "head_relabelling",
     "inverse_permutation",
     "sample_group_element",
     "tensor_moves",
@@ -158,6 +159,22 @@ def identity_element(layout: WeightSpaceLayout, dtype: torch.dtype = torch.float
         {s.name: torch.arange(s.size) for s in layout.spaces},
         {s.name: torch.ones(s.size, dtype=dtype) for s in layout.spaces},
     )
+
+
+def head_relabelling(
+    layout: WeightSpaceLayout, block: int, order: Sequence[int], dtype: torch.dtype = torch.float64
+) -> GroupElement:
+    """The element that moves head ``h`` of attention ``block`` to head ``order[h]`` and does
+    nothing else."""
+    heads = layout.heads[block]
+    relabel = {
+        source: target
+        for head, to in enumerate(order)
+        for source, target in zip(heads.spaces[head], heads.spaces[to])
+        if source != target
+    }
+    g = identity_element(layout, dtype)
+    return GroupElement(g.permutations, g.scales, relabel)
 
 
 def _log_uniform(

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from derive.verify.numeric import Generator, block_constraint, generators
 from derive.weightspace.model import WeightSpaceSpec
-from nfn_runtime.group import identity_element, tensor_moves
+from nfn_runtime.group import head_relabelling, tensor_moves
 
 __all__ = [
     "OrbitCheck",
@@ -40,19 +40,11 @@ def head_generators(space: WeightSpaceSpec) -> list[dict[str, str]]:
     acts): a swap of heads 0 and 1 and a cycle of all heads, per attention."""
     layout = space.to_layout()
     moves = []
-    for block in layout.heads:
+    for index, block in enumerate(layout.heads):
         count = block.count
         orders = [[1, 0, *range(2, count)]] + ([[*range(1, count), 0]] if count > 2 else [])
         for order in orders:
-            relabel = {
-                source: target
-                for head, to in enumerate(order)
-                for source, target in zip(block.spaces[head], block.spaces[to])
-                if source != target
-            }
-            g = identity_element(layout)
-            moved = tensor_moves(layout, type(g)(g.permutations, g.scales, relabel))
-            moves.append(moved)
+            moves.append(tensor_moves(layout, head_relabelling(layout, index, order)))
     return moves
 
 

@@ -22,7 +22,7 @@ from nfn_runtime import (
     GroupElement,
     apply_group_element,
     equivariance_error,
-    identity_element,
+    head_relabelling,
     invariance_error,
     network_symmetry_error,
     random_weight_space,
@@ -51,15 +51,7 @@ def _derivation(heads: int = HEADS):
 
 def _swap(layout, block: int = 0, order: tuple[int, ...] = (1, 0)) -> GroupElement:
     """The element relabelling the heads of one attention by ``order`` and nothing else."""
-    heads = layout.heads[block]
-    relabel = {
-        source: target
-        for head, to in enumerate(order)
-        for source, target in zip(heads.spaces[head], heads.spaces[to])
-        if source != target
-    }
-    g = identity_element(layout)
-    return GroupElement(g.permutations, g.scales, relabel)
+    return head_relabelling(layout, block, order)
 
 
 def test_the_heads_are_a_structured_block_permuted_as_wholes():

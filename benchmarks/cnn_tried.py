@@ -14,8 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nfn_tasks.experiment import SETTINGS, load_task, mean_std
-from nfn_tasks.train import task_data, train_model
+from benchmarks.tried import seeded_runs
+from nfn_tasks.experiment import SETTINGS, load_task
+from nfn_tasks.train import task_data
 
 SEEDS = (0, 1, 2)
 
@@ -41,12 +42,9 @@ def main() -> None:
     print(header, flush=True)
     for kind in ("monomial", "polynomial"):
         for name, (config, sizes) in variants.items():
-            runs = [train_model(kind, data, replace(config, seed=s), sizes) for s in SEEDS]
-            tau = mean_std([r.test_metric for r in runs])
-            first, last = runs[0].history[0]["loss"], runs[0].history[-1]["loss"]
-            cell = f"{tau['mean']:.3f} ± {tau['std']:.3f}"
-            rows.append(f"{kind:10s} {name:18s} {cell:>15s} {runs[0].val_metric:12.3f} "
-                        f"{runs[0].best_epoch:10d} {first:8.3f} {last:9.3f}")  # fmt: skip
+            r = seeded_runs(kind, data, config, sizes, SEEDS)
+            rows.append(f"{kind:10s} {name:18s} {r.test:>15s} {r.val:12.3f} "
+                        f"{r.best_epoch:10d} {r.first_loss:8.3f} {r.last_loss:9.3f}")  # fmt: skip
             print(rows[-1], flush=True)
     text = (
         f"ReLU CNN zoo, small setting ({len(zoo)} networks; train/val/test {len(data.train)}/"

@@ -20,15 +20,15 @@ accuracy stays at chance).
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nfn_tasks.experiment import SETTINGS, load_task, mean_std
+from benchmarks.tried import seeded_runs
+from nfn_tasks.experiment import SETTINGS, load_task
 from nfn_tasks.kinds import MODEL_KINDS
-from nfn_tasks.train import task_data, train_model
+from nfn_tasks.train import task_data
 
 GENERATED = ("hnp", "monomial", "polynomial")
 VARIANTS = {  # name -> (probe grid, channels, model kinds)
@@ -53,14 +53,9 @@ def main() -> None:
     for variant, (grid, channels, kinds) in VARIANTS.items():
         model = replace(settings.model, probe_grid=grid, channels=channels)
         for kind in kinds:
-            start = time.perf_counter()
-            results = [train_model(kind, data, replace(train, seed=s), model) for s in SEEDS]
-            seconds = (time.perf_counter() - start) / len(SEEDS)
-            accuracy = mean_std([r.test_metric for r in results])
-            first, last = results[0].history[0]["loss"], results[0].history[-1]["loss"]
-            cell = f"{accuracy['mean']:.3f} ± {accuracy['std']:.3f}"
-            rows.append(f"{variant:13s} {kind:11s} {cell:>15s} {results[0].best_epoch:10d} "
-                        f"{first:8.3f} {last:9.3f} {seconds:6.1f}")  # fmt: skip
+            r = seeded_runs(kind, data, train, model, SEEDS)
+            rows.append(f"{variant:13s} {kind:11s} {r.test:>15s} {r.best_epoch:10d} "
+                        f"{r.first_loss:8.3f} {r.last_loss:9.3f} {r.seconds:6.1f}")  # fmt: skip
             print(rows[-1], flush=True)
     text = (
         f"INR task, small setting's zoo ({len(zoo)} SIRENs; train/val/test {len(data.train)}/"

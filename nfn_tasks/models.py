@@ -248,6 +248,11 @@ class EquivariantNFN(nn.Module):
         return WeightSpace.from_named(self.layout, named)
 
 
+def _flat_probes(probes: ChainProbes | None, ws: WeightSpace) -> list[Tensor]:
+    """Each hidden space's probe features flattened to ``(B, n * P)`` (none without probes)."""
+    return [] if probes is None else [f.flatten(1) for f in probes(ws)]
+
+
 class StatNN(nn.Module):
     """Per tensor (and per hidden space's probe features): mean, variance and the 0, 25, 50,
     75, 100% quantiles; then an MLP."""
@@ -269,8 +274,7 @@ class StatNN(nn.Module):
 
     def forward(self, ws: WeightSpace) -> Tensor:
         values = [tensor[:, 0].flatten(1) for tensor in ws.tensors()]
-        if self.probes is not None:
-            values += [f.flatten(1) for f in self.probes(ws)]
+        values += _flat_probes(self.probes, ws)
         stats = []
         for flat in values:
             q = torch.tensor(self.QUANTILES, dtype=flat.dtype, device=flat.device)
@@ -300,9 +304,7 @@ class FlatMLP(nn.Module):
         self.head = _head(inputs, 2 * config.head_hidden, outputs)
 
     def forward(self, ws: WeightSpace) -> Tensor:
-        parts = [ws.flatten()[:, 0]]
-        if self.probes is not None:
-            parts += [f.flatten(1) for f in self.probes(ws)]
+        parts = [ws.flatten()[:, 0], *_flat_probes(self.probes, ws)]
         out: Tensor = self.head(torch.cat(parts, dim=1))
         return out
 

@@ -34,6 +34,7 @@ from nfn_tasks.models import (
 )
 from nfn_tasks.probes import ChainProbes
 from nfn_tasks.zoo import Zoo
+from nfn_tasks.zoo_inr import sine
 
 __all__ = [
     "TASKS",
@@ -187,11 +188,6 @@ def task_probes(data: TaskData, config: ModelConfig | None) -> ChainProbes | Non
     at the pixel centres of a ``probe_grid x probe_grid`` image (``nfn_tasks.data.pixel_grid``; 8: the digits' own pixels) (None on other tasks, or when off)."""
     if config is None or config.probe_grid == 0 or data.task != "inr":
         return None
-    from nfn_tasks.zoo_inr import OMEGA
-
-    def sine(z: Tensor) -> Tensor:
-        return torch.sin(OMEGA * z)
-
     return ChainProbes(data.layout, sine, pixel_grid(config.probe_grid), data.scales)
 
 

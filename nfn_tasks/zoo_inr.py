@@ -21,11 +21,16 @@ from torch import Tensor
 from nfn_tasks.data import digits, pixel_grid
 from nfn_tasks.zoo import INRZooSettings, Zoo
 
-__all__ = ["SIREN_WIDTHS", "OMEGA", "fit_inr_zoo", "siren_forward"]
+__all__ = ["SIREN_WIDTHS", "OMEGA", "fit_inr_zoo", "sine", "siren_forward"]
 
 SIREN_WIDTHS = (2, 32, 32, 1)
 OMEGA = 30.0
 KEYS = ("hidden.0", "hidden.1", "out")
+
+
+def sine(z: Tensor) -> Tensor:
+    """The SIREN's hidden nonlinearity, ``sin(OMEGA * z)``."""
+    return torch.sin(OMEGA * z)
 
 
 def siren_forward(params: dict[str, Tensor], coordinates: Tensor) -> Tensor:
@@ -36,7 +41,7 @@ def siren_forward(params: dict[str, Tensor], coordinates: Tensor) -> Tensor:
             params[f"{key}.bias"].unsqueeze(1), h, params[f"{key}.weight"].transpose(1, 2)
         )
         if key != "out":
-            h = torch.sin(OMEGA * h)
+            h = sine(h)
     return h
 
 

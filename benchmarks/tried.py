@@ -1,0 +1,43 @@
+"""One model kind trained over several seeds, summarized for the "what we tried" benchmarks
+(``inr_tried.py``, ``cnn_tried.py``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from nfn_tasks.experiment import mean_std
+from nfn_tasks.models import ModelConfig
+from nfn_tasks.train import TaskData, TrainConfig, train_model
+
+
+@dataclass(frozen=True)
+class SeededRuns:
+    """Test metric over the seeds; validation metric, best epoch and first / last training loss
+    of the first seed; seconds per run."""
+
+    test: str  # "mean ± std"
+    val: float
+    best_epoch: int
+    first_loss: float
+    last_loss: float
+    seconds: float
+
+
+def seeded_runs(
+    kind: str, data: TaskData, train: TrainConfig, sizes: ModelConfig, seeds: tuple[int, ...]
+) -> SeededRuns:
+    """Train ``kind`` once per seed and summarize the runs."""
+    start = time.perf_counter()
+    runs = [train_model(kind, data, replace(train, seed=s), sizes) for s in seeds]
+    seconds = (time.perf_counter() - start) / len(seeds)
+    metric = mean_std([r.test_metric for r in runs])
+    first = runs[0]
+    return SeededRuns(
+        test=f"{metric['mean']:.3f} ± {metric['std']:.3f}",
+        val=first.val_metric,
+        best_epoch=first.best_epoch,
+        first_loss=first.history[0]["loss"],
+        last_loss=first.history[-1]["loss"],
+        seconds=seconds,
+    )

@@ -80,14 +80,24 @@ def _probe_option(parser: argparse.ArgumentParser) -> None:
         help="side of the grid of probe inputs whose hidden activations feed the models on the "
         "INR task (0: weights only; default: the setting's)",
     )
+    parser.add_argument(
+        "--probe-images",
+        type=int,
+        help="digits per class whose mean channel activations feed the models on the CNN zoos "
+        "(0: weights only; default: the setting's)",
+    )
 
 
-def _with_probes(settings: ExperimentSettings, grid: int | None) -> ExperimentSettings:
-    if grid is None:
-        return settings
-    if grid < 0:
-        raise SpecError(f"must be 0 or a positive integer, got {grid}", "--probe-grid")
-    return replace(settings, model=replace(settings.model, probe_grid=grid))
+def _with_probes(settings: ExperimentSettings, args: argparse.Namespace) -> ExperimentSettings:
+    model = settings.model
+    for option, field in (("--probe-grid", "probe_grid"), ("--probe-images", "probe_images")):
+        value = getattr(args, field)
+        if value is None:
+            continue
+        if value < 0:
+            raise SpecError(f"must be 0 or a positive integer, got {value}", option)
+        model = replace(model, **{field: value})
+    return replace(settings, model=model)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
     from nfn_tasks.experiment import load_task, mean_std
     from nfn_tasks.train import metric_name, task_data, train_model
 
-    settings = _with_probes(_settings(args.setting), args.probe_grid)
+    settings = _with_probes(_settings(args.setting), args)
     seeds = _ints(args.seeds, "--seeds")
     for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -244,7 +254,7 @@ def _train(args: argparse.Namespace) -> int:
 def _experiment(args: argparse.Namespace) -> int:
     from nfn_tasks.experiment import results_table, run_experiment
 
-    settings = _with_probes(_settings(args.setting), args.probe_grid)
+    settings = _with_probes(_settings(args.setting), args)
     if args.seeds:
         settings = replace(settings, seeds=_ints(args.seeds, "--seeds"))
     if args.models:

@@ -14,7 +14,7 @@ Every model maps a :class:`~nfn_runtime.WeightSpace` with one channel (a batch o
 - ``nfn-hnp`` / ``nfn-np``: the ``nfn`` package's ``HNPLinear`` / ``NPLinear`` layers with
   ReLU, its pooling layer and the same head (the external peer).
 
-With probe features (:mod:`nfn_tasks.probes`, the INR task), every model that can take them
+With probe features (:mod:`nfn_tasks.probes`: the INR task, the CNN zoos), every model that can take them
 does: the equivariant ones (generated and ``nfn-hnp``) add a linear map of each hidden space's
 activations to that space's bias channels after their first layer, ``statnn`` appends the same
 seven statistics of each space's activations, ``mlp`` appends them flattened. ``np`` and
@@ -69,6 +69,7 @@ class ModelConfig:
     head_hidden: int = 64  # hidden width of the MLP head (and of the baselines' MLPs)
     polynomial_degree: int = 2  # degree bound of complete-family polynomial layers
     probe_grid: int = 0  # side of the grid of probe inputs on the INR task (0: no probes)
+    probe_images: int = 0  # probe digits per class on the CNN zoos' task (0: no probes)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfn_runtime import WeightSpace, WeightSpaceLayout
-from nfn_tasks.data import pixel_grid
+from nfn_tasks.data import digits, pixel_grid, stratified_split
 from nfn_tasks.models import (
     ModelConfig,
     build_model,
@@ -34,7 +34,8 @@ from nfn_tasks.models import (
 )
 from nfn_tasks.probes import ChainProbes
 from nfn_tasks.zoo import Zoo
-from nfn_tasks.zoo_inr import sine
+from nfn_tasks.zoo_cnn import cnn_hidden
+from nfn_tasks.zoo_inr import siren_hidden
 
 __all__ = [
     "TASKS",
@@ -43,6 +44,7 @@ __all__ = [
     "TrainResult",
     "task_data",
     "task_probes",
+    "probe_digits",
     "zoo_weight_space",
     "kendall_tau",
     "metric_name",
@@ -184,11 +186,34 @@ def _tie_head_scales(scales: dict[str, float], layout: WeightSpaceLayout) -> dic
 
 
 def task_probes(data: TaskData, config: ModelConfig | None) -> ChainProbes | None:
-    """The probe features ``config`` asks for on the INR task: the SIRENs' hidden activations
-    at the pixel centres of a ``probe_grid x probe_grid`` image (``nfn_tasks.data.pixel_grid``; 8: the digits' own pixels) (None on other tasks, or when off)."""
-    if config is None or config.probe_grid == 0 or data.task != "inr":
+    """The probe features ``config`` asks for: on the INR task the SIRENs' hidden activations
+    at the pixel centres of a ``probe_grid x probe_grid`` image (``nfn_tasks.data.pixel_grid``;
+    8: the digits' own pixels); on a CNN zoo each channel's mean activation on
+    ``probe_images`` digits per class (:func:`probe_digits`). None elsewhere (the transformer
+    zoo), or when off."""
+    if config is None:
         return None
-    return ChainProbes(data.layout, sine, pixel_grid(config.probe_grid), data.scales)
+    if data.zoo.kind == "inr" and config.probe_grid > 0:
+        return ChainProbes(data.layout, siren_hidden, pixel_grid(config.probe_grid), data.scales)
+    if data.zoo.kind == "cnn" and config.probe_images > 0:
+        activation = data.zoo.activation
+
+        def hidden(params: dict[str, Tensor], images: Tensor) -> list[Tensor]:
+            return cnn_hidden(params, images, activation)
+
+        images = probe_digits(data.zoo, config.probe_images)
+        return ChainProbes(data.layout, hidden, images, data.scales)
+    return None
+
+
+def probe_digits(zoo: Zoo, per_class: int) -> Tensor:
+    """The first ``per_class`` digits of each class (in the data set's order) among the images
+    the CNN zoo trained on (never its held-out images, on which the targets are measured),
+    ``(10 * per_class, 1, 8, 8)`` ordered by class."""
+    images, labels = digits(torch.float32)
+    pool, _ = stratified_split(labels, zoo.settings["test_images"], zoo.settings["seed"])
+    chosen = [pool[labels[pool] == label][:per_class] for label in range(10)]
+    return images[torch.cat(chosen)]
 
 
 def kendall_tau(x: Tensor, y: Tensor) -> float:

@@ -25,7 +25,7 @@ from nfn_tasks.data import digits, stratified_split
 from nfn_tasks.zoo import CNNZooSettings, Zoo
 from nfn_tasks.zoo_training import Hyperparameters, Schedule, adamw_step, uniform
 
-__all__ = ["CNN_CHANNELS", "train_cnn_zoo", "cnn_forward", "cnn_accuracy"]
+__all__ = ["CNN_CHANNELS", "train_cnn_zoo", "cnn_forward", "cnn_hidden", "cnn_accuracy"]
 
 CNN_CHANNELS = (1, 8, 8, 8)
 CLASSES = 10
@@ -38,13 +38,19 @@ def _activation(name: str) -> Callable[[Tensor], Tensor]:
     return torch.relu if name == "relu" else torch.tanh
 
 
-def cnn_forward(params: Params, images: Tensor, keep: Tensor | None, activation: str) -> Tensor:
-    """One network's logits (``SmallCNN.forward``); ``keep``: the scaled dropout mask."""
+def _conv_stack(params: Params, images: Tensor, activation: str) -> list[Tensor]:
+    """One network's activation maps, per convolution."""
     act = _activation(activation)
-    h = images
+    h, maps = images, []
     for key in CONV_KEYS:
         h = act(F.conv2d(h, params[f"{key}.weight"], params[f"{key}.bias"], stride=2, padding=1))
-    h = h.mean(dim=(-2, -1))
+        maps.append(h)
+    return maps
+
+
+def cnn_forward(params: Params, images: Tensor, keep: Tensor | None, activation: str) -> Tensor:
+    """One network's logits (``SmallCNN.forward``); ``keep``: the scaled dropout mask."""
+    h = _conv_stack(params, images, activation)[-1].mean(dim=(-2, -1))
     if keep is not None:
         h = h * keep
     return F.linear(h, params["head.weight"], params["head.bias"])
@@ -66,6 +72,17 @@ def _init_params(count: int, scales: Tensor, generator: torch.Generator) -> Para
         uniform = torch.rand((count, *shape), generator=generator) * 2 - 1
         params[key] = (uniform * bound).float()
     return params
+
+
+def cnn_hidden(params: Params, images: Tensor, activation: str) -> list[Tensor]:
+    """Stacked networks' hidden activations at ``images (P, 1, 8, 8)``: per convolution, each
+    channel's activation averaged over the image, ``(N, P, channels)``."""
+
+    def one(p: Params) -> list[Tensor]:
+        return [h.mean(dim=(-2, -1)) for h in _conv_stack(p, images, activation)]
+
+    hidden: list[Tensor] = vmap(one)(params)
+    return hidden
 
 
 def cnn_accuracy(params: Params, images: Tensor, labels: Tensor, activation: str) -> Tensor:

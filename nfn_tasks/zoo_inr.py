@@ -21,7 +21,7 @@ from torch import Tensor
 from nfn_tasks.data import digits, pixel_grid
 from nfn_tasks.zoo import INRZooSettings, Zoo
 
-__all__ = ["SIREN_WIDTHS", "OMEGA", "fit_inr_zoo", "sine", "siren_forward"]
+__all__ = ["SIREN_WIDTHS", "OMEGA", "fit_inr_zoo", "sine", "siren_forward", "siren_hidden"]
 
 SIREN_WIDTHS = (2, 32, 32, 1)
 OMEGA = 30.0
@@ -33,16 +33,26 @@ def sine(z: Tensor) -> Tensor:
     return torch.sin(OMEGA * z)
 
 
+def _dense(params: dict[str, Tensor], key: str, h: Tensor) -> Tensor:
+    return torch.baddbmm(
+        params[f"{key}.bias"].unsqueeze(1), h, params[f"{key}.weight"].transpose(1, 2)
+    )
+
+
+def siren_hidden(params: dict[str, Tensor], coordinates: Tensor) -> list[Tensor]:
+    """Each hidden layer's activations ``(N, P, n)`` of stacked SIRENs at ``coordinates
+    (P, 2)``."""
+    h = coordinates.expand(params["hidden.0.weight"].shape[0], -1, -1)
+    hidden = []
+    for key in KEYS[:-1]:
+        h = sine(_dense(params, key, h))
+        hidden.append(h)
+    return hidden
+
+
 def siren_forward(params: dict[str, Tensor], coordinates: Tensor) -> Tensor:
     """Outputs ``(N, P, 1)`` of stacked SIRENs at ``coordinates (P, 2)``."""
-    h = coordinates.expand(params["hidden.0.weight"].shape[0], -1, -1)
-    for key in KEYS:
-        h = torch.baddbmm(
-            params[f"{key}.bias"].unsqueeze(1), h, params[f"{key}.weight"].transpose(1, 2)
-        )
-        if key != "out":
-            h = sine(h)
-    return h
+    return _dense(params, KEYS[-1], siren_hidden(params, coordinates)[-1])
 
 
 def _init(count: int, generator: torch.Generator) -> dict[str, Tensor]:

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+from torch import nn
 
 from nfn_tasks.experiment import mean_std
 from nfn_tasks.models import ModelConfig
@@ -25,11 +28,16 @@ class SeededRuns:
 
 
 def seeded_runs(
-    kind: str, data: TaskData, train: TrainConfig, sizes: ModelConfig, seeds: tuple[int, ...]
+    kind: str,
+    data: TaskData,
+    train: TrainConfig,
+    sizes: ModelConfig,
+    seeds: tuple[int, ...],
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> SeededRuns:
-    """Train ``kind`` once per seed and summarize the runs."""
+    """Train ``kind`` (``wrap``-ped, see :func:`train_model`) once per seed and summarize."""
     start = time.perf_counter()
-    runs = [train_model(kind, data, replace(train, seed=s), sizes) for s in seeds]
+    runs = [train_model(kind, data, replace(train, seed=s), sizes, wrap=wrap) for s in seeds]
     seconds = (time.perf_counter() - start) / len(seeds)
     metric = mean_std([r.test_metric for r in runs])
     first = runs[0]

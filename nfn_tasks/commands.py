@@ -83,7 +83,8 @@ def _probe_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--probe-images",
         type=int,
-        help="digits per class whose mean channel activations feed the models on the CNN zoos "
+        help="digits per class whose mean hidden activations feed the models on the CNN and "
+        "transformer zoos "
         "(0: weights only; default: the setting's)",
     )
 

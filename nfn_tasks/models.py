@@ -14,9 +14,9 @@ Every model maps a :class:`~nfn_runtime.WeightSpace` with one channel (a batch o
 - ``nfn-hnp`` / ``nfn-np``: the ``nfn`` package's ``HNPLinear`` / ``NPLinear`` layers with
   ReLU, its pooling layer and the same head (the external peer).
 
-With probe features (:mod:`nfn_tasks.probes`: the INR task, the CNN zoos), every model that can take them
-does: the equivariant ones (generated and ``nfn-hnp``) add a linear map of each hidden space's
-activations to that space's bias channels after their first layer, ``statnn`` appends the same
+With probe features (:mod:`nfn_tasks.probes`: the INR task, the CNN and transformer zoos),
+every model that can take them does: the equivariant ones (generated and ``nfn-hnp``) add a
+linear map of each probed bias's activations to that bias's channels after their first layer, ``statnn`` appends the same
 seven statistics of each space's activations, ``mlp`` appends them flattened. ``np`` and
 ``nfn-np`` do not: their group also permutes the input neurons, which moves the activations at
 fixed probe inputs in a way no permutation of the features follows.
@@ -38,7 +38,7 @@ from derive.pipeline import Derivation, derive, generate
 from derive.verify.checklist import layer_class, load_generated
 from nfn_runtime import EquivariantNonlinearity, WeightSpace, WeightSpaceLayout, to_nfn
 from nfn_tasks.kinds import EQUIVARIANT_KINDS, MODEL_KINDS
-from nfn_tasks.probes import ChainProbes
+from nfn_tasks.probes import ProbeFeatures
 
 __all__ = [
     "MODEL_KINDS",
@@ -69,7 +69,7 @@ class ModelConfig:
     head_hidden: int = 64  # hidden width of the MLP head (and of the baselines' MLPs)
     polynomial_degree: int = 2  # degree bound of complete-family polynomial layers
     probe_grid: int = 0  # side of the grid of probe inputs on the INR task (0: no probes)
-    probe_images: int = 0  # probe digits per class on the CNN zoos' task (0: no probes)
+    probe_images: int = 0  # probe digits per class on the CNN and transformer zoos (0: none)
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,8 @@ class Standardize(nn.Module):
 @torch.no_grad()
 def calibrate(model: nn.Module, ws: WeightSpace) -> None:
     """Fix every :class:`Standardize` of ``model`` from one pass over ``ws`` (eval mode)."""
-    layers: list[Standardize | ChainProbes] = [
-        m for m in model.modules() if isinstance(m, (Standardize, ChainProbes))
+    layers: list[Standardize | ProbeFeatures] = [
+        m for m in model.modules() if isinstance(m, (Standardize, ProbeFeatures))
     ]
     training = model.training
     model.eval()
@@ -187,19 +187,20 @@ def _head(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
 
 
 class ProbeInput(nn.Module):
-    """Each hidden space's probe features mapped over the probe axis (no constant term) to
-    ``channels``, shaped like that space's bias: ``(B, channels, n)`` per space."""
+    """Each probe target's features mapped over the probe axis (no constant term) to
+    ``channels``, shaped like its bias: ``(B, channels, n)`` per target; corresponding biases of
+    the heads of an attention share one map (so relabelling the heads commutes with it)."""
 
-    def __init__(self, probes: ChainProbes, channels: int) -> None:
+    def __init__(self, probes: ProbeFeatures, channels: int) -> None:
         super().__init__()
         self.probes = probes
         self.maps = nn.ModuleList(
-            nn.Linear(probes.count, channels, bias=False) for _ in probes.spaces
+            nn.Linear(probes.count, channels, bias=False) for _ in range(probes.groups)
         )
 
     def forward(self, ws: WeightSpace) -> list[Tensor]:
         features = self.probes(ws)
-        return [m(f).transpose(1, 2) for m, f in zip(self.maps, features)]
+        return [self.maps[g](f).transpose(1, 2) for g, f in zip(self.probes.ties, features)]
 
 
 class EquivariantNFN(nn.Module):
@@ -212,7 +213,7 @@ class EquivariantNFN(nn.Module):
         config: ModelConfig,
         outputs: int,
         permutation_only: bool,
-        probes: ChainProbes | None = None,
+        probes: ProbeFeatures | None = None,
     ) -> None:
         super().__init__()
         self.layout = layers.layout
@@ -249,7 +250,7 @@ class EquivariantNFN(nn.Module):
         return WeightSpace.from_named(self.layout, named)
 
 
-def _flat_probes(probes: ChainProbes | None, ws: WeightSpace) -> list[Tensor]:
+def _flat_probes(probes: ProbeFeatures | None, ws: WeightSpace) -> list[Tensor]:
     """Each hidden space's probe features flattened to ``(B, n * P)`` (none without probes)."""
     return [] if probes is None else [f.flatten(1) for f in probes(ws)]
 
@@ -265,7 +266,7 @@ class StatNN(nn.Module):
         layout: WeightSpaceLayout,
         config: ModelConfig,
         outputs: int,
-        probes: ChainProbes | None = None,
+        probes: ProbeFeatures | None = None,
     ) -> None:
         super().__init__()
         self.layout = layout
@@ -294,7 +295,7 @@ class FlatMLP(nn.Module):
         layout: WeightSpaceLayout,
         config: ModelConfig,
         outputs: int,
-        probes: ChainProbes | None = None,
+        probes: ProbeFeatures | None = None,
     ) -> None:
         super().__init__()
         self.layout = layout
@@ -316,7 +317,7 @@ class NFNPackageModel(nn.Module):
 
     def __init__(
         self, layout: WeightSpaceLayout, example: WeightSpace, config: ModelConfig, outputs: int,
-        setting: str, probes: ChainProbes | None = None,
+        setting: str, probes: ProbeFeatures | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         from nfn.common import network_spec_from_wsfeat
@@ -341,10 +342,11 @@ class NFNPackageModel(nn.Module):
         from nfn.common import WeightSpaceFeatures
 
         hidden = self.first(to_nfn(ws))
-        if self.probe_input is not None:  # layer l's bias is hidden space l's (a chain)
+        if self.probe_input is not None:
             biases = list(hidden.biases)
-            for index, value in enumerate(self.probe_input(ws)):
-                biases[index] = biases[index] + value
+            targets = self.probe_input.probes.targets
+            for target, value in zip(targets, self.probe_input(ws)):
+                biases[target.layer - 1] = biases[target.layer - 1] + value
             hidden = WeightSpaceFeatures(hidden.weights, biases)
         features = self.pool(self.layers(hidden)).flatten(1)
         out: Tensor = self.head(self.project(features))
@@ -358,7 +360,7 @@ def build_model(
     example: WeightSpace,
     outputs: int,
     config: ModelConfig | None = None,
-    probes: ChainProbes | None = None,
+    probes: ProbeFeatures | None = None,
 ) -> nn.Module:
     """A fresh model of ``kind`` for networks of ``architecture`` (``example``: a batch of them,
     used by the ``nfn`` package to read the shapes), fed ``probes`` where the kind takes them

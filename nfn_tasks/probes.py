@@ -1,39 +1,44 @@
 """Probe features: the hidden activations of the weights' own network at fixed inputs.
 
-For a network whose weight space is a chain of layers (an MLP or a SIREN: dense layers; a
-small CNN: convolutions, each channel's activation averaged over the image), evaluating it at
-``P`` fixed probe inputs gives, per hidden neuron space, a ``(B, n, P)`` tensor of
-activations. A group element permutes a hidden space's neurons and multiplies neuron ``i`` by
-``d_i`` (a sign for ``sin`` and ``tanh``, a positive number for ReLU); the activations of that
-space move exactly as its bias does (``sin(-z) = -sin(z)``, ``relu(d z) = d relu(z)`` for
-``d > 0``, and a spatial mean is linear). So a linear map over the probe axis without a
-constant term, added to the space's bias channels, keeps an equivariant model equivariant
-(graph metanetworks feed such "probe features" too: Kofinas et al. 2024, Lim et al. 2024).
+Evaluating the networks of a zoo at ``P`` fixed probe inputs gives, per hidden neuron space, a
+``(B, n, P)`` tensor of activations (an MLP or a SIREN: each hidden layer's activations; a small
+CNN: each channel's activation averaged over the image; a transformer: the residual stream,
+the queries, keys and per-head attention outputs, and the MLP's hidden layer, each averaged
+over the tokens). A group element permutes a hidden space's neurons and multiplies neuron ``i``
+by ``d_i`` (a sign for ``sin`` and ``tanh``, a positive number for ReLU, any non-zero number
+for a query/key or value dimension); the activations move exactly as the bias that produced
+them (``sin(-z) = -sin(z)``, ``relu(d z) = d relu(z)`` for ``d > 0``, ``W x + b`` is linear,
+softmax weights are invariant, a mean over positions or tokens is linear). So a linear map
+over the probe axis without a constant term, added to that bias's channels, keeps an
+equivariant model equivariant (graph metanetworks feed such "probe features" too: Kofinas et
+al. 2024, Lim et al. 2024). Under a relabelling of attention heads the features of head ``h``
+move to head ``h'`` with its biases, so corresponding biases of the heads share their map.
 
-Only hidden spaces get features: the network's outputs at the probes are not given, so a model
-must learn to read them out of the hidden activations and the output layer's weights.
+The network's outputs at the probes are not given: a model must learn to read them out of the
+hidden activations and the output layer's weights.
 
-:class:`ChainProbes` computes the features from the (normalized) weight space inside a model's
-forward pass, so a transformed network gets transformed features and the invariance tests
-exercise them; the zoo that trained the networks supplies their forward pass
+:class:`ProbeFeatures` computes the features from the (normalized) weight space inside a
+model's forward pass, so a transformed network gets transformed features and the invariance
+tests exercise them; the zoo that trained the networks supplies their forward pass
 (:data:`HiddenActivations`, on the state-dict keys), so the features are the networks' real
 activations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from nfn_runtime import WeightSpace, WeightSpaceLayout
+from nfn_runtime import TensorLayout, WeightSpace, WeightSpaceLayout
 
-__all__ = ["HiddenActivations", "ChainProbes", "chain_layers"]
+__all__ = ["HiddenActivations", "ProbeFeatures", "chain_biases", "chain_layers"]
 
 #: ``hidden(params, probes)``: stacked networks' parameters ``(B, *shape)`` by state-dict key,
-#: probe inputs ``(P, ...)`` -> each hidden layer's activations ``(B, P, n)``, in layer order
-HiddenActivations = Callable[[dict[str, Tensor], Tensor], list[Tensor]]
+#: probe inputs ``(P, ...)`` -> per bias state-dict key, the activations ``(B, P, width)`` that
+#: move as that bias's entries (``width`` its length)
+HiddenActivations = Callable[[dict[str, Tensor], Tensor], dict[str, Tensor]]
 
 
 def chain_layers(layout: WeightSpaceLayout) -> list[tuple[str, str, str]]:
@@ -67,11 +72,32 @@ def chain_layers(layout: WeightSpaceLayout) -> list[tuple[str, str, str]]:
     return layers
 
 
-class ChainProbes(nn.Module):
-    """Per hidden neuron space, the activations of the networks in a weight space at ``probes``
-    (``(P, ...)`` inputs), each space divided by a fixed root mean square (set by
-    :func:`nfn_tasks.models.calibrate` on the training networks; a positive scalar per space
-    keeps the equivariance).
+def chain_biases(layout: WeightSpaceLayout) -> list[str]:
+    """The state-dict keys of a chain's hidden biases, in layer order (:func:`chain_layers`)."""
+    return [layout.tensor(bias).source_key for _, bias, _ in chain_layers(layout)[:-1]]
+
+
+def _tie_groups(layout: WeightSpaceLayout, targets: Sequence[TensorLayout]) -> list[int]:
+    """Per target, the index of its group: entry ``k`` of every head of an attention is one
+    group (its features move between the heads), every other target its own."""
+    keys: list[tuple[object, ...]] = []
+    for target in targets:
+        key: tuple[object, ...] = ("tensor", target.name)
+        for block, heads in enumerate(layout.heads):
+            for tensors in heads.tensors:
+                if target.name in tensors:
+                    key = ("head entry", block, tensors.index(target.name))
+        keys.append(key)
+    order = list(dict.fromkeys(keys))
+    return [order.index(key) for key in keys]
+
+
+class ProbeFeatures(nn.Module):
+    """The activations of the networks in a weight space at ``probes`` (``(P, ...)`` inputs),
+    one ``(B, n, P)`` tensor per bias of ``keys`` (in the layout's order; a state-dict entry
+    cut into parts, such as a packed attention bias, gives one per part), each divided by a
+    fixed root mean square per tie group (set by :func:`nfn_tasks.models.calibrate` on the
+    training networks; a positive scalar per group keeps the equivariance).
 
     ``scales`` undo the per-tensor normalization of the weight space (the network runs on its
     real weights); ``hidden`` is the networks' forward pass up to the hidden activations.
@@ -83,17 +109,23 @@ class ChainProbes(nn.Module):
     def __init__(
         self,
         layout: WeightSpaceLayout,
+        keys: Sequence[str],
         hidden: HiddenActivations,
         probes: Tensor,
         scales: dict[str, float],
     ) -> None:
         super().__init__()
         self.layout = layout
-        self.hidden = chain_layers(layout)[:-1]
+        self.targets = [t for t in layout.tensors if t.kind == "bias" and t.source_key in keys]
+        missing = set(keys) - {t.source_key for t in self.targets}
+        if missing:
+            raise ValueError(f"no bias of the weight space has the key(s) {sorted(missing)}")
+        self.keys = tuple(keys)
+        self.ties = _tie_groups(layout, self.targets)
         self.forward_hidden = hidden
         self.scales = dict(scales)
         self.register_buffer("probes", probes.clone())
-        self.register_buffer("rms", torch.ones(len(self.hidden)))
+        self.register_buffer("rms", torch.ones(max(self.ties) + 1))
         self.calibrating = False
 
     @property
@@ -102,35 +134,43 @@ class ChainProbes(nn.Module):
         return int(self.probes.shape[0])
 
     @property
+    def groups(self) -> int:
+        """Tie groups (targets that share a map: corresponding biases of the heads)."""
+        return int(self.rms.numel())
+
+    @property
     def spaces(self) -> list[str]:
-        """The hidden spaces, in layer order."""
-        return [space for _, _, space in self.hidden]
+        """Each target's space, in order."""
+        return [t.axes[0].space for t in self.targets]
 
     @property
     def biases(self) -> list[str]:
-        """Each hidden space's bias tensor, in layer order."""
-        return [bias for _, bias, _ in self.hidden]
+        """The target bias tensors, in order."""
+        return [t.name for t in self.targets]
 
     def forward(self, ws: WeightSpace) -> list[Tensor]:
-        """``(B, n, P)`` activations per hidden space (of the first channel of ``ws``)."""
+        """``(B, n, P)`` activations per target (of the first channel of ``ws``)."""
         named = ws.named(self.layout)
-        params = {
-            t.source_key: (named[t.name][:, 0] * self.scales.get(t.name, 1.0)).reshape(
-                -1, *t.source_shape
+        params: dict[str, Tensor] = {}
+        for t in self.layout.tensors:
+            if t.kind == "buffer":
+                continue
+            value = (named[t.name][:, 0] * self.scales.get(t.name, 1.0)).reshape(
+                -1, *t.part_shape()
             )
-            for t in self.layout.tensors
-            if t.kind != "buffer"
-        }
+            if t.source_slice is None:
+                params[t.source_key] = value
+            else:  # a part of its entry: assemble the entry from its parts
+                whole = params.setdefault(
+                    t.source_key, value.new_zeros(value.shape[0], *t.source_shape)
+                )
+                index = (slice(None), *t.source_index())
+                whole[index] = value
         activations = self.forward_hidden(params, self.probes.to(ws.dtype))
-        if len(activations) != len(self.hidden):
-            raise ValueError(
-                f"the forward pass gave {len(activations)} hidden activations for "
-                f"{len(self.hidden)} hidden spaces"
-            )
-        features = []
-        for index, h in enumerate(activations):
-            value = h.transpose(1, 2)
-            if self.calibrating:
-                self.rms[index] = value.pow(2).mean().sqrt().clamp(min=1e-12)
-            features.append(value / self.rms[index])
-        return features
+        features = [activations[t.source_key][..., t.source_index()[0]] for t in self.targets]
+        if self.calibrating:
+            for group in range(self.groups):
+                members = [f for f, g in zip(features, self.ties) if g == group]
+                mean_square = torch.stack([f.pow(2).mean() for f in members]).mean()
+                self.rms[group] = mean_square.sqrt().clamp(min=1e-12)
+        return [f.transpose(1, 2) / self.rms[g] for f, g in zip(features, self.ties)]

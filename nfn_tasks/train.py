@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ from nfn_tasks.models import (
     count_parameters,
     weight_space_layout,
 )
-from nfn_tasks.probes import ChainProbes
+from nfn_tasks.probes import ProbeFeatures, chain_biases
 from nfn_tasks.zoo import Zoo
 from nfn_tasks.zoo_cnn import cnn_hidden
 from nfn_tasks.zoo_inr import siren_hidden
+from nfn_tasks.zoo_transformer import transformer_hidden
 
 __all__ = [
     "TASKS",
@@ -185,30 +187,53 @@ def _tie_head_scales(scales: dict[str, float], layout: WeightSpaceLayout) -> dic
     return tied
 
 
-def task_probes(data: TaskData, config: ModelConfig | None) -> ChainProbes | None:
+def task_probes(data: TaskData, config: ModelConfig | None) -> ProbeFeatures | None:
     """The probe features ``config`` asks for: on the INR task the SIRENs' hidden activations
     at the pixel centres of a ``probe_grid x probe_grid`` image (``nfn_tasks.data.pixel_grid``;
-    8: the digits' own pixels); on a CNN zoo each channel's mean activation on
-    ``probe_images`` digits per class (:func:`probe_digits`). None elsewhere (the transformer
-    zoo), or when off."""
+    8: the digits' own pixels); on a CNN zoo each channel's mean activation, on the transformer
+    zoo the mean activations over the tokens (:func:`transformer_hidden`), at ``probe_images``
+    digits per class (:func:`probe_digits`). None when off."""
     if config is None:
         return None
-    if data.zoo.kind == "inr" and config.probe_grid > 0:
-        return ChainProbes(data.layout, siren_hidden, pixel_grid(config.probe_grid), data.scales)
-    if data.zoo.kind == "cnn" and config.probe_images > 0:
-        activation = data.zoo.activation
+    zoo = data.zoo
+    if zoo.kind == "inr" and config.probe_grid > 0:
+        keys = chain_biases(data.layout)
+        hidden = partial(_keyed, keys, siren_hidden)
+        return ProbeFeatures(data.layout, keys, hidden, pixel_grid(config.probe_grid), data.scales)
+    if config.probe_images == 0 or zoo.kind not in ("cnn", "transformer"):
+        return None
+    images = probe_digits(zoo, config.probe_images)
+    if zoo.kind == "cnn":
+        keys = chain_biases(data.layout)
+        hidden = partial(_keyed, keys, partial(_cnn_hidden, zoo.activation))
+        return ProbeFeatures(data.layout, keys, hidden, images, data.scales)
+    settings = zoo.settings
+    forward = partial(_transformer_hidden, settings["norm"], settings["attention"])
+    probed = forward({k: v[:1] for k, v in zoo.params.items()}, images[:1])
+    return ProbeFeatures(data.layout, list(probed), forward, images, data.scales)
 
-        def hidden(params: dict[str, Tensor], images: Tensor) -> list[Tensor]:
-            return cnn_hidden(params, images, activation)
 
-        images = probe_digits(data.zoo, config.probe_images)
-        return ChainProbes(data.layout, hidden, images, data.scales)
-    return None
+def _keyed(
+    keys: list[str], hidden: Callable[[dict[str, Tensor], Tensor], list[Tensor]],
+    params: dict[str, Tensor], probes: Tensor,
+) -> dict[str, Tensor]:  # fmt: skip
+    """A chain's hidden activations (a list in layer order) keyed by its hidden biases."""
+    return dict(zip(keys, hidden(params, probes), strict=True))
+
+
+def _cnn_hidden(activation: str, params: dict[str, Tensor], images: Tensor) -> list[Tensor]:
+    return cnn_hidden(params, images, activation)
+
+
+def _transformer_hidden(
+    norm: str, attention: str, params: dict[str, Tensor], images: Tensor
+) -> dict[str, Tensor]:
+    return transformer_hidden(params, images, norm=norm, attention=attention)
 
 
 def probe_digits(zoo: Zoo, per_class: int) -> Tensor:
     """The first ``per_class`` digits of each class (in the data set's order) among the images
-    the CNN zoo trained on (never its held-out images, on which the targets are measured),
+    the zoo's networks trained on (never its held-out images, on which the targets are measured),
     ``(10 * per_class, 1, 8, 8)`` ordered by class."""
     images, labels = digits(torch.float32)
     pool, _ = stratified_split(labels, zoo.settings["test_images"], zoo.settings["seed"])
@@ -280,9 +305,12 @@ def train_model(
     progress: bool = False,
     checkpoint: Path | None = None,
     log: Callable[[str], None] | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> TrainResult:
     """Train a fresh model of ``kind`` with AdamW; keep the epoch with the best validation
-    metric. Works unchanged under ``torchrun`` (DDP over the initialized process group)."""
+    metric. Works unchanged under ``torchrun`` (DDP over the initialized process group).
+    ``wrap`` replaces the built model by ``wrap(model)`` before training (the benchmarks use
+    it to add a readout to a model)."""
     rank, size = _world()
     if config.batch_size % size:
         raise ValueError(f"batch size {config.batch_size} is not divisible by {size} processes")
@@ -297,6 +325,8 @@ def train_model(
         model_config,
         probes=task_probes(data, model_config),
     )
+    if wrap is not None:
+        model = wrap(model)
     calibrate(model, _select(data.weights, data.train))
     parameters = count_parameters(model)
     net: nn.Module = model

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nfn_tasks.kinds import MODEL_KINDS, TASK_NAMES
+from nfn_tasks.kinds import EXPERIMENT_KINDS, TASK_NAMES
 from nfn_tasks.models import ModelConfig, unavailable_reason
 from nfn_tasks.robustness import (
     evaluate_transformed,
@@ -57,7 +57,7 @@ class ExperimentSettings:
     train: TrainConfig
     inr_train: TrainConfig
     model: ModelConfig = field(default_factory=ModelConfig)
-    models: tuple[str, ...] = MODEL_KINDS
+    models: tuple[str, ...] = EXPERIMENT_KINDS
     seeds: tuple[int, ...] = (0, 1, 2)
     tasks: tuple[str, ...] = TASK_NAMES
     transformer: TransformerZooSettings = field(default_factory=TransformerZooSettings.small)

@@ -37,11 +37,13 @@ from derive.frontend.torch_spec import torch_spec
 from derive.pipeline import Derivation, derive, generate
 from derive.verify.checklist import layer_class, load_generated
 from nfn_runtime import EquivariantNonlinearity, WeightSpace, WeightSpaceLayout, to_nfn
-from nfn_tasks.kinds import EQUIVARIANT_KINDS, MODEL_KINDS
+from nfn_runtime.canonical_scales import canonical_order, canonical_scales
+from nfn_tasks.kinds import CANONICAL_KINDS, EQUIVARIANT_KINDS, MODEL_KINDS
 from nfn_tasks.probes import ProbeFeatures
 
 __all__ = [
     "MODEL_KINDS",
+    "CANONICAL_KINDS",
     "PROBELESS_KINDS",
     "EQUIVARIANT_KINDS",
     "ModelConfig",
@@ -256,8 +258,10 @@ def _flat_probes(probes: ProbeFeatures | None, ws: WeightSpace) -> list[Tensor]:
 
 
 class StatNN(nn.Module):
-    """Per tensor (and per hidden space's probe features): mean, variance and the 0, 25, 50,
-    75, 100% quantiles; then an MLP."""
+    """Per tensor (and per probed bias's features): mean, variance and the 0, 25, 50, 75, 100%
+    quantiles; then an MLP. With ``merge_heads``, the corresponding tensors (and probe
+    features) of the heads of an attention form one set, so that relabelling the heads leaves
+    the statistics unchanged."""
 
     QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -267,23 +271,53 @@ class StatNN(nn.Module):
         config: ModelConfig,
         outputs: int,
         probes: ProbeFeatures | None = None,
+        merge_heads: bool = False,
     ) -> None:
         super().__init__()
         self.layout = layout
         self.probes = probes
-        sets = len(layout.tensors) + (len(probes.spaces) if probes is not None else 0)
-        self.head = _head(7 * sets, config.head_hidden, outputs)
+        self.sets = _statistic_sets(layout, probes, merge_heads)
+        self.head = _head(7 * len(self.sets), config.head_hidden, outputs)
 
     def forward(self, ws: WeightSpace) -> Tensor:
         values = [tensor[:, 0].flatten(1) for tensor in ws.tensors()]
         values += _flat_probes(self.probes, ws)
+        if len(values) != sum(map(len, self.sets)):
+            raise ValueError(f"{len(values)} tensors and probe features, expected the layout's")
         stats = []
-        for flat in values:
+        for members in self.sets:
+            flat = values[members[0]] if len(members) == 1 else torch.cat(
+                [values[i] for i in members], dim=1
+            )  # fmt: skip
             q = torch.tensor(self.QUANTILES, dtype=flat.dtype, device=flat.device)
             stats += [flat.mean(1, keepdim=True), flat.var(1, correction=0, keepdim=True)]
             stats.append(torch.quantile(flat, q, dim=1).T)
         out: Tensor = self.head(torch.cat(stats, dim=1))
         return out
+
+
+def _statistic_sets(
+    layout: WeightSpaceLayout, probes: ProbeFeatures | None, merge_heads: bool
+) -> list[list[int]]:
+    """The sets StatNN summarizes, as indices into its values (the tensors in the order of
+    ``WeightSpace.tensors``, then the probe features): one each, or with ``merge_heads`` entry
+    ``k`` of every head of an attention together (and the probe features of one tie group)."""
+    tensors = sorted(  # W1, b1, W2, b2, ... as WeightSpace.tensors gives them
+        (t for t in layout.tensors if t.kind != "buffer"),
+        key=lambda t: (t.layer, t.kind != "weight"),
+    )
+    keys: list[tuple[object, ...]] = []
+    for tensor in tensors:
+        key: tuple[object, ...] = ("tensor", tensor.name)
+        for block, heads in enumerate(layout.heads if merge_heads else ()):
+            for names in heads.tensors:
+                if tensor.name in names:
+                    key = ("head entry", block, names.index(tensor.name))
+        keys.append(key)
+    if probes is not None:
+        keys += [("probe", g if merge_heads else i) for i, g in enumerate(probes.ties)]
+    order = list(dict.fromkeys(keys))
+    return [[i for i, key in enumerate(keys) if key == wanted] for wanted in order]
 
 
 class FlatMLP(nn.Module):
@@ -353,6 +387,24 @@ class NFNPackageModel(nn.Module):
         return out
 
 
+class Canonicalized(nn.Module):
+    """``base`` on the canonical point of each network's orbit under the scalings
+    (:func:`nfn_runtime.canonical_scales.canonical_scales`): with a permutation-invariant
+    ``base`` (``hnp``, ``statnn``), exactly invariant under the whole derived group. Probe
+    features inside ``base`` run the canonical network, which computes the same function, so
+    they are the canonical network's activations."""
+
+    def __init__(self, layout: WeightSpaceLayout, base: nn.Module) -> None:
+        super().__init__()
+        canonical_order(layout)  # a ValueError now, naming the spaces, if there is no order
+        self.layout = layout
+        self.base = base
+
+    def forward(self, ws: WeightSpace) -> Tensor:
+        out: Tensor = self.base(canonical_scales(ws, self.layout)[0])
+        return out
+
+
 def build_model(
     kind: str,
     architecture: str,
@@ -366,6 +418,15 @@ def build_model(
     used by the ``nfn`` package to read the shapes), fed ``probes`` where the kind takes them
     (every kind but ``np`` and ``nfn-np``; see the module docstring)."""
     config = config or ModelConfig()
+    if kind in CANONICAL_KINDS:
+        layout = weight_space_layout(architecture, input_shape, "monomial")
+        base: nn.Module
+        if kind == "canon-statnn":  # heads merged: relabelling them is in the group
+            base = StatNN(layout, config, outputs, probes, merge_heads=True)
+        else:
+            base = build_model(kind.removeprefix("canon-"), architecture, input_shape, example,
+                               outputs, config, probes)  # fmt: skip
+        return Canonicalized(layout, base)
     if kind in PROBELESS_KINDS:
         probes = None
     if kind in EQUIVARIANT_KINDS:
@@ -410,8 +471,15 @@ def unavailable_reason(
     kind: str, architecture: str, input_shape: tuple[int, ...], config: ModelConfig | None = None
 ) -> str | None:
     """Why a model of ``kind`` cannot be built for ``architecture`` (the generator refuses its
-    layers, or the ``nfn`` package cannot read its weight space), or None when it can."""
+    layers, the ``nfn`` package cannot read its weight space, or the scalings have no
+    canonical point), or None when it can."""
     config = config or ModelConfig()
+    if kind in CANONICAL_KINDS:
+        try:
+            canonical_order(weight_space_layout(architecture, tuple(input_shape), "monomial"))
+        except ValueError as error:
+            return f"no canonical point of the scalings: {error}"
+        return unavailable_reason(kind.removeprefix("canon-"), architecture, input_shape, config)
     if kind in EQUIVARIANT_KINDS:
         try:
             generated_layers(architecture, tuple(input_shape), kind, config.polynomial_degree)

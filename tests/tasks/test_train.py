@@ -35,7 +35,12 @@ def test_loss_drops(zoos, name, kind) -> None:
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < 0.8 * losses[0], losses
+    # the binary cross-entropy against accuracies cannot go below their entropy: measure the
+    # drop of the excess loss over that floor
+    floor = float(task_loss(task, torch.logit(targets.double(), eps=1e-9).unsqueeze(1), targets)) if (
+        task == "generalization"
+    ) else 0.0  # fmt: skip
+    assert losses[-1] - floor < 0.8 * (losses[0] - floor), (floor, losses)
     assert count_parameters(model) > 0
 
 

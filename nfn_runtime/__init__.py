@@ -62,7 +62,7 @@ from nfn_runtime.testing import (
     random_weight_space,
     sensitivity_error,
 )
-from nfn_runtime.tying import tied_index, tied_rows
+from nfn_runtime.tying import TiedCell, tied_cell_index, tied_index, tied_rows
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = [
@@ -110,6 +110,8 @@ __all__ = [
     "state_dicts_from_weight_space",
     "to_nfn",
     "transform_buffers",
+    "TiedCell",
+    "tied_cell_index",
     "tied_index",
     "tied_rows",
     "transform_network_state",

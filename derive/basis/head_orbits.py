@@ -77,6 +77,24 @@ class HeadOrbits:
             current = [None if n is None else self.moved(n, block, order) for n in current]
         return tuple(current)
 
+    def generators(self) -> tuple[dict[str, str], ...]:
+        """Tensor moves generating the relabellings: per attention, a swap of heads 0 and 1
+        and, with three heads or more, the cycle ``h -> h + 1``; each maps every tensor of a
+        moved head to the corresponding tensor of its new head (tensors not moved are left
+        out)."""
+        moves = []
+        for block, heads in enumerate(self.blocks):
+            count = len(heads)
+            orders = [[1, 0, *range(2, count)]] + ([[*range(1, count), 0]] if count > 2 else [])
+            for order in orders:
+                moved = {
+                    name: self.moved(name, block, dict(enumerate(order)))
+                    for tensors in heads
+                    for name in tensors
+                }
+                moves.append({name: to for name, to in moved.items() if name != to})
+        return tuple(moves)
+
     def orbit_size(self, tensors: Sequence[str | None]) -> int:
         """How many distinct tuples the relabellings move ``tensors`` to."""
         size = 1

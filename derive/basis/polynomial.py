@@ -33,6 +33,7 @@ __all__ = [
     "PolyBlockBasis",
     "PolyBasis",
     "poly_key",
+    "factor_relabellings",
     "count_block",
     "count_polynomial",
     "enumerate_block_poly",
@@ -132,7 +133,7 @@ _Pattern = tuple[tuple[tuple[int, ...], tuple[_Slot, ...]], ...]
 
 
 @cache
-def _relabellings(labels: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+def factor_relabellings(labels: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """Permutations of factor slots preserving ``labels`` (identical factors), identity first."""
     runs: dict[int, list[int]] = {}
     for slot, label in enumerate(labels):
@@ -204,7 +205,7 @@ def _fixed_counts(
 ) -> tuple[int, ...]:
     """Per relabelling g of identical factors, the number of patterns that g maps to themselves."""
     patterns = _poly_patterns(scaling, size, out_chars, in_chars)
-    group = _relabellings(labels)
+    group = factor_relabellings(labels)
     counts = [len(patterns)]
     for perm in group[1:]:
         counts.append(sum(1 for p in patterns if _relabel(p, perm) == p))
@@ -288,7 +289,7 @@ def _factor_set(space: WeightSpaceSpec, infos: Sequence[_Axes]) -> _FactorSet:
         scaling, size, _, chars = _space_args(space, name, None, infos)
         in_chars[name] = chars
         alone[name] = _fixed_counts(scaling, size, (), chars, labels)
-    characters = tuple(_character(g, None, infos) for g in _relabellings(labels))
+    characters = tuple(_character(g, None, infos) for g in factor_relabellings(labels))
     return _FactorSet(tuple(infos), labels, in_chars, alone, characters)
 
 
@@ -411,7 +412,7 @@ def enumerate_block_poly(
     out = _axes(space, out_tensor)
     infos = [a for t in tensors if (a := _axes(space, t))]
     labels = _labels(infos)
-    group = _relabellings(labels)
+    group = factor_relabellings(labels)
     names = _block_spaces(out, infos)
     options = []
     for name in names:

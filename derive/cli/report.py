@@ -119,8 +119,9 @@ def _budget_data(choice: BudgetChoice) -> dict[str, Any]:
 
 #: which generated layers include whole-head permutations (docs/math.md 8.6)
 HEAD_LAYERS = (
-    "linear and invariant layers: tied across heads (one coefficient per orbit); polynomial "
-    "layers: equivariant to the per-space group only"
+    "linear, invariant and polynomial layers: tied across heads (one coefficient per orbit of "
+    "maps and of polynomial terms); polynomial invariant layer: equivariant to the per-space "
+    "group only"
 )
 
 

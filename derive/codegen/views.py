@@ -19,6 +19,7 @@ from derive.codegen.statements import (
     scaled,
 )
 from derive.naming import comment_text
+from derive.plan.features import is_product_key
 from derive.plan.linear import LinearPlan, MixOp
 from derive.plan.tying import BIAS, DOWN, UP, WEIGHT, TiedOp, Tying, plan_tying
 from derive.weightspace.model import WeightSpaceSpec
@@ -220,12 +221,7 @@ def linear_view(plan: LinearPlan, outer: Mapping[str, tuple[str, str]] | None = 
     ) + tuple(factor_bounds)
     formula = _formula_lines(plan)
     if tying is not None:
-        note = (
-            "Tied across attention heads (docs/math.md 8.6): every theta_mix_* is gathered "
-            f"from {WEIGHT} (and the biases from {BIAS}), one coefficient block per orbit of "
-            "basis maps under whole-head permutations."
-        )
-        formula = (*formula, "", *wrap_words(note))
+        formula = (*formula, "", *wrap_words(_tying_note(plan, tying)))
     return LinearView(
         unpack=tuple(var for _, var in plan.inputs),
         unpack_line=codefmt.assign_tuple(
@@ -326,8 +322,32 @@ def _tied_params(
     return params, inits, factor_bounds
 
 
-def _cells(cells: tuple[tuple[int, ...], ...]) -> codefmt.Seq:
-    return codefmt.Seq(tuple(codefmt.Seq(tuple(str(v) for v in c), "(") for c in cells), "(")
+def _tying_note(plan: LinearPlan, tying: Tying) -> str:
+    """The docstring paragraph of a layer tied across heads."""
+    note = (
+        "Tied across attention heads (docs/math.md 8.6): every theta_mix_* is gathered "
+        f"from {WEIGHT} (and the biases from {BIAS}), one coefficient block per orbit of "
+        "basis maps"
+    )
+    if not any(is_product_key(f.key) for f in plan.features):
+        return note + " under whole-head permutations."
+    note += " and of polynomial terms under whole-head permutations"
+    if any(len(cell) == 6 for tied in tying.ops.values() for cell in tied.cells):
+        note += (
+            "; a cell with a column map reads its stored columns permuted (the relabelling "
+            "reorders its factors) or some of them twice (the relabelling maps its term to "
+            "itself)"
+        )
+    return note + "."
+
+
+def _cells(cells: tuple[tuple[int | tuple[int, ...], ...], ...]) -> codefmt.Seq:
+    """A tuple of cells, each a tuple of ints (a column map: a nested tuple)."""
+
+    def value(v: int | tuple[int, ...]) -> codefmt.Node:
+        return str(v) if isinstance(v, int) else codefmt.Seq(tuple(str(c) for c in v), "(")
+
+    return codefmt.Seq(tuple(codefmt.Seq(tuple(value(v) for v in c), "(") for c in cells), "(")
 
 
 def _index_buffers(op: MixOp, tied: TiedOp) -> list[BufferDecl]:

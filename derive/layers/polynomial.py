@@ -2,9 +2,14 @@
 2 and higher (docs/math.md section 5), family ``magep`` (MAGEP-NFN terms on chain weight
 spaces) or ``complete`` (every equivariant monomial up to the degree).
 
-Checks: agreement with a slow reference that evaluates every term separately, float64/float32
-equivariance, the output scale at initialization, sensitivity to transforms outside the group,
-and for the complete family the numeric dimension of Sym^2(U) -> U against the enumeration.
+Where the group permutes attention heads as wholes (docs/math.md 8.6), the complete family's
+coefficients are tied across heads: one block per orbit of maps and of terms.
+
+Checks: agreement with a slow reference that evaluates every term separately (tied like the
+layer), float64/float32 equivariance under sampled group elements (head relabellings included),
+the output scale at initialization, sensitivity to transforms outside the group, and for the
+complete family the numeric dimension of Sym^2(U) -> U against the enumeration (with head
+relabellings: against the tied count).
 """
 
 from __future__ import annotations
@@ -89,13 +94,14 @@ def _checks(derivation: Derivation, report: VerifyReport, options: CheckOptions)
         pplan = _plan(derivation, layer_options)
         label += f" (proxy {space_sizes(derivation.space)})"
     cls = generated_class(derivation, "polynomial", LayerOptions(family=family, degree=degree))
-    layout = derivation.space.to_layout().without_heads()
+    layout = derivation.space.to_layout()
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
 
     def matches_reference() -> None:
         generated = cls(2, 3).double()
         reference = ReferencePolynomial(pplan, derivation.basis, 2, 3).double()
+        reference.tie_heads()
         load_into_generated(reference, pplan.plan, generated)
         x = random_weight_space(layout, 2, 2, torch.float64, generator)
         with torch.no_grad():
@@ -147,5 +153,4 @@ POLYNOMIAL = LayerKind(
     reference=_reference,
     checks=_checks,
     applies=chain_reason,
-    head_permutations=False,
 )

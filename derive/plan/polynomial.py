@@ -9,7 +9,9 @@ The polynomial layer writes every output as the complete equivariant linear map 
   (:mod:`derive.basis.polynomial`), each a per-channel product feature (one einsum).
 
 Both go through the same assembly as the linear layer (:func:`derive.plan.linear.assemble_plan`), so
-every term whose output placement matches merges into the same channel-mixing matmul.
+every term whose output placement matches merges into the same channel-mixing matmul. When the
+group permutes attention heads as wholes, the matmuls are tied across heads like the linear
+layer's (:mod:`derive.plan.tying`): one coefficient block per orbit of maps and of terms.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from derive.basis.head_orbits import head_orbits
 from derive.basis.linear import LinearBasis
 from derive.basis.magep import Psi
 from derive.basis.polynomial import enumerate_polynomial
@@ -24,6 +27,7 @@ from derive.errors import GenerationError
 from derive.plan.fold import FoldGroup, fold_groups, fold_slots
 from derive.plan.linear import LinearPlan, assemble_plan
 from derive.plan.magep import MagepPlan, magep_plan
+from derive.plan.tying import tied_plan
 from derive.weightspace.model import WeightSpaceSpec
 
 __all__ = [
@@ -81,6 +85,8 @@ def polynomial_plan(
     constants = [m for block in basis.constants for m in block.maps]
     real = [t.name for t in space.tensors]
     if family == "magep":
+        if not head_orbits(space).trivial:  # a chain has no attention heads
+            raise GenerationError("MAGEP terms are not tied across attention heads")
         mp = magep_plan(space, degree, fold=fold)
         groups = tuple(fold_groups(space, mp))
         folded = {m for group in groups for _, m in group.parts}
@@ -108,6 +114,6 @@ def polynomial_plan(
                 f"channel pair (dense over fixed axes), more than the limit of {max_params}; "
                 "raise it with --max-params N, lower --degree, or use --family magep"
             )
-        plan = assemble_plan(space, [*linear_maps, *poly_maps], constants, outputs=real)
+        plan = tied_plan(assemble_plan(space, [*linear_maps, *poly_maps], constants, outputs=real))
         return PolynomialPlan(family, top, plan, (), trainable_psi, tuple(poly_maps), None, ())
     raise GenerationError(f"unknown polynomial family {family!r} (valid: {', '.join(FAMILIES)})")

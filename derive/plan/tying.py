@@ -8,6 +8,12 @@ gathers each matmul's weight from it (:func:`nfn_runtime.tying.tied_index`). Con
 (matmul biases) are tied the same way. A factored matmul (size budget, ``up @ down``) ties the
 rows of ``up`` per orbit of placements and the columns of ``down`` per orbit of features, in
 tables shared by every factored matmul: a restriction of the tied layer, still equivariant.
+
+Polynomial terms tie the same way, unit by unit (:mod:`derive.plan.head_cells`): a relabelling
+that reorders a product's factors permutes the columns of its block, and a term that a
+relabelling maps to itself ties some of its own columns. Such a cell carries a column map: per
+column of the weight block, its column in the orbit's stored block (fewer columns when some
+tie).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from dataclasses import dataclass, replace
 
 from derive.basis.head_orbits import HeadOrbits, head_orbits
 from derive.errors import GenerationError
-from derive.plan.features import FeatureKey
+from derive.plan.features import is_product_key
+from derive.plan.head_cells import Cell as UnitCell
+from derive.plan.head_cells import UnitClasses, unit_classes
 from derive.plan.linear import LinearPlan, MapSlot, MixOp, PlacementKey
 
 __all__ = ["Tying", "TiedOp", "plan_tying", "tied_plan", "WEIGHT", "BIAS", "UP", "DOWN"]
@@ -24,7 +32,9 @@ __all__ = ["Tying", "TiedOp", "plan_tying", "tied_plan", "WEIGHT", "BIAS", "UP",
 #: the flat parameters of a tied layer
 WEIGHT, BIAS, UP, DOWN = "theta_weight", "theta_bias", "theta_up", "theta_down"
 
-Cell = tuple[int, int, int, int, int]  # row start, row factor, column start, column factor, offset
+#: row start, row factor, column start, column factor, offset (all in units) and, where columns
+#: tie or move, per column its column in the stored block
+Cell = tuple[int, int, int, int, int] | tuple[int, int, int, int, int, tuple[int, ...]]
 Rows = tuple[int, int, int]  # start, factor, offset
 
 
@@ -56,16 +66,17 @@ class Tying:
     bias_blocks: tuple[tuple[int, int, str], ...]
     up_blocks: tuple[tuple[int, int, str], ...]
 
-    def slot_offset(self, slot: MapSlot, bias: bool = False) -> int:
-        """The offset of a dense map's (or a constant's) block in its flat parameter."""
+    def slot_cell(self, slot: MapSlot) -> Cell:
+        """The cell holding a dense map's coefficients."""
         tied = self.ops[slot.op]
-        if bias:
-            return next(o for start, _, o in tied.bias_rows if start == slot.row_start)
         return next(
-            offset
-            for row, _, col, _, offset in tied.cells
-            if row == slot.row_start and col == slot.col_start
+            cell for cell in tied.cells if cell[0] == slot.row_start and cell[2] == slot.col_start
         )
+
+    def slot_offset(self, slot: MapSlot) -> int:
+        """The offset of a constant's block in the flat bias."""
+        tied = self.ops[slot.op]
+        return next(o for start, _, o in tied.bias_rows if start == slot.row_start)
 
 
 class _Slots:
@@ -89,9 +100,43 @@ def _placement_orbit(orbits: HeadOrbits, key: PlacementKey) -> object:
     return (output, key[1], key[2])
 
 
-def _cell_orbit(orbits: HeadOrbits, placement: PlacementKey, feature: FeatureKey) -> object:
-    output, source = orbits.canonical((placement[0], feature[0]))
-    return (output, placement[1], placement[2], source, feature[1], feature[2])
+class _Columns:
+    """Classes of weight units -> (offset, column) in the flat weight: per orbit of cells, in
+    order of first use, one block of ``rows x classes`` units."""
+
+    def __init__(self, classes: UnitClasses) -> None:
+        self.classes = classes
+        self.placed: dict[int, tuple[int, int]] = {}
+        self.size = 0
+        self.blocks: list[tuple[int, int, str]] = []
+
+    def cell(self, cell: UnitCell, row: int, rows: int, column: int, width: int) -> Cell:
+        """The tied cell of ``cell``, whose weight block starts at ``(row, column)``."""
+        roots = self.classes.roots(cell)
+        output = cell[0][0]
+        assert output is not None
+        if not is_product_key(cell[1]):  # a linear cell is one unit: its whole block
+            if roots[0] not in self.placed:
+                self.placed[roots[0]] = (self._block(rows * width, output), 0)
+            return (row, rows, column, width, self.placed[roots[0]][0])
+        if roots[0] not in self.placed:  # the first cell of its orbit: meets every class
+            distinct = list(dict.fromkeys(roots))
+            offset = self._block(rows * len(distinct), output)
+            self.placed.update({root: (offset, k) for k, root in enumerate(distinct)})
+        offsets = {self.placed[root][0] for root in roots}
+        if len(offsets) != 1:
+            raise GenerationError(f"the coefficients {cell} tie into two orbits")
+        columns = tuple(self.placed[root][1] for root in roots)
+        offset = offsets.pop()
+        if columns == tuple(range(width)):
+            return (row, rows, column, width, offset)
+        return (row, rows, column, width, offset, columns)
+
+    def _block(self, size: int, output: str) -> int:
+        offset = self.size
+        self.blocks.append((offset, size, output))
+        self.size += size
+        return offset
 
 
 def plan_tying(plan: LinearPlan) -> Tying | None:
@@ -100,13 +145,20 @@ def plan_tying(plan: LinearPlan) -> Tying | None:
     if orbits.trivial:
         return None
     keys = {f.name: f.key for f in plan.features}
-    weight, bias, up, down = _Slots(), _Slots(), _Slots(), _Slots()
+    cells = [
+        (term.placement.key, keys[name])
+        for op in plan.ops
+        for term in op.terms
+        for name in op.features
+    ]
+    weight = _Columns(unit_classes(plan.space, cells, orbits.generators()))
+    bias, up, down = _Slots(), _Slots(), _Slots()
     ops: dict[str, TiedOp] = {}
     ranks = {op.rank for op in plan.ops if op.rank}
     if len(ranks) > 1:
         raise GenerationError("tied factored matmuls need one common rank")
     for op in plan.ops:
-        cells: list[Cell] = []
+        tied_cells: list[Cell] = []
         up_rows: list[Rows] = []
         down_cols: list[Rows] = []
         bias_rows: list[Rows] = []
@@ -117,9 +169,8 @@ def plan_tying(plan: LinearPlan) -> Tying | None:
             column = 0
             for name, width in zip(op.features, op.feature_factors):
                 if not op.rank:
-                    orbit = _cell_orbit(orbits, placement, keys[name])
-                    offset = weight.offset(orbit, factor * width, output)
-                    cells.append((row, factor, column, width, offset))
+                    cell = (placement, keys[name])
+                    tied_cells.append(weight.cell(cell, row, factor, column, width))
                 column += width
             if op.rank:
                 orbit = _placement_orbit(orbits, placement)
@@ -131,11 +182,13 @@ def plan_tying(plan: LinearPlan) -> Tying | None:
         if op.rank:
             column = 0
             for name, width in zip(op.features, op.feature_factors):
+                if is_product_key(keys[name]):
+                    raise GenerationError("a factored matmul reads no polynomial products")
                 (source,) = orbits.canonical((keys[name][0],))
                 orbit = (source, *keys[name][1:])
                 down_cols.append((column, width, down.offset(orbit, width, "")))
                 column += width
-        ops[op.name] = TiedOp(tuple(cells), tuple(up_rows), tuple(down_cols), tuple(bias_rows))
+        ops[op.name] = TiedOp(tuple(tied_cells), tuple(up_rows), tuple(down_cols), tuple(bias_rows))
     return Tying(
         ops=ops,
         weight=weight.size,

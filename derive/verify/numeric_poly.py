@@ -6,7 +6,9 @@ product of the factor actions; a Lie-algebra generator acts by the derivation
 ``X_1 (x) I (x) ... + I (x) X_2 (x) ... + ...``. The symmetric subspace (fixed by permuting
 the slots of identical factors) has the orthonormal basis B of normalized orbit sums of
 multi-indices, on which a generator acts as ``B^T rho B``. The dimension is the null space
-of ``L rho_in(h) - rho_out(h) L`` stacked over generators (float64). For tiny widths only.
+of ``L rho_in(h) - rho_out(h) L`` stacked over generators (float64), computed generator by
+generator: each one's constraint restricted to the null space of those before (generators
+acting on no space of the block give no constraint and are left out). For tiny widths only.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from torch import Tensor
 from derive.verify.numeric import Generator, generators, tensor_action
 from derive.weightspace.model import TensorSpec, WeightSpaceSpec
 
-__all__ = ["symmetric_basis", "product_action", "sym_power_dimension"]
+__all__ = [
+    "symmetric_basis",
+    "product_action",
+    "sorted_factors",
+    "sym_power_null_basis",
+    "sym_power_dimension",
+]
 
 TensorRef = str | TensorSpec
 
@@ -75,31 +83,56 @@ def _trivial(gen: Generator) -> Tensor:
     return torch.full((1, 1), 0.0 if gen.lie is not None else 1.0, dtype=torch.float64)
 
 
+def sorted_factors(space: WeightSpaceSpec, factors: Sequence[TensorRef]) -> list[TensorSpec]:
+    """The factors as tensors, in the order of ``space.tensors``."""
+    tensors = [space.tensor(f) if isinstance(f, str) else f for f in factors]
+    order = {t.name: k for k, t in enumerate(space.tensors)}
+    return sorted(tensors, key=lambda t: order[t.name])
+
+
+def _null_columns(matrix: Tensor) -> Tensor:
+    """Orthonormal columns spanning the null space of ``matrix`` (singular values up to
+    1e-9, absolute and relative to the largest, count as zero)."""
+    _, values, vh = torch.linalg.svd(matrix, full_matrices=True)
+    top = float(values.max()) if values.numel() else 0.0
+    rank = int((values > max(1e-9, 1e-9 * top)).sum())
+    null: Tensor = vh[rank:].T
+    return null
+
+
+def sym_power_null_basis(
+    space: WeightSpaceSpec, output: TensorRef | None, factors: Sequence[TensorRef]
+) -> Tensor:
+    """Orthonormal columns spanning the equivariant linear maps ``L: Sym(S_1 ... S_d) -> T``
+    (T None: invariants), each the column-major ``vec`` of an ``n_out x n_sym`` matrix acting
+    on the coordinates in :func:`symmetric_basis` of the factors in tensor order."""
+    out = space.tensor(output) if isinstance(output, str) else output
+    tensors = sorted_factors(space, factors)
+    names = [t.name for t in tensors]
+    basis = symmetric_basis(
+        [prod(space.shape(t)) for t in tensors], [names.index(n) for n in names]
+    )
+    n_out = prod(space.shape(out)) if out is not None else 1
+    n_in = basis.shape[1]
+    touched = {a.space for t in (*tensors, *([out] if out is not None else [])) for a in t.axes}
+    eye_out = torch.eye(n_out, dtype=torch.float64)
+    eye_in = torch.eye(n_in, dtype=torch.float64)
+    null = torch.eye(n_out * n_in, dtype=torch.float64)
+    for gen in generators(space):
+        if gen.space not in touched:
+            continue
+        acts = [tensor_action(space, t, gen) for t in tensors]
+        rho_in = basis.T @ product_action(acts, gen.lie is not None) @ basis
+        rho_out = tensor_action(space, out, gen) if out is not None else _trivial(gen)
+        rows = torch.kron(rho_in.T.contiguous(), eye_out) - torch.kron(eye_in, rho_out)
+        null = null @ _null_columns(rows @ null)
+        if not null.shape[1]:
+            break
+    return null
+
+
 def sym_power_dimension(
     space: WeightSpaceSpec, output: TensorRef | None, factors: Sequence[TensorRef]
 ) -> int:
     """Dimension of equivariant linear maps ``Sym(S_1 ... S_d) -> T`` (T None: invariants)."""
-    out = space.tensor(output) if isinstance(output, str) else output
-    tensors = [space.tensor(f) if isinstance(f, str) else f for f in factors]
-    order = {t.name: k for k, t in enumerate(space.tensors)}
-    tensors.sort(key=lambda t: order[t.name])
-    names = [t.name for t in tensors]
-    labels = [names.index(n) for n in names]
-    sizes = [prod(space.shape(t)) for t in tensors]
-    basis = symmetric_basis(sizes, labels)
-    n_out = prod(space.shape(out)) if out is not None else 1
-    n_in = basis.shape[1]
-    rows = []
-    for gen in generators(space):
-        acts = [tensor_action(space, t, gen) for t in tensors]
-        rho_in = basis.T @ product_action(acts, gen.lie is not None) @ basis
-        rho_out = tensor_action(space, out, gen) if out is not None else _trivial(gen)
-        eye_out = torch.eye(n_out, dtype=torch.float64)
-        eye_in = torch.eye(n_in, dtype=torch.float64)
-        rows.append(torch.kron(rho_in.T.contiguous(), eye_out) - torch.kron(eye_in, rho_out))
-    if not rows:
-        return n_out * n_in
-    constraint = torch.cat(rows, dim=0)
-    # atol too: rounding in B (1/sqrt(k)) leaves ~1e-16 residue where the constraint is zero.
-    rank = int(torch.linalg.matrix_rank(constraint, atol=1e-9, rtol=1e-9).item())
-    return n_out * n_in - rank
+    return int(sym_power_null_basis(space, output, factors).shape[1])

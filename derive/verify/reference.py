@@ -22,6 +22,7 @@ from derive.plan.linear import LinearPlan
 from derive.plan.tying import BIAS, WEIGHT, plan_tying
 from derive.verify.reference_magep import magep_term_value
 from derive.weightspace.model import WeightSpaceSpec
+from nfn_runtime.tying import tied_cell_index
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = [
@@ -221,23 +222,21 @@ def load_into_generated(reference: nn.Module, plan: LinearPlan, module: nn.Modul
             param.zero_()
         for basis_map, coefficient in pairs:
             slot = plan.map_slots[basis_map]
-            if tying is not None:  # the orbit's block of the flat parameter
+            values = coefficient.reshape(c_out * slot.row_factor, c_in * slot.col_factor)
+            if tying is not None:  # the entries of the orbit's block of the flat parameter
                 flat = getattr(module, WEIGHT)
-                start = tying.slot_offset(slot) * c_in * c_out
-                values = coefficient.reshape(c_out * slot.row_factor, c_in * slot.col_factor)
-                flat[start : start + values.numel()] = values.reshape(-1).to(flat)
+                index = tied_cell_index(tying.slot_cell(slot), c_out, c_in)
+                flat[index.reshape(-1)] = values.reshape(-1).to(flat)
                 continue
             weight = getattr(module, f"{slot.op}_weight")
             rows = slice(slot.row_start * c_out, (slot.row_start + slot.row_factor) * c_out)
             cols = slice(slot.col_start * c_in, (slot.col_start + slot.col_factor) * c_in)
-            weight[rows, cols] = coefficient.reshape(
-                c_out * slot.row_factor, c_in * slot.col_factor
-            ).to(weight)
+            weight[rows, cols] = values.to(weight)
         for basis_map, constant in zip(linear.constant_maps, linear.constants):
             slot = plan.constant_slots[basis_map]
             if tying is not None:
                 flat = getattr(module, BIAS)
-                start = tying.slot_offset(slot, bias=True) * c_out
+                start = tying.slot_offset(slot) * c_out
                 flat[start : start + constant.numel()] = constant.reshape(-1).to(flat)
                 continue
             bias = getattr(module, f"{slot.op}_bias")

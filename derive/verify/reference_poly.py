@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from derive.basis.linear import LinearBasis
 from derive.basis.polynomial import PolyMap
 from derive.plan.features import product_divisor
+from derive.plan.tying import plan_tying
 from derive.verify.reference import (
     BATCH,
     C_IN,
@@ -26,6 +27,7 @@ from derive.verify.reference import (
 )
 from derive.verify.reference_magep import magep_term_value
 from derive.weightspace.model import WeightSpaceSpec
+from nfn_runtime.tying import tied_cell_index
 from nfn_runtime.weight_space import WeightSpace
 
 __all__ = ["ReferencePolynomial", "apply_poly_map"]
@@ -52,6 +54,24 @@ class ReferencePolynomial(nn.Module):
     def with_channels(self, in_channels: int, out_channels: int) -> ReferencePolynomial:
         """The same reference at other channel counts, with fresh coefficients."""
         return ReferencePolynomial(self.pplan, self.linear.basis, in_channels, out_channels)
+
+    def tie_heads(self) -> None:
+        """Tie the coefficients across attention heads as the generated layer does: the linear
+        maps by :meth:`ReferenceLinear.tie_heads`, and every polynomial term takes the entries
+        of its orbit's block of one random flat parameter, read through the generated layer's
+        index (a column map included). The reference is then equivariant to whole-head
+        permutations too."""
+        self.linear.tie_heads()
+        plan = self.pplan.plan
+        tying = plan_tying(plan) if any(op.tied for op in plan.ops) else None
+        if tying is None:
+            return
+        c_in, c_out = self.in_channels, self.out_channels
+        with torch.no_grad():
+            flat = torch.randn(tying.weight * c_in * c_out)
+            for poly_map, coefficient in zip(self.term_maps, self.term_coefficients):
+                index = tied_cell_index(tying.slot_cell(plan.map_slots[poly_map]), c_out, c_in)
+                coefficient.copy_(flat[index].reshape(coefficient.shape))
 
     def _shape(self, basis_map: Any) -> tuple[int, ...]:
         out = self.space.tensor(basis_map.output)

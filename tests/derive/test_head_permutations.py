@@ -1,8 +1,9 @@
 """Whole-head permutations of attention (docs/math.md 8.6): the heads recorded as a structured
 head block, relabellings sampled and applied by the runtime, the network unchanged by them,
-the linear and invariant layers tied across heads (one coefficient per orbit), exactly
-equivariant, complete by the null space of the constraints of every generator (head
-relabellings included) and sensitive to every orbit's coefficient."""
+the linear, invariant and polynomial layers tied across heads (one coefficient per orbit of
+maps and of polynomial terms), exactly equivariant, complete by the null space of the
+constraints of every generator (head relabellings included) and sensitive to every orbit's
+coefficient."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ import torch
 from torch import nn
 
 from derive.basis.head_orbits import head_orbits, tied_dims
+from derive.basis.polynomial import enumerate_polynomial
 from derive.derivation import proxy_derivation
-from derive.layers.kind import generated_class
+from derive.layers.kind import LayerOptions, generate, generated_class
 from derive.pipeline import derive, verify
+from derive.plan.head_cells import poly_orbit_counts
 from derive.plan.invariant import invariant_plan
+from derive.plan.polynomial import polynomial_plan
+from derive.plan.tying import plan_tying
+from derive.verify.checklist import VerifyReport
 from derive.verify.numeric import completeness_report
 from derive.verify.numeric_heads import head_completeness, tied_null_total
-from derive.verify.reference import ReferenceLinear
+from derive.verify.numeric_poly_heads import poly_head_completeness
+from derive.verify.polynomial import degree2_completeness, polynomial_proxy
+from derive.verify.reference import ReferenceLinear, load_into_generated
+from derive.verify.reference_poly import ReferencePolynomial
 from nfn_runtime import (
     GroupElement,
     apply_group_element,
@@ -236,17 +245,179 @@ def test_verify_confirms_the_group_and_the_tied_layers():
     assert "null space 107 = tied basis 107" in checks["completeness"].detail
 
 
-def test_polynomial_layers_keep_the_per_space_group():
-    """The polynomial layers are not tied: their layout lists no heads, and inspect says so."""
-    from derive.cli.report import report_data
-    from derive.layers.kind import generate
+COMPLETE = LayerOptions(family="complete", degree=2, max_terms=5000)
 
+
+def _polynomial(case: str):
+    """The derivations the polynomial tests use: ``heads2`` / ``heads3`` (per-head nonzero
+    factors: every term reads one head at most), ``crossed`` (permutations only, on the
+    polynomial proxy: terms read two heads, and ``b_O <- W(head 0) * W(head 1)`` is mapped to
+    itself by the swap with its fixed-axis columns transposed)."""
+    if case == "crossed":
+        torch.manual_seed(0)
+        model = Attention().double().eval()
+        return polynomial_proxy(derive(model, (3, EMBED), name="crossed", scaling="none"))
+    return _derivation(heads=int(case[-1]))
+
+
+def _swap_error(layer: nn.Module, layout, heads: int) -> float:
+    """The relative change of a layer under the swap of heads 0 and 1, on a random input."""
+    x = random_weight_space(layout, 2, 1, torch.float64, torch.Generator().manual_seed(2))
+    swap = _swap(layout, order=(1, 0, *range(2, heads)))
+    with torch.no_grad():
+        moved = layer(apply_group_element(x, layout, swap))
+        want = apply_group_element(layer(x), layout, swap)
+    return max(float((a - b).norm() / b.norm()) for a, b in zip(moved.tensors(), want.tensors()))
+
+
+def test_the_polynomial_layer_is_tied_and_says_so():
+    """The polynomial layer lists the heads in its layout and ties its terms per orbit; inspect
+    and the generated module say so. Measured counts of degree-2 terms that write an output
+    (complete family), per-space -> tied: 39 terms in 20 orbits, dimension 1128 -> 584 per
+    channel pair (2 heads); 58 terms in 20 orbits, 5058 -> 1770 (3 heads). The 2-head layer
+    has 719 parameters at 1 -> 1 channels (1354 untied)."""
+    from derive.cli.report import report_data
+
+    for heads, want in ((2, (39, 20, 1128, 584)), (3, (58, 20, 5058, 1770))):
+        derivation = _derivation(heads)
+        terms = polynomial_plan(derivation.basis, "complete", 2).terms
+        counts = poly_orbit_counts(
+            derivation.space, terms, head_orbits(derivation.space).generators()
+        )
+        assert (counts.terms, counts.orbits, counts.dim, counts.tied_dim) == want
+        assert counts.dim == sum(m.num_params for m in terms)
     derivation = _derivation()
+    module = generated_class(derivation, "polynomial", COMPLETE)(1, 1)
+    assert sum(p.numel() for p in module.parameters()) == 719  # untied: 1354
     source = generate(derivation, "polynomial", family="complete")
-    assert "HeadsLayout" not in source and "not permuted as wholes by this layer" in source
-    assert "HeadsLayout(" in generate(derivation, "linear")
+    assert "HeadsLayout(" in source and "permuted as wholes:" in source
+    assert "theta_weight[self.mix_" in source and "and of polynomial terms" in source
     (heads,) = report_data(derivation)["heads"]
-    assert "polynomial layers: equivariant to the per-space group only" in heads["layers"]
+    assert "linear, invariant and polynomial layers: tied across heads" in heads["layers"]
+
+
+@pytest.mark.parametrize("case", ["heads2", "heads3", "crossed"])
+def test_an_untied_polynomial_layer_fails_under_head_swaps_and_the_tied_one_is_exact(case):
+    """Coefficients drawn independently per term (the slow reference, its linear part tied)
+    change under a head swap; tied per orbit (through the generated layer's index) they do not,
+    and the generated layer equals that tied reference and is equivariant in float64 under
+    sampled group elements (the first relabels the heads) and under the swap."""
+    derivation = _polynomial(case)
+    layout = derivation.space.to_layout()
+    heads = layout.heads[0].count
+    pplan = polynomial_plan(derivation.basis, "complete", 2, max_terms=5000)
+    torch.manual_seed(0)
+    reference = ReferencePolynomial(pplan, derivation.basis, 1, 1).double()
+    reference.linear.tie_heads()
+    assert _swap_error(reference, layout, heads) > 1e-2
+    reference.tie_heads()
+    assert _swap_error(reference, layout, heads) < 1e-12
+    module = generated_class(derivation, "polynomial", COMPLETE)(1, 1).double()
+    load_into_generated(reference, pplan.plan, module)
+    x = random_weight_space(layout, 2, 1, torch.float64, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for a, b in zip(module(x).tensors(), reference(x).tensors()):
+            assert float((a - b).norm() / b.norm()) < 1e-12
+    assert _swap_error(module, layout, heads) < 1e-10
+    generator = torch.Generator().manual_seed(0)
+    wide = generated_class(derivation, "polynomial", COMPLETE)(2, 3).double()
+    assert equivariance_error(wide, layout, 3, generator=generator) < 1e-10
+    if case == "crossed":  # some terms are their own image: their columns tie among themselves
+        tying = plan_tying(pplan.plan)
+        assert tying is not None
+        cells = [c for tied in tying.ops.values() for c in tied.cells if len(c) == 6]
+        assert any(len(set(c[5])) < len(c[5]) for c in cells)
+        assert any(sorted(c[5]) == list(range(len(c[5]))) for c in cells)
+
+
+@pytest.mark.parametrize("case", ["heads2", "crossed"])
+def test_every_tied_polynomial_coefficient_changes_the_output(case):
+    """Every entry of the flat weight (linear maps and polynomial terms) moves the output: the
+    Jacobian of the output in it, on one random input, has no zero column."""
+    derivation = _polynomial(case)
+    layout = derivation.space.to_layout()
+    module = generated_class(derivation, "polynomial", COMPLETE)(1, 1).double()
+    x = random_weight_space(layout, 2, 1, torch.float64, torch.Generator().manual_seed(3))
+    flat = module.theta_weight.detach().clone()
+
+    def output(theta: torch.Tensor) -> torch.Tensor:
+        values = torch.func.functional_call(module, {"theta_weight": theta}, (x,))
+        return torch.cat([t.reshape(-1) for t in values.tensors()])
+
+    jacobian = torch.autograd.functional.jacobian(output, flat, vectorize=True)
+    silent = (jacobian.abs().amax(dim=0) == 0).nonzero().flatten().tolist()
+    assert not silent
+
+
+@pytest.mark.parametrize(
+    ("case", "want"),
+    [("heads2", (223, 116)), ("heads3", (330, 116)), ("crossed", (12228, 6135))],
+)
+def test_polynomial_completeness_with_head_swap_generators(case, want):
+    """``verify``'s check on the polynomial proxy: block by block the per-space null space of
+    Sym^2(U) -> U equals the enumeration, and per orbit of blocks under the head relabellings
+    the null space of the constraints of every generator (per-space ones and the couplings
+    ``L[sigma b] M = L[b]``) equals the tied count (one coefficient per orbit of terms and
+    fixed-axis entries): per-space -> tied dimensions ``want``."""
+    per_space, tied = want
+    report = VerifyReport()
+    degree2_completeness(_polynomial(case), report)
+    (check,) = report.checks
+    assert check.ok, check.detail
+    assert f"enumeration ({per_space});" in check.detail
+    assert f"null space {tied} = tied basis {tied}" in check.detail
+
+
+def test_a_term_mapped_to_itself_ties_its_own_columns():
+    """Permutations only: the swap maps the block ``b_O <- W_Q(head 0) * W_Q(head 1)`` onto
+    itself with its factors exchanged (the fixed-axis columns of a term transposed), so its
+    G-equivariant maps are fewer than the per-space ones; the numeric null space and the tied
+    count agree on it and on every other orbit."""
+    space = polynomial_proxy(_polynomial("crossed")).space
+    maps = [m for block in enumerate_polynomial(space, 2, limit=None).blocks for m in block.maps]
+    counts = poly_orbit_counts(space, maps, head_orbits(space).generators())
+    checks, _ = poly_head_completeness(space, counts.tied_by_block)
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok][:2]
+    alone = [c.blocks[0] for c in checks if len(c.blocks) == 1 and c.null_space < c.per_space]
+    assert ("b7", ("W1", "W4")) in alone  # b_O <- W_Q(head 0) * W_Q(head 1)
+    assert {output for output, _ in alone} == {"b7", None}  # b_O and invariants: in no head
+    assert sum(c.null_space for c in checks) == counts.tied_dim
+
+
+@pytest.mark.parametrize("case", ["heads2", "heads3"])
+def test_the_generated_polynomial_layer_spans_the_tied_maps(case):
+    """The generated layer's Jacobians in its flat weight, stacked over random inputs (biases
+    zero), have the rank of the tied linear maps plus the tied degree-2 terms that write an
+    output: it spans exactly the G-equivariant maps of degree 1 and 2 (on the proxy)."""
+    proxy = polynomial_proxy(_polynomial(case))
+    space = proxy.space
+    terms = polynomial_plan(proxy.basis, "complete", 2).terms
+    poly_tied = poly_orbit_counts(space, terms, head_orbits(space).generators()).tied_dim
+    linear_tied, _, _ = tied_dims(proxy.basis, head_orbits(space))
+    assert _jacobian_rank(proxy) == linear_tied + poly_tied
+
+
+def _jacobian_rank(derivation) -> int:
+    """The rank of the generated polynomial layer's Jacobians in its flat weight, stacked over
+    enough random inputs that every output tensor gives as many rows as the weight has entries
+    (its biases zero): the dimension of the maps it spans."""
+    layout = derivation.space.to_layout()
+    module = generated_class(derivation, "polynomial", COMPLETE)(1, 1).double()
+    with torch.no_grad():
+        module.theta_bias.zero_()
+    flat = module.theta_weight.detach().clone()
+    generator = torch.Generator().manual_seed(5)
+    smallest = min(t.numel() for t in random_weight_space(layout, 1, 1).tensors())
+    rows = []
+    for _ in range(2 + flat.numel() // smallest):
+        x = random_weight_space(layout, 1, 1, torch.float64, generator)
+
+        def output(theta: torch.Tensor, x=x) -> torch.Tensor:
+            values = torch.func.functional_call(module, {"theta_weight": theta}, (x,))
+            return torch.cat([t.reshape(-1) for t in values.tensors()])
+
+        rows.append(torch.autograd.functional.jacobian(output, flat, vectorize=True))
+    return int(torch.linalg.matrix_rank(torch.cat(rows), rtol=1e-9).item())
 
 
 def test_a_heads_layout_must_name_corresponding_heads_of_the_layout():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.tried import seeded_runs
+from benchmarks.tried import seeded_runs, write_result
 from nfn_tasks.experiment import SETTINGS, load_task
 from nfn_tasks.train import task_data
 
@@ -58,15 +58,12 @@ def main() -> None:
         if full
         else "CNN zoos (small setting) and transformer zoo (transformer setting)"
     )
-    text = (
-        f"{zoos} ({split}), seeds {', '.join(map(str, SEEDS))}\n"
-        f"command: python benchmarks/canonical_tried.py{' --full' if full else ''}\n\n"
-        + "\n".join(rows)
-        + "\n"
+    write_result(
+        "canonical_tried_full.txt" if full else "canonical_tried.txt",
+        f"{zoos} ({split}), seeds {', '.join(map(str, SEEDS))}",
+        f"python benchmarks/canonical_tried.py{' --full' if full else ''}",
+        rows,
     )
-    name = "canonical_tried_full.txt" if full else "canonical_tried.txt"
-    out = Path(__file__).resolve().parent / "results" / name
-    out.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.tried import seeded_runs
+from benchmarks.tried import seeded_runs, write_result
 from nfn_tasks.experiment import SETTINGS, load_task
 from nfn_tasks.train import task_data
 
@@ -46,13 +46,13 @@ def main() -> None:
             rows.append(f"{kind:10s} {name:18s} {r.test:>15s} {r.val:12.3f} "
                         f"{r.best_epoch:10d} {r.first_loss:8.3f} {r.last_loss:9.3f}")  # fmt: skip
             print(rows[-1], flush=True)
-    text = (
+    write_result(
+        "cnn_tried.txt",
         f"ReLU CNN zoo, small setting ({len(zoo)} networks; train/val/test {len(data.train)}/"
-        f"{len(data.val)}/{len(data.test)}), seeds {', '.join(map(str, SEEDS))}\n"
-        "command: python benchmarks/cnn_tried.py\n\n" + "\n".join(rows) + "\n"
+        f"{len(data.val)}/{len(data.test)}), seeds {', '.join(map(str, SEEDS))}",
+        "python benchmarks/cnn_tried.py",
+        rows,
     )
-    out = Path(__file__).resolve().parent / "results" / "cnn_tried.txt"
-    out.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

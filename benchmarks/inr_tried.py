@@ -25,14 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.tried import seeded_runs
+from benchmarks.tried import seeded_runs, write_result
 from nfn_tasks.experiment import SETTINGS, load_task
-from nfn_tasks.kinds import MODEL_KINDS
+from nfn_tasks.kinds import EXPERIMENT_KINDS
 from nfn_tasks.train import task_data
 
 GENERATED = ("hnp", "monomial", "polynomial")
 VARIANTS = {  # name -> (probe grid, channels, model kinds)
-    "weights": (0, 8, MODEL_KINDS),
+    "weights": (0, 8, EXPERIMENT_KINDS),
     "weights-16ch": (0, 16, ("np", "monomial", "polynomial")),
     "probes-4": (4, 8, (*GENERATED, "statnn", "nfn-hnp")),
 }
@@ -43,7 +43,6 @@ def main() -> None:
     settings = SETTINGS["small"]
     zoo, task, train = load_task("inr", settings, None, progress=False)
     data = task_data(zoo, task, train)
-    out = Path(__file__).resolve().parent / "results"
     rows = []
     header = (
         f"{'variant':13s} {'model':11s} {'test accuracy':>15s} {'best epoch':>10s} "
@@ -57,14 +56,14 @@ def main() -> None:
             rows.append(f"{variant:13s} {kind:11s} {r.test:>15s} {r.best_epoch:10d} "
                         f"{r.first_loss:8.3f} {r.last_loss:9.3f} {r.seconds:6.1f}")  # fmt: skip
             print(rows[-1], flush=True)
-    text = (
+    write_result(
+        "inr_tried.txt",
         f"INR task, small setting's zoo ({len(zoo)} SIRENs; train/val/test {len(data.train)}/"
         f"{len(data.val)}/{len(data.test)}), {train.epochs} epochs, seeds "
-        f"{', '.join(map(str, SEEDS))}\ncommand: python benchmarks/inr_tried.py\n\n{header}\n"
-        + "\n".join(rows)
-        + "\n"
+        f"{', '.join(map(str, SEEDS))}",
+        "python benchmarks/inr_tried.py",
+        [header, *rows],
     )
-    (out / "inr_tried.txt").write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

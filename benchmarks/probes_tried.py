@@ -24,7 +24,7 @@ from torch.func import vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.tried import SeededRuns, seeded_runs
+from benchmarks.tried import SeededRuns, seeded_runs, write_result
 from nfn_runtime import WeightSpace
 from nfn_tasks.experiment import SETTINGS, load_task
 from nfn_tasks.models import PROBELESS_KINDS, Standardize
@@ -121,13 +121,14 @@ def main() -> None:
             runs = seeded_runs(kind, data, train, weights_only, SEEDS, wrap=added)
             rows.append(_row(activation, kind, "+ outputs, 2/class", runs))
     split = "; ".join(f"{a} train/val/test {'/'.join(map(str, s))}" for a, s in sizes.items())
-    text = (
-        f"CNN zoos (small setting) and transformer zoo (transformer setting) ({split}), seeds {', '.join(map(str, SEEDS))}; "
-        f"{', '.join(PROBELESS_KINDS)} take no probes (their group moves the input neurons)\n"
-        "command: python benchmarks/probes_tried.py\n\n" + "\n".join(rows) + "\n"
+    write_result(
+        "probes_tried.txt",
+        f"CNN zoos (small setting) and transformer zoo (transformer setting) ({split}), seeds "
+        f"{', '.join(map(str, SEEDS))}; {', '.join(PROBELESS_KINDS)} take no probes (their group "
+        "moves the input neurons)",
+        "python benchmarks/probes_tried.py",
+        rows,
     )
-    out = Path(__file__).resolve().parent / "results" / "probes_tried.txt"
-    out.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """One model kind trained over several seeds, summarized for the "what we tried" benchmarks
-(``inr_tried.py``, ``cnn_tried.py``)."""
+(``inr_tried.py``, ``cnn_tried.py``, ``probes_tried.py``, ``canonical_tried.py``), and their
+output files."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from torch import nn
 
@@ -49,3 +51,11 @@ def seeded_runs(
         last_loss=first.history[-1]["loss"],
         seconds=seconds,
     )
+
+
+def write_result(name: str, description: str, command: str, rows: Sequence[str]) -> None:
+    """``benchmarks/results/<name>``: the description, the command that reproduces it, the
+    table rows."""
+    text = f"{description}\ncommand: {command}\n\n" + "\n".join(rows) + "\n"
+    out = Path(__file__).resolve().parent / "results" / name
+    out.write_text(text, encoding="utf-8")

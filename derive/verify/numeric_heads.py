@@ -15,7 +15,9 @@ way, must span it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -24,10 +26,13 @@ from derive.verify.numeric import Generator, block_constraint, generators
 from derive.weightspace.model import WeightSpaceSpec
 from nfn_runtime.group import head_relabelling, tensor_moves
 
+T = TypeVar("T", bound=Hashable)
+
 __all__ = [
     "OrbitCheck",
     "head_generators",
     "block_orbits",
+    "orbits",
     "head_completeness",
     "tied_null_total",
 ]
@@ -48,28 +53,35 @@ def head_generators(space: WeightSpaceSpec) -> list[dict[str, str]]:
     return moves
 
 
+def orbits(items: Iterable[T], images: Callable[[T], Iterable[T]]) -> list[list[T]]:
+    """``items`` grouped by orbit under the generators whose images of an item ``images``
+    lists, each orbit in order of discovery from its first item (breadth first)."""
+    seen: set[T] = set()
+    found = []
+    for start in items:
+        if start in seen:
+            continue
+        seen.add(start)
+        orbit, queue = [start], deque([start])
+        while queue:
+            for image in images(queue.popleft()):
+                if image not in seen:
+                    seen.add(image)
+                    orbit.append(image)
+                    queue.append(image)
+        found.append(orbit)
+    return found
+
+
 def block_orbits(names: list[str], moves: list[dict[str, str]]) -> list[list[Block]]:
     """The blocks ``T <- S`` grouped by orbit under the generators, each orbit in order of
     discovery from its first block (blocks in output-major order)."""
-    seen: set[Block] = set()
-    orbits = []
-    for output in names:
-        for input in names:
-            start = (output, input)
-            if start in seen:
-                continue
-            seen.add(start)
-            orbit, queue = [start], deque([start])
-            while queue:
-                t, s = queue.popleft()
-                for move in moves:
-                    image = (move.get(t, t), move.get(s, s))
-                    if image not in seen:
-                        seen.add(image)
-                        orbit.append(image)
-                        queue.append(image)
-            orbits.append(orbit)
-    return orbits
+
+    def images(block: Block) -> list[Block]:
+        t, s = block
+        return [(move.get(t, t), move.get(s, s)) for move in moves]
+
+    return orbits(((t, s) for t in names for s in names), images)
 
 
 @dataclass(frozen=True)

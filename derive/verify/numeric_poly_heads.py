@@ -17,7 +17,6 @@ must match.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import prod
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from derive.basis.polynomial import poly_key
-from derive.verify.numeric_heads import head_generators
+from derive.verify.numeric_heads import head_generators, orbits
 from derive.verify.numeric_poly import sym_power_null_basis, symmetric_basis
 from derive.weightspace.model import WeightSpaceSpec
 
@@ -73,25 +72,16 @@ def poly_block_orbits(
     """Every block of ``degree`` (outputs, then invariants) grouped by orbit under ``moves``,
     each orbit in order of discovery from its first block."""
     order = {name: k for k, name in enumerate(names)}
-    seen: set[PolyBlock] = set()
-    orbits = []
-    for output in [*names, None]:
-        for factors in itertools.combinations_with_replacement(names, degree):
-            start: PolyBlock = (output, factors)
-            if start in seen:
-                continue
-            seen.add(start)
-            orbit, queue = [start], deque([start])
-            while queue:
-                block = queue.popleft()
-                for move in moves:
-                    image, _ = _moved(block, move, order)
-                    if image not in seen:
-                        seen.add(image)
-                        orbit.append(image)
-                        queue.append(image)
-            orbits.append(orbit)
-    return orbits
+
+    def images(block: PolyBlock) -> list[PolyBlock]:
+        return [_moved(block, move, order)[0] for move in moves]
+
+    blocks = (
+        (output, factors)
+        for output in [*names, None]
+        for factors in itertools.combinations_with_replacement(names, degree)
+    )
+    return orbits(blocks, images)
 
 
 def _symmetric(space: WeightSpaceSpec, factors: tuple[str, ...]) -> Tensor:

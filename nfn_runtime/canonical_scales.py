@@ -46,7 +46,8 @@ def _axes_on(layout: WeightSpaceLayout, space: str) -> list[tuple[TensorLayout, 
 def canonical_order(layout: WeightSpaceLayout) -> list[str]:
     """The scaled spaces in an order where every space's incoming tensors carry no factor of a
     later space; a ValueError naming the spaces when there is none (a scaled space feeding
-    itself, such as a residual stream with scalings) or when a character is not +-1."""
+    itself, such as a residual stream with scalings), when a character is not +-1 or when a
+    space has no incoming tensor."""
     scaled = [s.name for s in layout.spaces if s.scaling != "none"]
     needs: dict[str, set[str]] = {}
     for space in scaled:
@@ -54,6 +55,8 @@ def canonical_order(layout: WeightSpaceLayout) -> list[str]:
         bad = [(t.name, c) for t, _, c in axes if abs(c) != 1]
         if bad:
             raise ValueError(f"space {space!r}: character {bad[0][1]} on tensor {bad[0][0]!r}")
+        if not any(character == 1 for _, _, character in axes):
+            raise ValueError(f"space {space!r} has no incoming tensor to canonicalize by")
         others = [
             axis
             for tensor, index, character in axes
@@ -92,8 +95,6 @@ def canonical_scales(
         kind = layout.space(space).scaling
         axes = _axes_on(layout, space)
         incoming = [(t, i) for t, i, c in axes if c == 1]
-        if not incoming:
-            raise ValueError(f"space {space!r} has no incoming tensor to canonicalize by")
         factor = torch.ones_like(_per_neuron(named[incoming[0][0].name], incoming[0][1], "sum"))
         if kind in ("positive", "nonzero"):
             norm = sum(_per_neuron(named[t.name], i, "square") for t, i in incoming)

@@ -209,6 +209,7 @@ def task_probes(data: TaskData, config: ModelConfig | None) -> ProbeFeatures | N
         return ProbeFeatures(data.layout, keys, hidden, images, data.scales)
     settings = zoo.settings
     forward = partial(_transformer_hidden, settings["norm"], settings["attention"])
+    # the biases it probes: the keys of its activations, read off one network at one digit
     probed = forward({k: v[:1] for k, v in zoo.params.items()}, images[:1])
     return ProbeFeatures(data.layout, list(probed), forward, images, data.scales)
 

@@ -163,3 +163,22 @@ def test_canonical_kinds_say_why_they_cannot_be_built() -> None:
     assert (
         unavailable_reason("canon-statnn", "nfn_runtime.architectures:small_cnn", (1, 8, 8)) is None
     )
+
+
+def test_canonical_order_refuses_what_it_cannot_canonicalize() -> None:
+    from nfn_runtime import AxisLayout, SpaceLayout, TensorLayout, WeightSpaceLayout
+
+    spaces = (SpaceLayout("in", 2, False, "none"), SpaceLayout("h", 3, True, "positive"))
+
+    def layout(*tensors: TensorLayout) -> WeightSpaceLayout:
+        return WeightSpaceLayout(spaces=spaces, tensors=tensors)
+
+    outgoing = TensorLayout("W1", "weight", 1, (AxisLayout("in", 1), AxisLayout("h", -1)))
+    with pytest.raises(ValueError, match="space 'h' has no incoming tensor"):
+        canonical_order(layout(outgoing))
+    squared = TensorLayout("W1", "weight", 1, (AxisLayout("h", 2), AxisLayout("in", -1)))
+    with pytest.raises(ValueError, match="space 'h': character 2 on tensor 'W1'"):
+        canonical_order(layout(squared))
+    both = TensorLayout("W1", "weight", 1, (AxisLayout("h", 1), AxisLayout("h", -1)))
+    with pytest.raises(ValueError, match="space 'h' appears twice on one of its incoming"):
+        canonical_order(layout(both))

@@ -12,14 +12,18 @@ Every model maps a :class:`~nfn_runtime.WeightSpace` with one channel (a batch o
 - ``statnn``: mean, variance and five quantiles of every tensor, then an MLP (Unterthiner et
   al.); ``mlp``: an MLP on the flattened weights;
 - ``nfn-hnp`` / ``nfn-np``: the ``nfn`` package's ``HNPLinear`` / ``NPLinear`` layers with
-  ReLU, its pooling layer and the same head (the external peer).
+  ReLU, its pooling layer and the same head (the external peer);
+- ``canon-hnp`` / ``canon-statnn``: ``hnp`` / ``statnn`` (the heads' corresponding tensors
+  pooled together) on the canonical point of each network's orbit under the scalings
+  (:mod:`nfn_runtime.canonical_scales`): exactly invariant under the whole derived group.
 
 With probe features (:mod:`nfn_tasks.probes`: the INR task, the CNN and transformer zoos),
 every model that can take them does: the equivariant ones (generated and ``nfn-hnp``) add a
-linear map of each probed bias's activations to that bias's channels after their first layer, ``statnn`` appends the same
-seven statistics of each space's activations, ``mlp`` appends them flattened. ``np`` and
-``nfn-np`` do not: their group also permutes the input neurons, which moves the activations at
-fixed probe inputs in a way no permutation of the features follows.
+linear map of each probed bias's activations to that bias's channels after their first layer,
+``statnn`` appends the same seven statistics of each probed bias's activations, ``mlp``
+appends them flattened. ``np`` and ``nfn-np`` do not: their group also permutes the input
+neurons, which moves the activations at fixed probe inputs in a way no permutation of the
+features follows.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from benchmarks.tried import SeededRuns, seeded_runs, write_result
 from nfn_runtime import WeightSpace
 from nfn_tasks.experiment import SETTINGS, load_task
 from nfn_tasks.models import PROBELESS_KINDS, Standardize
+from nfn_tasks.probes import state_dict_batch
 from nfn_tasks.train import TaskData, probe_digits, task_data
 from nfn_tasks.zoo import Zoo
 from nfn_tasks.zoo_cnn import cnn_forward
@@ -70,13 +71,7 @@ class OutputReadout(nn.Module):
         )
 
     def forward(self, ws: WeightSpace) -> Tensor:
-        named = ws.named(self.layout)
-        params: dict[str, Tensor] = {}
-        for t in self.layout.tensors:  # the real weights, parts put back into their entries
-            value = named[t.name][:, 0] * self.scales.get(t.name, 1.0)
-            whole = params.setdefault(t.source_key, value.new_zeros(len(value), *t.source_shape))
-            index = (slice(None), *t.source_index())
-            whole[index] = value.reshape(len(value), *t.part_shape())
+        params = state_dict_batch(ws, self.layout, self.scales)
         logits = _logits(self.zoo, params, self.images.to(ws.dtype))
         out: Tensor = self.mlp(torch.softmax(logits, -1).flatten(1))
         return out if self.base is None else out + self.base(ws)

@@ -33,7 +33,13 @@ from torch import Tensor, nn
 
 from nfn_runtime import TensorLayout, WeightSpace, WeightSpaceLayout
 
-__all__ = ["HiddenActivations", "ProbeFeatures", "chain_biases", "chain_layers"]
+__all__ = [
+    "HiddenActivations",
+    "ProbeFeatures",
+    "chain_biases",
+    "chain_layers",
+    "state_dict_batch",
+]
 
 #: ``hidden(params, probes)``: stacked networks' parameters ``(B, *shape)`` by state-dict key,
 #: probe inputs ``(P, ...)`` -> per bias state-dict key, the activations ``(B, P, width)`` that
@@ -75,6 +81,25 @@ def chain_layers(layout: WeightSpaceLayout) -> list[tuple[str, str, str]]:
 def chain_biases(layout: WeightSpaceLayout) -> list[str]:
     """The state-dict keys of a chain's hidden biases, in layer order (:func:`chain_layers`)."""
     return [layout.tensor(bias).source_key for _, bias, _ in chain_layers(layout)[:-1]]
+
+
+def state_dict_batch(
+    ws: WeightSpace, layout: WeightSpaceLayout, scales: dict[str, float]
+) -> dict[str, Tensor]:
+    """The networks of ``ws`` (first channel) as one stacked state dict ``(B, *shape)`` per
+    key, each tensor multiplied back by its normalization scale; the parts of a state-dict
+    entry (a packed attention projection) put back together."""
+    named = ws.named(layout)
+    params: dict[str, Tensor] = {}
+    for t in layout.tensors:
+        value = (named[t.name][:, 0] * scales.get(t.name, 1.0)).reshape(-1, *t.part_shape())
+        if t.source_slice is None:
+            params[t.source_key] = value
+            continue
+        whole = params.setdefault(t.source_key, value.new_zeros(len(value), *t.source_shape))
+        index = (slice(None), *t.source_index())
+        whole[index] = value
+    return params
 
 
 def _tie_groups(layout: WeightSpaceLayout, targets: Sequence[TensorLayout]) -> list[int]:
@@ -150,22 +175,7 @@ class ProbeFeatures(nn.Module):
 
     def forward(self, ws: WeightSpace) -> list[Tensor]:
         """``(B, n, P)`` activations per target (of the first channel of ``ws``)."""
-        named = ws.named(self.layout)
-        params: dict[str, Tensor] = {}
-        for t in self.layout.tensors:
-            if t.kind == "buffer":
-                continue
-            value = (named[t.name][:, 0] * self.scales.get(t.name, 1.0)).reshape(
-                -1, *t.part_shape()
-            )
-            if t.source_slice is None:
-                params[t.source_key] = value
-            else:  # a part of its entry: assemble the entry from its parts
-                whole = params.setdefault(
-                    t.source_key, value.new_zeros(value.shape[0], *t.source_shape)
-                )
-                index = (slice(None), *t.source_index())
-                whole[index] = value
+        params = state_dict_batch(ws, self.layout, self.scales)
         activations = self.forward_hidden(params, self.probes.to(ws.dtype))
         features = [activations[t.source_key][..., t.source_index()[0]] for t in self.targets]
         if self.calibrating:

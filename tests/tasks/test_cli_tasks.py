@@ -67,6 +67,11 @@ def test_experiment_command(cli, zoos, zoo_cache: Path, tmp_path: Path) -> None:
         (["train", "--task", "inr", "--model", "hnp", "--epochs", "0"], ["--epochs", "0"]),
         (["experiment", "--probe-grid", "-2"], ["--probe-grid", "-2"]),
         (["train", "--task", "inr", "--model", "hnp", "--probe-grid", "-1"], ["--probe-grid"]),
+        (["experiment", "--probe-images", "-3"], ["--probe-images", "-3"]),
+        (
+            ["train", "--task", "generalization", "--model", "canon-hnp", "--probe-images", "-1"],
+            ["--probe-images"],
+        ),
     ],
 )
 def test_bad_arguments(cli, one_line_error, tmp_path: Path, argv, fragments) -> None:

@@ -64,28 +64,32 @@ def read_source(layout: WeightSpaceLayout, spec: TensorLayout, value: Tensor) ->
 def write_sources(
     layout: WeightSpaceLayout, specs: Sequence[TensorLayout], values: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
-    """State-dict entries from tensors in axis shape (``values`` by tensor name): the parts of
-    one entry are written into it at their slices (autograd flows through)."""
+    """State-dict entries from tensors in axis shape (``values`` by tensor name, with any
+    leading batch dimensions, kept): the parts of one entry are written into it at their
+    slices (autograd flows through)."""
     out: dict[str, Tensor] = {}
     parts: dict[str, list[tuple[TensorLayout, Tensor]]] = {}
     for spec in specs:
         key = _source_key(spec)
         value = values[spec.name]
+        lead = value.shape[: value.dim() - len(layout.shape(spec))]
         if spec.source_slice is None:
-            out[key] = value.reshape(_source_shape(layout, spec))
+            out[key] = value.reshape(*lead, *_source_shape(layout, spec))
             continue
-        parts.setdefault(key, []).append((spec, value.reshape(spec.part_shape())))
+        parts.setdefault(key, []).append((spec, value.reshape(*lead, *spec.part_shape())))
     for key, pieces in parts.items():
-        first = pieces[0][0]
+        first, sample = pieces[0]
         covered = sum(math.prod(piece.part_shape()) for piece, _ in pieces)
         if covered != math.prod(first.source_shape):
             raise ValueError(
                 f"layout error: the parts of {key!r} cover {covered} of its "
                 f"{math.prod(first.source_shape)} entries"
             )
-        whole = pieces[0][1].new_zeros(tuple(first.source_shape))
+        lead = sample.shape[: sample.dim() - len(first.source_shape)]
+        whole = sample.new_zeros((*lead, *first.source_shape))
         for piece, value in pieces:
-            whole[piece.source_index()] = value  # in place on a fresh tensor: autograd flows
+            # in place on a fresh tensor: autograd flows
+            whole[(slice(None),) * len(lead) + piece.source_index()] = value
         out[key] = whole
     return out
 

@@ -169,6 +169,16 @@ class WeightSpaceLayout:
         """The tensor called ``name``."""
         return self._tensors_by_name[name]
 
+    def head_entry(self, tensor: str) -> tuple[int, int] | None:
+        """``(attention, k)`` when ``tensor`` is entry ``k`` of a head of attention number
+        ``attention`` in :attr:`heads` (the tensors that a relabelling of heads moves onto each
+        other share it), else None."""
+        for block, heads in enumerate(self.heads):
+            for names in heads.tensors:
+                if tensor in names:
+                    return block, names.index(tensor)
+        return None
+
     def shape(self, tensor: TensorLayout | str) -> tuple[int, ...]:
         """Axis sizes of one tensor, without the batch and channel axes."""
         spec = self.tensor(tensor) if isinstance(tensor, str) else tensor

@@ -84,8 +84,7 @@ def _probe_option(parser: argparse.ArgumentParser) -> None:
         "--probe-images",
         type=int,
         help="digits per class whose mean hidden activations feed the models on the CNN and "
-        "transformer zoos "
-        "(0: weights only; default: the setting's)",
+        "transformer zoos (0: weights only; default: the setting's)",
     )
 
 

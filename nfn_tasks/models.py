@@ -307,17 +307,11 @@ def _statistic_sets(
     ``WeightSpace.tensors``, then the probe features): one each, or with ``merge_heads`` entry
     ``k`` of every head of an attention together (and the probe features of one tie group)."""
     tensors = sorted(  # W1, b1, W2, b2, ... as WeightSpace.tensors gives them
-        (t for t in layout.tensors if t.kind != "buffer"),
-        key=lambda t: (t.layer, t.kind != "weight"),
+        layout.tensors, key=lambda t: (t.layer, t.kind != "weight")
     )
-    keys: list[tuple[object, ...]] = []
-    for tensor in tensors:
-        key: tuple[object, ...] = ("tensor", tensor.name)
-        for block, heads in enumerate(layout.heads if merge_heads else ()):
-            for names in heads.tensors:
-                if tensor.name in names:
-                    key = ("head entry", block, names.index(tensor.name))
-        keys.append(key)
+    keys: list[object] = [
+        (merge_heads and layout.head_entry(t.name)) or ("tensor", t.name) for t in tensors
+    ]
     if probes is not None:
         keys += [("probe", g if merge_heads else i) for i, g in enumerate(probes.ties)]
     order = list(dict.fromkeys(keys))

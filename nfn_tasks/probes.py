@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from nfn_runtime import TensorLayout, WeightSpace, WeightSpaceLayout
+from nfn_runtime.convert import write_sources
 
 __all__ = [
     "HiddenActivations",
@@ -90,29 +91,14 @@ def state_dict_batch(
     key, each tensor multiplied back by its normalization scale; the parts of a state-dict
     entry (a packed attention projection) put back together."""
     named = ws.named(layout)
-    params: dict[str, Tensor] = {}
-    for t in layout.tensors:
-        value = (named[t.name][:, 0] * scales.get(t.name, 1.0)).reshape(-1, *t.part_shape())
-        if t.source_slice is None:
-            params[t.source_key] = value
-            continue
-        whole = params.setdefault(t.source_key, value.new_zeros(len(value), *t.source_shape))
-        index = (slice(None), *t.source_index())
-        whole[index] = value
-    return params
+    real = {t.name: named[t.name][:, 0] * scales.get(t.name, 1.0) for t in layout.tensors}
+    return write_sources(layout, layout.tensors, real)
 
 
 def _tie_groups(layout: WeightSpaceLayout, targets: Sequence[TensorLayout]) -> list[int]:
     """Per target, the index of its group: entry ``k`` of every head of an attention is one
     group (its features move between the heads), every other target its own."""
-    keys: list[tuple[object, ...]] = []
-    for target in targets:
-        key: tuple[object, ...] = ("tensor", target.name)
-        for block, heads in enumerate(layout.heads):
-            for tensors in heads.tensors:
-                if target.name in tensors:
-                    key = ("head entry", block, tensors.index(target.name))
-        keys.append(key)
+    keys = [layout.head_entry(t.name) or t.name for t in targets]
     order = list(dict.fromkeys(keys))
     return [order.index(key) for key in keys]
 

@@ -37,7 +37,7 @@ from nfn_tasks.probes import ProbeFeatures, chain_biases
 from nfn_tasks.zoo import Zoo
 from nfn_tasks.zoo_cnn import cnn_hidden
 from nfn_tasks.zoo_inr import siren_hidden
-from nfn_tasks.zoo_transformer import transformer_hidden
+from nfn_tasks.zoo_transformer import transformer_hidden, transformer_probe_keys
 
 __all__ = [
     "TASKS",
@@ -207,11 +207,10 @@ def task_probes(data: TaskData, config: ModelConfig | None) -> ProbeFeatures | N
         keys = chain_biases(data.layout)
         hidden = partial(_keyed, keys, partial(_cnn_hidden, zoo.activation))
         return ProbeFeatures(data.layout, keys, hidden, images, data.scales)
-    settings = zoo.settings
-    forward = partial(_transformer_hidden, settings["norm"], settings["attention"])
-    # the biases it probes: the keys of its activations, read off one network at one digit
-    probed = forward({k: v[:1] for k, v in zoo.params.items()}, images[:1])
-    return ProbeFeatures(data.layout, list(probed), forward, images, data.scales)
+    norm, attention = zoo.settings["norm"], zoo.settings["attention"]
+    keys = transformer_probe_keys(attention)
+    forward = partial(_transformer_hidden, norm, attention)
+    return ProbeFeatures(data.layout, keys, forward, images, data.scales)
 
 
 def _keyed(

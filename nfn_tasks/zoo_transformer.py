@@ -42,6 +42,7 @@ __all__ = [
     "train_transformer_zoo",
     "transformer_forward",
     "transformer_hidden",
+    "transformer_probe_keys",
     "transformer_accuracy",
 ]
 
@@ -181,15 +182,27 @@ def _layer_norm(x: Tensor, params: Params, key: str, norm: str) -> Tensor:
     return normed * params[f"{key}.weight"].reshape(shape) + params[f"{key}.bias"].reshape(shape)
 
 
+def transformer_probe_keys(attention: str = "mha") -> list[str]:
+    """The biases :func:`transformer_hidden` gives activations for, by state-dict key."""
+    keys = _keys(attention)
+    return ["embed.bias", keys["qkv.bias"], keys["proj.bias"], "fc.bias", "out.bias"]
+
+
 def _transformer_pass(
-    params: Params, images: Tensor, heads: int, norm: str, attention: str
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Logits ``(N, B, 10)`` and, per bias state-dict key, the activations that move as that
-    bias's entries, averaged over the tokens ``(N, B, width)``: the residual stream after the
-    embedding (``embed.bias``), after the attention (its output bias) and after the MLP
-    (``out.bias``); the queries, the keys and each head's attention output (the packed q, k, v
-    bias: an output moves as its head's value bias, the softmax weights being invariant); the
-    MLP's hidden activations (``fc.bias``)."""
+    params: Params,
+    images: Tensor,
+    heads: int,
+    norm: str,
+    attention: str,
+    record: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """Logits ``(N, B, 10)``; with ``record``, also writes into it, per bias state-dict key of
+    :func:`transformer_probe_keys`, the activations that move as that bias's entries, averaged
+    over the tokens ``(N, B, width)``: the residual stream after the embedding
+    (``embed.bias``), after the attention (its output bias) and after the MLP (``out.bias``);
+    the queries, the keys and each head's attention output (the packed q, k, v bias: an output
+    moves as its head's value bias, the softmax weights being invariant); the MLP's hidden
+    activations (``fc.bias``)."""
     weight = params["embed.weight"]  # (N, dim, 1, p, p)
     count, dim, patch = weight.shape[0], weight.shape[1], weight.shape[-1]
     if images.dim() == 4:
@@ -201,23 +214,25 @@ def _transformer_pass(
     h = _linear(patches, weight.reshape(count, dim, -1), params["embed.bias"])
     h = h + params["pos"].unsqueeze(1)
     keys = _keys(attention)
-    seen = {"embed.bias": h}
+    seen: dict[str, Tensor] = {} if record is None else {"embed.bias": h}
     x = _layer_norm(h, params, "ln1", norm)
     qkv = _linear(x, params[keys["qkv.weight"]], params[keys["qkv.bias"]])
     tokens, head_dim = qkv.shape[2], dim // heads
     q, k, v = qkv.reshape(count, batch, tokens, 3, heads, head_dim).unbind(3)
     scores = torch.einsum("nbqhd,nbkhd->nbhqk", q, k) * head_dim**-0.5
     mixed = torch.einsum("nbhqk,nbkhd->nbqhd", scores.softmax(-1), v).reshape(h.shape)
-    seen[keys["qkv.bias"]] = torch.cat([q.flatten(-2), k.flatten(-2), mixed], dim=-1)
     h = h + _linear(mixed, params[keys["proj.weight"]], params[keys["proj.bias"]])
-    seen[keys["proj.bias"]] = h
     x = _layer_norm(h, params, "ln2", norm)
     hidden = torch.relu(_linear(x, params["fc.weight"], params["fc.bias"]))
-    seen["fc.bias"] = hidden
+    if record is not None:
+        seen[keys["qkv.bias"]] = torch.cat([q.flatten(-2), k.flatten(-2), mixed], dim=-1)
+        seen[keys["proj.bias"]] = h
+        seen["fc.bias"] = hidden
     h = h + _linear(hidden, params["out.weight"], params["out.bias"])
-    seen["out.bias"] = h
-    logits = _linear(h.mean(2), params["head.weight"], params["head.bias"])
-    return logits, {key: value.mean(2) for key, value in seen.items()}
+    if record is not None:
+        seen["out.bias"] = h
+        record.update({key: value.mean(2) for key, value in seen.items()})
+    return _linear(h.mean(2), params["head.weight"], params["head.bias"])
 
 
 def transformer_forward(
@@ -226,16 +241,18 @@ def transformer_forward(
     """Logits ``(N, B, 10)`` of ``N`` stacked :class:`DigitTransformer` networks (``params``:
     their state dicts stacked) on ``images (N, B, 1, 8, 8)``, or ``(B, 1, 8, 8)`` shared by all;
     the same function as the module, with batched matmuls instead of one call per network."""
-    return _transformer_pass(params, images, heads, norm, attention)[0]
+    return _transformer_pass(params, images, heads, norm, attention)
 
 
 def transformer_hidden(
     params: Params, images: Tensor, heads: int = 2, norm: str = "pre", attention: str = "mha"
 ) -> dict[str, Tensor]:
-    """Per bias state-dict key, the activations of stacked networks at ``images (P, 1, 8, 8)``
-    that move as that bias's entries, averaged over the tokens, ``(N, P, width)`` (see
-    :func:`_transformer_pass`)."""
-    return _transformer_pass(params, images, heads, norm, attention)[1]
+    """Per bias state-dict key of :func:`transformer_probe_keys`, the activations of stacked
+    networks at ``images (P, 1, 8, 8)`` that move as that bias's entries, averaged over the
+    tokens, ``(N, P, width)`` (see :func:`_transformer_pass`)."""
+    record: dict[str, Tensor] = {}
+    _transformer_pass(params, images, heads, norm, attention, record)
+    return record
 
 
 def transformer_accuracy(
